@@ -1,0 +1,55 @@
+"""derivcheck: prove derivatives right.
+
+Four independent engines -- SymPy's closed form, finite differences, a from-scratch numpy
+backprop and torch autograd -- compute the same derivatives, and a dtype-aware tolerance
+model compares them, naming the engine that disagrees, where, and by how much.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .case import Case, case_from_dict, discover, load_case
+from .compare import QuantityResult, Tolerance, compare_quantity
+from .engines import ENGINE_NAMES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
+from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
+from .expr import parse_expression
+from .kinks import find_kinks
+from .layers import LAYERS, LOSSES
+from .problem import Network, Problem
+from .runner import CaseResult, run_case, run_problem
+from .values import EngineValue, Skipped
+
+__all__ = [
+    "ENGINE_NAMES",
+    "LAYERS",
+    "LOSSES",
+    "Case",
+    "CaseError",
+    "CaseResult",
+    "DerivcheckError",
+    "EngineError",
+    "EngineValue",
+    "ExpressionError",
+    "FiniteDifferences",
+    "InvalidArgument",
+    "InvalidType",
+    "Network",
+    "NumpyBackprop",
+    "Problem",
+    "QuantityResult",
+    "Skipped",
+    "SymbolicEngine",
+    "Tolerance",
+    "TorchAutograd",
+    "__version__",
+    "case_from_dict",
+    "compare_quantity",
+    "discover",
+    "find_kinks",
+    "load_case",
+    "make_engines",
+    "parse_expression",
+    "run_case",
+    "run_problem",
+]

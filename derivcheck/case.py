@@ -1,0 +1,417 @@
+"""Case files: loading, validation, and turning them into a :class:`~derivcheck.problem.Problem`.
+
+A case is a TOML file (read with the standard library's ``tomllib``)::
+
+    name = "iris-mlp"
+    description = "4-8-3 ReLU MLP with softmax cross-entropy on the Iris data"
+    dtype = "float64"                 # precision of the numpy and torch engines
+    seed = 0                          # parameters (and random inputs) come from it
+    network = [
+      { layer = "linear", in = 4, out = 8 },
+      { layer = "relu" },
+      { layer = "linear", in = 8, out = 3 },
+    ]
+    loss = "cross_entropy"            # or a table: { loss = "mse" }
+    data = { csv = "data/iris.csv", target = "species", standardize = true }
+    # or random inputs instead of data:  inputs = { batch = 8, scale = 1.0 }
+    quantities = ["L", "dL/dparams", "dL/dx", "dy/dx"]
+    engines = ["symbolic", "finite_diff", "numpy", "torch"]   # optional subset (>= 2)
+    sgd = { lr = 0.1 }                # enables the "sgd_step" quantity
+    tolerance = { rtol = 1e-10, fd_safety = 10.0 }            # optional overrides
+    finite_diff = { method = "richardson", step = 1e-3 }      # optional
+
+Every problem -- an unknown key, a wrong type, an unknown layer, sizes that do not chain,
+a missing data file, unreadable TOML -- raises :class:`~derivcheck.errors.CaseError` naming
+the file, the key, the offending value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .compare import Tolerance
+from .engines import ENGINE_NAMES
+from .engines.finite_diff import METHODS as FD_METHODS
+from .errors import CaseError, InvalidArgument
+from .layers import LAYERS, LOSSES, Layer, Loss
+from .problem import DTYPES, Network, Problem
+from .quantities import DEFAULT_QUANTITIES, expand_quantities
+
+TOP_LEVEL_KEYS = (
+    "name", "description", "dtype", "seed", "network", "loss", "data", "inputs",
+    "quantities", "engines", "sgd", "tolerance", "finite_diff",
+)  # fmt: skip
+DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
+INPUT_KEYS = ("batch", "scale")
+MAX_BATCH = 100_000
+MAX_CASE_BYTES = 1_000_000
+
+
+@dataclass
+class Case:
+    """A validated case, ready to run."""
+
+    name: str
+    problem: Problem
+    quantities: list[str]
+    engines: list[str]
+    description: str = ""
+    file: str | None = None
+    seed: int = 0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    finite_diff: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Name, description, network and expanded quantity names (for ``derivcheck list``)."""
+        return {
+            "name": self.name,
+            "file": self.file,
+            "description": self.description,
+            "network": self.problem.network.describe(),
+            "loss": self.problem.loss.kind if self.problem.loss else None,
+            "samples": self.problem.batch,
+            "dtype": self.problem.dtype,
+            "quantities": [q.name for q in expand_quantities(self.quantities, self.problem)],
+            "engines": list(self.engines),
+        }
+
+
+class _Reader:
+    """Typed access to one table, raising :class:`CaseError` with file and key."""
+
+    def __init__(self, table: Mapping[str, Any], file: str | None, prefix: str = ""):
+        self.table = table
+        self.file = file
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def error(self, message: str, name: str, value: Any = None, allowed: str | None = None) -> CaseError:
+        return CaseError(message, file=self.file, key=self.key(name), value=value, allowed=allowed)
+
+    def check_keys(self, allowed: Sequence[str]) -> None:
+        for name, value in self.table.items():
+            if name not in allowed:
+                raise self.error("unknown key", name, value, ", ".join(allowed))
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False, what: str = "") -> Any:
+        if name not in self.table:
+            if required:
+                raise CaseError(f"missing required key ({what})" if what else "missing required key", file=self.file, key=self.key(name))
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok and float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            names = " or ".join({str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "table"}[k] for k in kinds)
+            raise self.error("wrong type", name, value, names)
+        return value
+
+
+def _build_layers(specs: Any, file: str | None) -> list[Layer]:
+    if not isinstance(specs, list) or not specs:
+        raise CaseError("must be a non-empty array of layer tables", file=file, key="network", value=specs, allowed="[{ layer = \"linear\", in = 4, out = 8 }, ...]")
+    layers = []
+    for index, spec in enumerate(specs):
+        key = f"network[{index}]"
+        if not isinstance(spec, dict):
+            raise CaseError("each layer must be a table", file=file, key=key, value=spec, allowed='{ layer = "relu" }')
+        kind = spec.get("layer")
+        if kind is None:
+            raise CaseError("missing the 'layer' key", file=file, key=key, allowed=", ".join(LAYERS))
+        cls = LAYERS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise CaseError("unknown layer", file=file, key=f"{key}.layer", value=kind, allowed=", ".join(LAYERS))
+        layers.append(cls.from_spec(spec, file=file, key=key, type_key="layer"))
+    return layers
+
+
+def _build_loss(spec: Any, file: str | None) -> Loss:
+    if isinstance(spec, str):
+        spec = {"loss": spec}
+    if not isinstance(spec, dict):
+        raise CaseError("must be a loss name or a table", file=file, key="loss", value=spec, allowed=", ".join(LOSSES))
+    kind = spec.get("loss")
+    cls = LOSSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise CaseError("unknown loss", file=file, key="loss", value=kind, allowed=", ".join(LOSSES))
+    return cls.from_spec(spec, file=file, key="loss", type_key="loss")
+
+
+def _read_csv(path: Path, file: str | None) -> tuple[list[str], list[list[str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise CaseError("data file not found", file=file, key="data.csv", value=str(path), allowed="a CSV path relative to the case file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CaseError(f"data file could not be read: {exc}", file=file, key="data.csv", value=str(path)) from None
+    rows = [r for r in rows if r]
+    if len(rows) < 2:
+        raise CaseError("data file needs a header row and at least one data row", file=file, key="data.csv", value=str(path))
+    return rows[0], rows[1:]
+
+
+def _load_data(spec: Any, base_dir: Path, file: str | None, network: Network, loss: Loss | None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    if not isinstance(spec, dict):
+        raise CaseError("must be a table", file=file, key="data", value=spec, allowed='{ csv = "data/iris.csv", target = "species" }')
+    reader = _Reader(spec, file, "data.")
+    reader.check_keys(DATA_KEYS)
+    rel = reader.get("csv", str, required=True, what="path of a CSV file")
+    header, rows = _read_csv(base_dir / rel, file)
+    target = reader.get("target", (str, list))
+    targets = [target] if isinstance(target, str) else list(target or [])
+    for column in targets:
+        if column not in header:
+            raise reader.error("target column not in the CSV header", "target", column, ", ".join(header))
+    features = reader.get("features", list, [c for c in header if c not in targets])
+    for column in features:
+        if not isinstance(column, str) or column not in header:
+            raise reader.error("feature column not in the CSV header", "features", column, ", ".join(header))
+    limit = reader.get("rows", int)
+    if limit is not None and limit < 1:
+        raise reader.error("must be at least 1", "rows", limit)
+    rows = rows[:limit] if limit else rows
+    if len(features) != network.in_size:
+        raise reader.error(f"the network takes {network.in_size} input features but {len(features)} feature columns were selected", "features", features)
+    columns = {name: i for i, name in enumerate(header)}
+    x = np.empty((len(rows), len(features)))
+    for r, row in enumerate(rows):
+        for c, name in enumerate(features):
+            try:
+                x[r, c] = float(row[columns[name]])
+            except (ValueError, IndexError):
+                shown = row[columns[name]] if columns[name] < len(row) else "<missing>"
+                raise CaseError(f"row {r + 2}, column {name!r} is not a number", file=file, key="data.csv", value=shown) from None
+    meta: dict[str, Any] = {"data": rel, "rows": len(rows), "features": features}
+    if reader.get("standardize", bool, False):
+        std = x.std(axis=0)
+        x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        meta["standardized"] = True
+    y = None
+    if loss is not None:
+        if not targets:
+            raise CaseError("a loss needs targets: name the target column(s)", file=file, key="data.target", allowed=", ".join(header))
+        raw_columns = [[row[columns[c]] if columns[c] < len(row) else "" for row in rows] for c in targets]
+        raw, classes = _raw_targets(raw_columns, loss)
+        if classes:
+            meta["classes"] = classes
+        try:
+            y = loss.encode_targets(raw, network.out_size)
+        except ValueError as exc:
+            raise CaseError(str(exc), file=file, key="data.target", value=target) from None
+    return x, y, meta
+
+
+def _raw_targets(columns: list[list[str]], loss: Loss) -> tuple[np.ndarray, list[str]]:
+    """Numbers if every entry parses, else (for one column of labels) sorted class indices."""
+    try:
+        values = np.array([[float(v) for v in column] for column in columns]).T
+        return (values[:, 0] if values.shape[1] == 1 else values), []
+    except ValueError:
+        if len(columns) != 1 or loss.kind != "cross_entropy":
+            raise ValueError("non-numeric targets are only allowed as one column of class labels for cross_entropy") from None
+        classes = sorted(set(columns[0]))
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[v] for v in columns[0]], dtype=float), classes
+
+
+def case_from_dict(
+    table: Mapping[str, Any],
+    *,
+    file: str | None = None,
+    base_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Case:
+    """Validate a parsed case table and build the :class:`Case`.
+
+    `overrides` may set ``dtype``, ``seed`` or ``engines`` (command-line options win over
+    the file). Relative data paths resolve against `base_dir` (the case file's folder).
+    """
+    if not isinstance(table, Mapping):
+        raise CaseError("a case must be a table", file=file, value=table)
+    reader = _Reader(table, file)
+    reader.check_keys(TOP_LEVEL_KEYS)
+    overrides = dict(overrides or {})
+    default_name = Path(file).stem if file else "case"
+    name = reader.get("name", str, default_name)
+    description = reader.get("description", str, "")
+    dtype = overrides.get("dtype") or reader.get("dtype", str, "float64")
+    if dtype not in DTYPES:
+        raise reader.error("unknown dtype", "dtype", dtype, ", ".join(DTYPES))
+    seed = overrides["seed"] if overrides.get("seed") is not None else reader.get("seed", int, 0)
+    if not isinstance(seed, int) or seed < 0:
+        raise reader.error("must be a non-negative integer", "seed", seed)
+
+    layers = _build_layers(table.get("network"), file)
+    try:
+        network = Network.build(layers)
+    except ValueError as exc:
+        raise CaseError(str(exc), file=file, key="network") from None
+    loss = _build_loss(table["loss"], file) if "loss" in table else None
+    if loss is not None:
+        problem_text = loss.check_output_size(network.out_size)
+        if problem_text:
+            raise CaseError(f"loss {loss.kind} does not fit a network with {network.out_size} output(s)", file=file, key="loss", value=loss.kind, allowed=problem_text)
+
+    has_data, has_inputs = "data" in table, "inputs" in table
+    if has_data == has_inputs:
+        raise CaseError("give exactly one of 'data' (a CSV file) or 'inputs' (random inputs)", file=file, key="data" if has_data else "inputs")
+    rng = np.random.default_rng([seed, 1])
+    meta: dict[str, Any] = {}
+    if has_data:
+        x, targets, meta = _load_data(table["data"], base_dir or Path("."), file, network, loss)
+    else:
+        inputs = table["inputs"]
+        if not isinstance(inputs, dict):
+            raise CaseError("must be a table", file=file, key="inputs", value=inputs, allowed="{ batch = 8, scale = 1.0 }")
+        sub = _Reader(inputs, file, "inputs.")
+        sub.check_keys(INPUT_KEYS)
+        batch = sub.get("batch", int, 8)
+        if not 1 <= batch <= MAX_BATCH:
+            raise sub.error("out of range", "batch", batch, f"1..{MAX_BATCH}")
+        scale = sub.get("scale", float, 1.0)
+        if not (np.isfinite(scale) and scale > 0):
+            raise sub.error("must be a positive finite number", "scale", scale)
+        x = rng.standard_normal((batch, network.in_size)) * scale
+        targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None
+
+    sgd_lr = None
+    if "sgd" in table:
+        sgd = table["sgd"]
+        if not isinstance(sgd, dict):
+            raise CaseError("must be a table", file=file, key="sgd", value=sgd, allowed="{ lr = 0.1 }")
+        sub = _Reader(sgd, file, "sgd.")
+        sub.check_keys(("lr",))
+        sgd_lr = sub.get("lr", float, required=True, what="learning rate, a positive number")
+        if not (np.isfinite(sgd_lr) and sgd_lr > 0):
+            raise sub.error("must be a positive finite number", "lr", sgd_lr)
+
+    problem = Problem(network, network.init_params(seed), x, loss, targets, dtype=dtype, sgd_lr=sgd_lr, meta=meta)
+    quantities = reader.get("quantities", list, None)
+    if quantities is None:
+        quantities = [q for q in DEFAULT_QUANTITIES if loss is not None or q == "dy/dx"]
+        if sgd_lr is not None:
+            quantities.append("sgd_step")
+    if not quantities or not all(isinstance(q, str) for q in quantities):
+        raise reader.error("must be a non-empty array of strings", "quantities", quantities)
+    try:
+        expand_quantities(quantities, problem)
+    except ValueError as exc:
+        raise CaseError(str(exc), file=file, key="quantities") from None
+
+    engines = overrides.get("engines") or reader.get("engines", list, list(ENGINE_NAMES))
+    validate_engine_names(engines, file=file, key="engines")
+    tolerance = _tolerance(table.get("tolerance"), file)
+    finite_diff = _finite_diff(table.get("finite_diff"), file)
+    return Case(name, problem, list(quantities), list(engines), description, file, seed, tolerance, finite_diff)
+
+
+def validate_engine_names(engines: Any, *, file: str | None = None, key: str = "engines") -> None:
+    """At least two known, distinct engine names."""
+    if not isinstance(engines, list) or not all(isinstance(e, str) for e in engines):
+        raise CaseError("must be an array of engine names", file=file, key=key, value=engines, allowed=", ".join(ENGINE_NAMES))
+    for engine in engines:
+        if engine not in ENGINE_NAMES:
+            raise CaseError("unknown engine", file=file, key=key, value=engine, allowed=", ".join(ENGINE_NAMES))
+    if len(set(engines)) < 2:
+        raise CaseError("at least two distinct engines are needed to compare anything", file=file, key=key, value=engines, allowed=", ".join(ENGINE_NAMES))
+
+
+def _tolerance(spec: Any, file: str | None) -> Tolerance:
+    if spec is None:
+        return Tolerance()
+    if not isinstance(spec, dict):
+        raise CaseError("must be a table", file=file, key="tolerance", value=spec, allowed="{ rtol = 1e-10, fd_safety = 10.0 }")
+    reader = _Reader(spec, file, "tolerance.")
+    reader.check_keys(("rtol", "fd_safety"))
+    rtol = reader.get("rtol", float)
+    safety = reader.get("fd_safety", float, 10.0)
+    if rtol is not None and not 0 < rtol < 1:
+        raise reader.error("out of range", "rtol", rtol, "0 < rtol < 1")
+    if not 0 < safety <= 1e6:
+        raise reader.error("out of range", "fd_safety", safety, "0 < fd_safety <= 1e6")
+    return Tolerance(rtol=rtol, fd_safety=safety)
+
+
+def _finite_diff(spec: Any, file: str | None) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise CaseError("must be a table", file=file, key="finite_diff", value=spec, allowed='{ method = "richardson", step = 1e-3 }')
+    reader = _Reader(spec, file, "finite_diff.")
+    reader.check_keys(("method", "step"))
+    result: dict[str, Any] = {}
+    method = reader.get("method", str)
+    if method is not None:
+        if method not in FD_METHODS:
+            raise reader.error("unknown method", "method", method, ", ".join(FD_METHODS))
+        result["method"] = method
+    step = reader.get("step", float)
+    if step is not None:
+        if not 0 < step < 1:
+            raise reader.error("out of range", "step", step, "0 < step < 1")
+        result["step"] = step
+    return result
+
+
+def load_case(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Case:
+    """Read and validate one case file.
+
+    **Raises:** :class:`~derivcheck.errors.CaseError` (exit code 4 on the command line).
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CASE_BYTES:
+            raise CaseError(f"case file is larger than {MAX_CASE_BYTES} bytes", file=file, value=size)
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise CaseError("case file not found", file=file) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(f"not valid TOML: {exc}", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(f"case file could not be read: {exc}", file=file) from None
+    try:
+        return case_from_dict(table, file=file, base_dir=path.parent, overrides=overrides)
+    except InvalidArgument as exc:
+        if isinstance(exc, CaseError):
+            raise
+        raise CaseError(str(exc), file=file) from None
+
+
+def discover(paths: Iterable[str | Path]) -> list[Path]:
+    """Case files under `paths`: files as given, folders searched recursively for
+    ``*.toml`` (sorted, so runs are deterministic).
+
+    **Raises:** :class:`~derivcheck.errors.CaseError` for a path that does not exist.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CaseError("no such file or folder", file=str(path))
+    unique: list[Path] = []
+    for p in found:
+        if p not in unique:
+            unique.append(p)
+    return unique

@@ -1,0 +1,147 @@
+"""Command line: ``derivcheck run`` and ``derivcheck list``.
+
+Exit codes follow pytest: 0 every case agrees (kinks allowed), 1 some disagreement or
+non-finite value, 2 interrupted, 3 internal error (an engine crashed), 4 usage error or
+invalid case file, 5 no case found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import DerivcheckError
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CASES = 0, 1, 2, 3, 4, 5
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 4 (usage error) instead of 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .engines import ENGINE_NAMES
+
+    parser = _Parser(prog="derivcheck", description="Prove derivatives right: symbolic, finite-difference, numpy and torch engines compared.")
+    parser.add_argument("--version", action="version", version=f"derivcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run case files and compare the engines", description="Run case files (or folders of them) and compare every engine on every quantity.")
+    run.add_argument("paths", nargs="+", help="case files or folders (searched recursively for *.toml)")
+    run.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    run.add_argument("--engines", metavar="LIST", help=f"comma-separated subset of {','.join(ENGINE_NAMES)} (at least two)")
+    run.add_argument("--dtype", choices=("float64", "float32"), help="precision of the numpy and torch engines (overrides the case)")
+    run.add_argument("--seed", type=int, help="seed for parameters and random inputs (overrides the case)")
+    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engine (default cpu)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every engine pair, also for agreeing quantities")
+    run.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
+
+    lst = sub.add_parser("list", help="list cases with their quantities", description="List case files: name, description, network and quantities.")
+    lst.add_argument("paths", nargs="+", help="case files or folders")
+    lst.add_argument("--json", action="store_true", help="print the listing as JSON")
+    return parser
+
+
+def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
+    from .case import discover, load_case
+
+    return [load_case(path, overrides) for path in discover(paths)]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    cases = _load_all(args.paths, {})
+    if not cases:
+        print("no case files found", file=sys.stderr)
+        return EXIT_NO_CASES
+    summaries = [c.summary() for c in cases]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return EXIT_OK
+    for s in summaries:
+        print(f"{s['name']}  ({s['file']})")
+        if s["description"]:
+            print(f"  {s['description']}")
+        print(f"  network:    {s['network']}" + (f"  loss: {s['loss']}" if s["loss"] else ""))
+        print(f"  samples:    {s['samples']}, dtype {s['dtype']}, engines: {', '.join(s['engines'])}")
+        print(f"  quantities: {', '.join(s['quantities'])}")
+    print(tabulate([[s["name"], len(s["quantities"]), s["file"]] for s in summaries], headers=["case", "quantities", "file"]))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .case import validate_engine_names
+    from .report.json_report import write_json
+    from .report.table import details, summary_table
+    from .runner import run_case
+
+    overrides: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
+    if args.seed is not None and args.seed < 0:
+        raise DerivcheckError("--seed must be a non-negative integer")
+    if args.engines:
+        names = [e.strip() for e in args.engines.split(",") if e.strip()]
+        validate_engine_names(names, key="--engines")
+        overrides["engines"] = names
+    if args.device == "cuda":
+        from .engines import cuda_available
+
+        if not cuda_available():
+            print("derivcheck: error: --device cuda was requested but torch.cuda.is_available() is False on this machine (no GPU or a CPU-only torch build); use --device cpu", file=sys.stderr)
+            return EXIT_USAGE
+    cases = _load_all(args.paths, overrides)  # validate everything before running anything
+    if not cases:
+        print("no case files found", file=sys.stderr)
+        return EXIT_NO_CASES
+    results = []
+    for case in cases:
+        results.append(run_case(case, device=args.device))
+    if not args.quiet:
+        print(summary_table(results))
+        text = details(results, verbose=args.verbose)
+        if text:
+            print()
+            print(text)
+    if args.json:
+        write_json(args.json, results)
+    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
+    print(f"\n{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    if any(r.crashed for r in results):
+        return EXIT_INTERNAL
+    if all(r.ok for r in results):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``derivcheck`` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _cmd_list(args)
+        return _cmd_run(args)
+    except KeyboardInterrupt:
+        print("\nderivcheck: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DerivcheckError as exc:
+        print(f"derivcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a bug of ours: say so, with the traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"derivcheck: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

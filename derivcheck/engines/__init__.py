@@ -1,0 +1,28 @@
+"""The engines, by name. Each computes the same named quantities independently."""
+
+from __future__ import annotations
+
+from .base import Engine
+from .finite_diff import FiniteDifferences
+from .numpy_backprop import NumpyBackprop
+from .symbolic import SymbolicEngine
+from .torch_autograd import TorchAutograd, cuda_available
+
+ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch")
+"""All engines in report order."""
+
+__all__ = ["ENGINE_NAMES", "Engine", "make_engines", "FiniteDifferences", "NumpyBackprop", "SymbolicEngine", "TorchAutograd", "cuda_available"]
+
+
+def make_engines(names: list[str], *, device: str = "cpu", finite_diff: dict | None = None) -> list[Engine]:
+    """Build engines by name, in :data:`ENGINE_NAMES` order.
+
+    `device` applies to the torch engine; `finite_diff` holds ``method``/``step`` options.
+    """
+    factories = {
+        "symbolic": lambda: SymbolicEngine(),
+        "finite_diff": lambda: FiniteDifferences(**(finite_diff or {})),
+        "numpy": lambda: NumpyBackprop(),
+        "torch": lambda: TorchAutograd(device=device),
+    }
+    return [factories[name]() for name in ENGINE_NAMES if name in names]

@@ -1,0 +1,82 @@
+"""Numpy engine: a from-scratch reverse mode built on the layers' hand-written backward rules.
+
+This is the classic "backprop in numpy" of an MLP: a forward pass that caches what each
+layer needs, then the local backward rules applied in reverse (``dL/dx = dL/dy W`` for a
+linear layer, ``dL/dz = dL/da * (z > 0)`` for ReLU, ``p - y`` for softmax cross-entropy,
+...). It runs in the problem's dtype (float64 or float32), so float32 user code is judged
+with float32 tolerances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..problem import Problem
+from ..quantities import Quantity
+from ..values import EngineResult, EngineValue, Skipped
+from .base import Engine
+
+
+class NumpyBackprop(Engine):
+    """Reverse mode over the layers' ``numpy_forward``/``numpy_backward``."""
+
+    name = "numpy"
+
+    def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        dtype = problem.numpy_dtype
+        network = problem.network
+        params = [
+            {k: v.astype(dtype) for k, v in network.layer_params(problem.params, i).items()}
+            for i in range(len(network.layers))
+        ]
+        x = problem.x.astype(dtype)
+        caches: list[Any] = []
+        h = x
+        for layer, p in zip(network.layers, params):
+            h, cache = layer.numpy_forward(h, p)
+            caches.append(cache)
+        y = h
+
+        def backward(grad_y: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            grads: dict[str, np.ndarray] = {}
+            g = grad_y
+            for index in range(len(network.layers) - 1, -1, -1):
+                g, local = network.layers[index].numpy_backward(g, caches[index], params[index])
+                for name, value in local.items():
+                    grads[f"{index}.{name}"] = value
+            return g, grads
+
+        result: EngineResult = {}
+        kinds = {q.kind for q in quantities}
+        if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:
+            assert problem.targets is not None
+            targets = problem.targets.astype(dtype)
+            per_sample, loss_cache = problem.loss.numpy_forward(y, targets)
+            grad_y = problem.loss.numpy_backward(loss_cache) / problem.batch
+            grad_x, grads = backward(grad_y.astype(dtype))
+            for q in quantities:
+                if q.kind == "loss":
+                    result[q.name] = self._value(per_sample.mean(), problem)
+                elif q.kind == "param_grad":
+                    result[q.name] = self._value(grads[q.param], problem)
+                elif q.kind == "input_grad":
+                    result[q.name] = self._value(grad_x, problem)
+        for q in quantities:
+            if q.kind == "jacobian":
+                n_out = network.out_size
+                jac = np.empty((problem.batch, n_out, network.in_size))
+                for i in range(n_out):
+                    seed = np.zeros((problem.batch, n_out), dtype=dtype)
+                    seed[:, i] = 1
+                    jac[:, i, :] = backward(seed)[0]
+                result[q.name] = self._value(jac, problem)
+            elif q.kind == "sgd_step":
+                result[q.name] = Skipped("an SGD step is derived from this engine's gradients by the runner")
+        return result
+
+    @staticmethod
+    def _value(values: Any, problem: Problem) -> EngineValue:
+        return EngineValue(np.asarray(values, dtype=np.float64), dtype=problem.dtype)

@@ -1,0 +1,112 @@
+"""Torch engine: the real ``torch.nn`` modules and losses, differentiated by autograd.
+
+The network is an ``nn.Sequential`` of each layer's ``torch_module()`` with the case's
+parameters loaded through ``load_state_dict`` (names ``"0.weight"``, ...), so the modules
+users actually train with are the ones checked. Gradients come from ``loss.backward()``;
+the per-sample Jacobian from ``torch.func.vmap(torch.func.jacrev(...))``; an SGD step from a
+real ``torch.optim.SGD``. Runs in the problem's dtype on ``device`` (``"cpu"`` or
+``"cuda"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..problem import Problem
+from ..quantities import Quantity
+from ..values import EngineResult, EngineValue
+from .base import Engine
+
+DEVICES = ("cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+class TorchAutograd(Engine):
+    """Autograd on real ``torch.nn`` modules (see the module docstring).
+
+    **Arguments:** `device`: ``"cpu"`` (default) or ``"cuda"``; asking for CUDA without a
+    GPU raises :class:`~derivcheck.errors.InvalidArgument` with what was found.
+    """
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu"):
+        if device not in DEVICES:
+            raise InvalidArgument(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if device == "cuda" and not cuda_available():
+            raise InvalidArgument("device 'cuda' was requested but torch.cuda.is_available() is False on this machine; use --device cpu")
+        self.device = device
+
+    def _model(self, problem: Problem) -> Any:
+        import torch
+
+        dtype = torch.float64 if problem.dtype == "float64" else torch.float32
+        model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers])
+        model = model.to(device=self.device, dtype=dtype)
+        state = {name: torch.as_tensor(value, dtype=dtype, device=self.device) for name, value in problem.params.items()}
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        import torch
+
+        dtype = torch.float64 if problem.dtype == "float64" else torch.float32
+        note = f"{self.device}, {problem.dtype}"
+        result: EngineResult = {}
+
+        def value(tensor: Any) -> EngineValue:
+            return EngineValue(tensor.detach().to("cpu", torch.float64).numpy().copy(), dtype=problem.dtype, note=note)
+
+        kinds = {q.kind for q in quantities}
+        if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:
+            model = self._model(problem)
+            x = torch.tensor(problem.x, dtype=dtype, device=self.device, requires_grad=True)
+            targets = torch.as_tensor(problem.targets, dtype=dtype, device=self.device)
+            loss = problem.loss.torch_loss(model(x), targets)
+            loss.backward()
+            named = dict(model.named_parameters())
+            for q in quantities:
+                if q.kind == "loss":
+                    result[q.name] = value(loss)
+                elif q.kind == "param_grad":
+                    result[q.name] = value(named[q.param].grad)
+                elif q.kind == "input_grad":
+                    result[q.name] = value(x.grad)
+        for q in quantities:
+            if q.kind == "jacobian":
+                model = self._model(problem)
+                params = {k: v.detach() for k, v in model.named_parameters()}
+
+                def single(xi: Any) -> Any:
+                    return torch.func.functional_call(model, params, (xi.unsqueeze(0),)).squeeze(0)
+
+                x = torch.as_tensor(problem.x, dtype=dtype, device=self.device)
+                result[q.name] = value(torch.func.vmap(torch.func.jacrev(single))(x))
+            elif q.kind == "sgd_step":
+                result[q.name] = value(self._sgd_step(problem))
+        return result
+
+    def _sgd_step(self, problem: Problem) -> Any:
+        """``p_after - p_before`` for one real ``torch.optim.SGD`` step, concatenated."""
+        import torch
+
+        assert problem.loss is not None and problem.sgd_lr is not None
+        dtype = torch.float64 if problem.dtype == "float64" else torch.float32
+        model = self._model(problem)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=problem.sgd_lr)
+        optimizer.zero_grad()
+        x = torch.as_tensor(problem.x, dtype=dtype, device=self.device)
+        targets = torch.as_tensor(problem.targets, dtype=dtype, device=self.device)
+        problem.loss.torch_loss(model(x), targets).backward()
+        optimizer.step()
+        return torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+

@@ -1,0 +1,276 @@
+"""Safe expression parser: a whitelisted subset of Python syntax, turned into SymPy.
+
+Case files contain formulas such as ``"sin(a1*pi*x) * sin(a2*pi*y)"``. They are parsed
+with :func:`ast.parse` and walked node by node; only the nodes listed below are accepted
+and each becomes a SymPy object directly. Nothing is ever passed to ``eval``, ``exec`` or
+``sympify`` (all of which can run code).
+
+Accepted:
+
+- numbers (``int`` and ``float`` literals), ``+ - * / **``, unary ``+``/``-``, parentheses;
+- names: the declared variables, the declared constants, ``pi`` and ``e``;
+- calls of the whitelisted functions in :data:`FUNCTIONS` with positional arguments.
+
+Everything else -- attribute access, subscripts, lambdas, comparisons, keywords,
+dunder names, strings -- is an :class:`~derivcheck.errors.ExpressionError` that points at
+the offending column. Size limits keep a hostile or accidental expression from exhausting
+memory or time: at most :data:`MAX_LENGTH` characters, :data:`MAX_NODES` syntax nodes and
+nesting depth :data:`MAX_DEPTH`; a numeric exponent may not exceed :data:`MAX_EXPONENT` in
+absolute value, and a number raised to a number may not exceed :data:`MAX_DIGITS` digits.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .errors import ExpressionError
+
+MAX_LENGTH = 2000
+MAX_NODES = 600
+MAX_DEPTH = 60
+MAX_EXPONENT = 100
+MAX_DIGITS = 300
+MAX_LITERAL = 1e300
+
+
+def _sigmoid(x: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-x))
+
+
+def _relu(x: sp.Expr) -> sp.Expr:
+    return sp.Max(0, x)
+
+
+def _softplus(x: sp.Expr) -> sp.Expr:
+    return sp.log(1 + sp.exp(x))
+
+
+@dataclass(frozen=True)
+class _Function:
+    build: Callable[..., sp.Expr]
+    min_args: int
+    max_args: int | None  # None: variadic
+
+
+FUNCTIONS: dict[str, _Function] = {
+    "exp": _Function(sp.exp, 1, 1),
+    "log": _Function(sp.log, 1, 1),
+    "sqrt": _Function(sp.sqrt, 1, 1),
+    "sin": _Function(sp.sin, 1, 1),
+    "cos": _Function(sp.cos, 1, 1),
+    "tan": _Function(sp.tan, 1, 1),
+    "asin": _Function(sp.asin, 1, 1),
+    "acos": _Function(sp.acos, 1, 1),
+    "atan": _Function(sp.atan, 1, 1),
+    "sinh": _Function(sp.sinh, 1, 1),
+    "cosh": _Function(sp.cosh, 1, 1),
+    "tanh": _Function(sp.tanh, 1, 1),
+    "erf": _Function(sp.erf, 1, 1),
+    "abs": _Function(sp.Abs, 1, 1),
+    "max": _Function(sp.Max, 2, None),
+    "min": _Function(sp.Min, 2, None),
+    "sigmoid": _Function(_sigmoid, 1, 1),
+    "relu": _Function(_relu, 1, 1),
+    "softplus": _Function(_softplus, 1, 1),
+}
+"""Whitelisted function names and their SymPy meaning."""
+
+BUILTIN_CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "e": sp.E}
+
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+
+_ALLOWED_SUMMARY = (
+    "numbers, + - * / **, parentheses, declared variables and constants, pi, e, "
+    "and calls of " + ", ".join(sorted(FUNCTIONS))
+)
+
+
+def make_symbol(name: str) -> sp.Symbol:
+    """Return the real SymPy symbol derivcheck uses for `name` (``real=True``: assumption
+    queries on plain symbols are ~50x slower)."""
+    return sp.Symbol(name, real=True)
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") or name.endswith("__")
+
+
+class _Parser:
+    def __init__(self, text: str, names: Mapping[str, sp.Expr], what: str):
+        self.text = text
+        self.names = names
+        self.what = what
+        self.nodes = 0
+
+    def fail(self, message: str, node: ast.AST | None = None) -> ExpressionError:
+        column = getattr(node, "col_offset", None) if node is not None else None
+        return ExpressionError(f"{self.what}: {message}", self.text, column)
+
+    def visit(self, node: ast.AST, depth: int) -> sp.Expr:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fail(f"expression has more than {MAX_NODES} syntax nodes")
+        if depth > MAX_DEPTH:
+            raise self.fail(f"expression is nested deeper than {MAX_DEPTH} levels", node)
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.UnaryOp):
+            operand = self.visit(node.operand, depth + 1)
+            if isinstance(node.op, ast.USub):
+                return -operand
+            if isinstance(node.op, ast.UAdd):
+                return operand
+            raise self.fail(f"operator {type(node.op).__name__} is not allowed; allowed: {_ALLOWED_SUMMARY}", node)
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, depth)
+        if isinstance(node, ast.Call):
+            return self.call(node, depth)
+        kind = type(node).__name__
+        hints = {
+            "Attribute": "attribute access (a.b) is not allowed",
+            "Subscript": "subscripts (a[i]) are not allowed",
+            "Lambda": "lambda is not allowed",
+            "Compare": "comparisons are not allowed",
+            "BoolOp": "'and'/'or' are not allowed",
+            "IfExp": "conditional expressions are not allowed",
+        }
+        message = hints.get(kind, f"{kind} syntax is not allowed")
+        raise self.fail(f"{message}; allowed: {_ALLOWED_SUMMARY}", node)
+
+    def constant(self, node: ast.Constant) -> sp.Expr:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"literal {value!r} is not a real number", node)
+        if isinstance(value, int):
+            if abs(value) > MAX_LITERAL:
+                raise self.fail(f"integer literal has more than {MAX_DIGITS} digits", node)
+            return sp.Integer(value)
+        if not math.isfinite(value):
+            raise self.fail(f"literal {value!r} is not finite", node)
+        return sp.Float(value)
+
+    def name(self, node: ast.Name) -> sp.Expr:
+        ident = node.id
+        if _is_dunder(ident):
+            raise self.fail(f"dunder name {ident!r} is not allowed", node)
+        if ident in self.names:
+            return self.names[ident]
+        if ident in FUNCTIONS:
+            raise self.fail(f"function {ident!r} must be called, e.g. {ident}(x)", node)
+        known = ", ".join(sorted(self.names)) or "(none declared)"
+        raise self.fail(f"unknown name {ident!r}; declared names: {known}", node)
+
+    def binop(self, node: ast.BinOp, depth: int) -> sp.Expr:
+        symbol = _BINARY.get(type(node.op))
+        if symbol is None:
+            raise self.fail(f"operator {type(node.op).__name__} is not allowed; allowed: {_ALLOWED_SUMMARY}", node)
+        left = self.visit(node.left, depth + 1)
+        right = self.visit(node.right, depth + 1)
+        if symbol == "+":
+            return left + right
+        if symbol == "-":
+            return left - right
+        if symbol == "*":
+            return left * right
+        if symbol == "/":
+            if right == 0:
+                raise self.fail("division by zero", node)
+            return left / right
+        return self.power(left, right, node)
+
+    def power(self, base: sp.Expr, exponent: sp.Expr, node: ast.BinOp) -> sp.Expr:
+        if exponent.is_number:
+            value = complex(sp.N(exponent))
+            if abs(value) > MAX_EXPONENT:
+                raise self.fail(f"exponent {exponent} exceeds {MAX_EXPONENT} in absolute value", node)
+            if base.is_number:
+                magnitude = abs(complex(sp.N(base)))
+                if magnitude > 1 and abs(value) * math.log10(magnitude) > MAX_DIGITS:
+                    raise self.fail(f"number raised to a number exceeds {MAX_DIGITS} digits", node)
+                if base == 0 and value.real < 0:
+                    raise self.fail("zero raised to a negative power", node)
+        return base**exponent
+
+    def call(self, node: ast.Call, depth: int) -> sp.Expr:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(f"only plain function names can be called; allowed: {', '.join(sorted(FUNCTIONS))}", node)
+        ident = node.func.id
+        if _is_dunder(ident):
+            raise self.fail(f"dunder name {ident!r} is not allowed", node)
+        function = FUNCTIONS.get(ident)
+        if function is None:
+            raise self.fail(f"unknown function {ident!r}; allowed: {', '.join(sorted(FUNCTIONS))}", node)
+        if node.keywords:
+            raise self.fail(f"{ident}() takes no keyword arguments", node)
+        if any(isinstance(arg, ast.Starred) for arg in node.args):
+            raise self.fail("star-arguments are not allowed", node)
+        count = len(node.args)
+        if count < function.min_args or (function.max_args is not None and count > function.max_args):
+            expected = (
+                f"{function.min_args}"
+                if function.max_args == function.min_args
+                else f"at least {function.min_args}"
+                if function.max_args is None
+                else f"{function.min_args} to {function.max_args}"
+            )
+            raise self.fail(f"{ident}() takes {expected} argument(s), got {count}", node)
+        args = [self.visit(arg, depth + 1) for arg in node.args]
+        return function.build(*args)
+
+
+def parse_expression(
+    text: str,
+    variables: Iterable[str] = (),
+    constants: Iterable[str] = (),
+    *,
+    what: str = "expression",
+) -> sp.Expr:
+    """Parse `text` into a SymPy expression, accepting only the whitelisted grammar.
+
+    **Arguments:**
+
+    - `text`: the expression, e.g. ``"sin(pi*x) * exp(-k*t)"``.
+    - `variables`: names that become real SymPy symbols (the independent variables).
+    - `constants`: names of constants; they also become real symbols, so a caller can
+      substitute values later while the formula stays readable.
+    - `what`: how to name the expression in error messages (e.g. ``"key 'pde'"``).
+
+    **Returns:** a SymPy expression whose free symbols are among `variables` and
+    `constants` (created with :func:`make_symbol`).
+
+    **Raises:** :class:`~derivcheck.errors.ExpressionError` for anything outside the
+    grammar, with the offending column marked.
+    """
+    if not isinstance(text, str):
+        raise ExpressionError(f"{what}: expected a string, got {type(text).__name__} {text!r}")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"{what}: expression is longer than {MAX_LENGTH} characters ({len(text)})")
+    if not text.strip():
+        raise ExpressionError(f"{what}: expression is empty")
+    names: dict[str, sp.Expr] = dict(BUILTIN_CONSTANTS)
+    for group in (variables, constants):
+        for ident in group:
+            if not isinstance(ident, str) or not ident.isidentifier() or _is_dunder(ident):
+                raise ExpressionError(f"{what}: {ident!r} is not a valid name (letters, digits, _; no dunder)")
+            if ident in FUNCTIONS:
+                raise ExpressionError(f"{what}: name {ident!r} clashes with a function of the same name")
+            names[ident] = make_symbol(ident)
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        column = (exc.offset - 1) if exc.offset else None
+        raise ExpressionError(f"{what}: syntax error: {exc.msg}", text.strip(), column) from None
+    except (RecursionError, MemoryError, ValueError) as exc:
+        raise ExpressionError(f"{what}: expression could not be parsed ({type(exc).__name__}); simplify it") from None
+    parser = _Parser(text.strip(), names, what)
+    try:
+        return parser.visit(tree.body, 0)
+    except RecursionError:
+        raise ExpressionError(f"{what}: expression is nested too deeply") from None

@@ -1,0 +1,18 @@
+"""The layer catalog: every layer and loss derivcheck knows, by case-file name."""
+
+from __future__ import annotations
+
+from .activations import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .base import Layer, Loss, Option
+from .linear import Linear
+from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
+
+LAYERS: dict[str, type[Layer]] = {
+    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity)
+}
+"""Layer classes by the name used in case files (``layer = "linear"``)."""
+
+LOSSES: dict[str, type[Loss]] = {cls.kind: cls for cls in (CrossEntropy, MSE, BCE, BCEWithLogits)}
+"""Loss classes by the name used in case files (``loss = "cross_entropy"``)."""
+
+__all__ = ["LAYERS", "LOSSES", "Layer", "Loss", "Option"]

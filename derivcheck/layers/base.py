@@ -1,0 +1,196 @@
+"""Base classes of the layer catalog.
+
+A layer is defined three times, independently, and each definition is used by one engine:
+
+- :meth:`Layer.sympy_forward` -- the forward map on explicit element symbols (the symbolic
+  engine differentiates it; no derivative is ever written by hand there);
+- :meth:`Layer.numpy_forward` / :meth:`Layer.numpy_backward` -- a hand-written forward and
+  local backward rule (the numpy engine's reverse mode; finite differences perturb the
+  forward);
+- :meth:`Layer.torch_module` -- the real ``torch.nn`` module, into which the case's
+  parameters are copied.
+
+Shapes follow PyTorch: a batch of inputs is ``(N, in_features)``; ``Linear`` weights are
+``(out_features, in_features)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import sympy as sp
+
+from ..errors import CaseError
+
+Params = Mapping[str, np.ndarray]
+"""Parameters of one layer by local name (``"weight"``, ``"bias"``)."""
+
+SymbolArrays = Mapping[str, np.ndarray]
+"""Element symbols of one layer's parameters: object arrays of SymPy symbols, same shapes."""
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a layer or loss accepts in a case file.
+
+    `check` returns ``None`` when the value is fine, or a text saying what is allowed.
+    """
+
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any = _REQUIRED
+    check: Callable[[Any], str | None] | None = None
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def positive_int(value: Any) -> str | None:
+    return None if value >= 1 else "an integer >= 1"
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "integer", float: "number", bool: "boolean", str: "string"}.get(k, k.__name__) for k in kinds)
+
+
+class Configurable(ABC):
+    """Something built from a case-file table validated against :attr:`OPTIONS`."""
+
+    kind: ClassVar[str]
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, file: str | None, key: str, type_key: str) -> "Configurable":
+        """Validate `spec` (the table minus nothing) and build the object.
+
+        `type_key` is the key naming the kind (``"layer"`` or ``"loss"``) and is skipped.
+        """
+        known = {opt.name: opt for opt in cls.OPTIONS}
+        values: dict[str, Any] = {}
+        for name, value in spec.items():
+            if name == type_key:
+                continue
+            opt = known.get(name)
+            if opt is None:
+                allowed = ", ".join([type_key] + list(known)) if known else f"{type_key} (no options)"
+                raise CaseError(f"unknown option {name!r} for {cls.kind}", file=file, key=key, value=value, allowed=allowed)
+            kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if not ok and float in kinds and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise CaseError(f"option {name!r} of {cls.kind} has the wrong type", file=file, key=key, value=value, allowed=_type_name(opt.kind))
+            if opt.check is not None:
+                problem = opt.check(value)
+                if problem:
+                    raise CaseError(f"option {name!r} of {cls.kind} is out of range", file=file, key=key, value=value, allowed=problem)
+            values[name] = value
+        for opt in cls.OPTIONS:
+            if opt.name not in values:
+                if opt.required:
+                    raise CaseError(f"{cls.kind} needs option {opt.name!r} ({opt.help or _type_name(opt.kind)})", file=file, key=key)
+                values[opt.name] = opt.default
+        return cls(**values)
+
+    def describe(self) -> str:
+        """A short text such as ``linear(in=4, out=8)``."""
+        shown = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.kind}({shown})" if shown else self.kind
+
+
+class Layer(Configurable):
+    """One layer of a feed-forward network acting on a batch ``(N, features)``.
+
+    Subclasses define the three independent implementations described in the module
+    docstring. Layers in this family act on each sample independently.
+    """
+
+    def output_size(self, in_size: int) -> int:
+        """Number of output features for `in_size` input features.
+
+        Raises :class:`ValueError` (with a message) when the input size does not fit.
+        """
+        return in_size
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of this layer's parameters by local name (PyTorch layout)."""
+        return {}
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Seeded float64 initial parameters (PyTorch's default ranges)."""
+        return {}
+
+    @abstractmethod
+    def sympy_forward(self, inputs: list[sp.Expr], params: SymbolArrays) -> list[sp.Expr]:
+        """Outputs of one sample as SymPy expressions of the input element symbols."""
+
+    @abstractmethod
+    def numpy_forward(self, x: np.ndarray, params: Params) -> tuple[np.ndarray, Any]:
+        """Forward pass on a batch ``x`` of shape ``(N, in)``; returns ``(y, cache)``."""
+
+    @abstractmethod
+    def numpy_backward(self, grad_y: np.ndarray, cache: Any, params: Params) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Hand-written local backward rule.
+
+        **Arguments:** `grad_y` is dL/dy of shape ``(N, out)``; `cache` is what
+        :meth:`numpy_forward` returned.
+
+        **Returns:** ``(dL/dx of shape (N, in), {param name: dL/dparam})``.
+        """
+
+    @abstractmethod
+    def torch_module(self) -> Any:
+        """The matching ``torch.nn`` module (parameters named like :meth:`param_shapes`)."""
+
+    def kink_inputs(self, cache: Any) -> np.ndarray | None:
+        """Values whose zeros are non-differentiable points (e.g. ReLU pre-activations),
+        shape ``(N, units)``, or ``None`` for a smooth layer."""
+        return None
+
+
+class Loss(Configurable):
+    """A loss ``L = mean over samples of l_n`` (PyTorch's ``reduction="mean"``).
+
+    Targets are passed to the engines as *target columns* ``(N, T)`` of floats (one-hot
+    rows for class indices), so the symbolic engine can treat them as element symbols.
+    """
+
+    def check_output_size(self, size: int) -> str | None:
+        """``None`` if a network with `size` outputs fits this loss, else what is needed."""
+        return None
+
+    @abstractmethod
+    def encode_targets(self, raw: np.ndarray, out_size: int) -> np.ndarray:
+        """Turn raw targets into target columns ``(N, T)``; raise ``ValueError`` with a message."""
+
+    @abstractmethod
+    def random_targets(self, rng: np.random.Generator, n: int, out_size: int) -> np.ndarray:
+        """Seeded valid target columns for `n` samples."""
+
+    @abstractmethod
+    def sympy_per_sample(self, outputs: list[sp.Expr], targets: list[sp.Expr]) -> sp.Expr:
+        """``l_n`` of one sample from its network outputs and target columns."""
+
+    @abstractmethod
+    def numpy_forward(self, y: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Per-sample losses ``(N,)`` and a cache."""
+
+    @abstractmethod
+    def numpy_backward(self, cache: Any) -> np.ndarray:
+        """Hand-written ``d l_n / d y`` of shape ``(N, out)`` (per sample, not divided by N)."""
+
+    @abstractmethod
+    def torch_loss(self, y: Any, targets: Any) -> Any:
+        """The scalar loss from the real ``torch.nn`` loss module; `targets` are target columns."""

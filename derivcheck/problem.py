@@ -1,0 +1,136 @@
+"""The numbers every engine works from: a network, its parameters, inputs and targets.
+
+A :class:`Problem` is engine-neutral: parameters are float64 numpy arrays keyed like
+``nn.Sequential``'s ``state_dict`` (``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...), the
+inputs ``x`` are ``(N, in)`` and the targets are target columns ``(N, T)`` (see
+:mod:`derivcheck.layers.losses`). `dtype` is the precision the *engines under test*
+(numpy and torch) run in; the symbolic and finite-difference references always use float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidArgument
+from .layers import Layer, Loss
+
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """One parameter tensor: its qualified name (``"2.weight"``), layer index and shape."""
+
+    qualified: str
+    layer: int
+    local: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Network:
+    """A sequence of layers with known input width; `sizes[i]` is the width after layer i-1
+    (``sizes[0]`` is the input width, ``sizes[-1]`` the output width)."""
+
+    layers: list[Layer]
+    sizes: list[int]
+
+    @classmethod
+    def build(cls, layers: Sequence[Layer], in_size: int | None = None) -> "Network":
+        """Chain `layers`, checking that consecutive sizes fit.
+
+        The input width defaults to the first layer's ``in`` option.
+        Raises :class:`ValueError` naming the first layer (0-based) that does not fit.
+        """
+        if not layers:
+            raise ValueError("a network needs at least one layer")
+        if in_size is None:
+            in_size = layers[0].options.get("in")
+            if in_size is None:
+                raise ValueError("the input width is unknown: start the network with a linear layer or give the input width")
+        sizes = [int(in_size)]
+        for index, layer in enumerate(layers):
+            try:
+                sizes.append(layer.output_size(sizes[-1]))
+            except ValueError as exc:
+                raise ValueError(f"layer {index} ({layer.describe()}): {exc}") from None
+        return cls(list(layers), sizes)
+
+    @property
+    def in_size(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def out_size(self) -> int:
+        return self.sizes[-1]
+
+    def params(self) -> Iterator[ParamRef]:
+        """Every parameter in ``state_dict`` order."""
+        for index, layer in enumerate(self.layers):
+            for local, shape in layer.param_shapes().items():
+                yield ParamRef(f"{index}.{local}", index, local, shape)
+
+    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+        """Seeded float64 parameters; the same seed always gives the same numbers."""
+        rng = np.random.default_rng(seed)
+        params: dict[str, np.ndarray] = {}
+        for index, layer in enumerate(self.layers):
+            for local, value in layer.init_params(rng).items():
+                params[f"{index}.{local}"] = np.asarray(value, dtype=np.float64)
+        return params
+
+    def layer_params(self, params: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+        """The parameters of layer `index` by local name."""
+        prefix = f"{index}."
+        return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+    def describe(self) -> str:
+        return " -> ".join(layer.describe() for layer in self.layers)
+
+
+@dataclass
+class Problem:
+    """Everything an engine needs: see the module docstring for conventions."""
+
+    network: Network
+    params: dict[str, np.ndarray]
+    x: np.ndarray
+    loss: Loss | None = None
+    targets: np.ndarray | None = None
+    dtype: str = "float64"
+    sgd_lr: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidArgument(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.x = np.asarray(self.x, dtype=np.float64)
+        if self.x.ndim != 2 or self.x.shape[1] != self.network.in_size:
+            raise InvalidArgument(f"inputs must have shape (N, {self.network.in_size}), got {self.x.shape}")
+        if self.x.shape[0] < 1:
+            raise InvalidArgument("inputs must contain at least one sample")
+        expected = {ref.qualified: ref.shape for ref in self.network.params()}
+        if set(expected) != set(self.params):
+            raise InvalidArgument(f"parameters must be exactly {sorted(expected)}, got {sorted(self.params)}")
+        for name, shape in expected.items():
+            value = np.asarray(self.params[name], dtype=np.float64)
+            if value.shape != shape:
+                raise InvalidArgument(f"parameter {name!r} must have shape {shape}, got {value.shape}")
+            self.params[name] = value
+        if (self.loss is None) != (self.targets is None):
+            raise InvalidArgument("a loss needs targets and targets need a loss")
+        if self.targets is not None:
+            self.targets = np.asarray(self.targets, dtype=np.float64)
+            if self.targets.ndim != 2 or self.targets.shape[0] != self.x.shape[0]:
+                raise InvalidArgument(f"targets must be target columns of shape (N={self.x.shape[0]}, T), got {self.targets.shape}")
+
+    @property
+    def batch(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def numpy_dtype(self) -> type:
+        return np.float64 if self.dtype == "float64" else np.float32

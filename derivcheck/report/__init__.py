@@ -1,0 +1,1 @@
+"""Output formats: terminal table and JSON (more formats arrive with ``derivcheck report``)."""

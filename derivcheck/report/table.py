@@ -1,0 +1,47 @@
+"""The terminal summary: one row per case and quantity, then details of what failed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tabulate import tabulate
+
+from ..runner import CaseResult
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1e}"
+
+
+def summary_table(results: Sequence[CaseResult]) -> str:
+    """One row per case and quantity: verdict, max relative error, odd engine, engines."""
+    rows = []
+    for case in results:
+        for q in case.quantities:
+            rows.append([case.name, q.name, q.verdict, _fmt(q.max_rel_error), q.odd_engine or "", ", ".join(q.engines)])
+        if not case.quantities:
+            rows.append([case.name, "-", case.verdict, "", "", ""])
+    return tabulate(rows, headers=["case", "quantity", "verdict", "max rel err", "odd engine", "engines"], tablefmt="simple")
+
+
+def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
+    """Explanations for every quantity that did not simply agree (all of them if `verbose`)."""
+    lines: list[str] = []
+    for case in results:
+        for error in case.errors:
+            lines.append(f"{case.name}: ERROR {error}")
+        for q in case.quantities:
+            if q.verdict == "agree" and not verbose:
+                continue
+            lines.append(f"{case.name} / {q.name}: {q.verdict.upper()} - {q.message}")
+            for engine, reason in q.excluded.items():
+                lines.append(f"    {engine}: {reason}")
+            for engine, reason in q.skipped.items():
+                lines.append(f"    {engine}: skipped ({reason})")
+            if verbose or q.verdict == "disagree":
+                pair_rows = [[p.a, p.b, "yes" if p.agree else "NO", _fmt(p.max_rel_error), p.failing, p.compared, _fmt(p.rtol)] for p in q.pairs]
+                table = tabulate(pair_rows, headers=["engine", "vs", "agree", "max rel err", "failing", "compared", "rtol"], tablefmt="simple")
+                lines.extend("    " + line for line in table.splitlines())
+        if case.kinks and any(q.verdict == "kink" for q in case.quantities):
+            lines.append(f"{case.name}: kinks at " + "; ".join(case.kinks[:5]) + (" ..." if len(case.kinks) > 5 else ""))
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""What an engine hands to the comparison: numbers plus what the engine knows about them.
+
+This module is shared by engines and :mod:`derivcheck.compare`, and knows nothing of how
+a number was computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class EngineValue:
+    """One engine's value of one quantity.
+
+    - `values`: float64 array in the quantity's shape.
+    - `dtype`: the precision the engine computed in (``"float64"`` or ``"float32"``).
+    - `error_estimate`: per-entry estimate of the absolute error, for approximate engines
+      (finite differences); ``None`` for exact engines.
+    - `excluded`: boolean mask of entries the engine cannot vouch for (e.g. a
+      finite-difference step that crossed a kink); `excluded_reason` says why.
+    - `note`: a short human-readable remark (step size used, device, ...).
+    """
+
+    values: np.ndarray
+    dtype: str = "float64"
+    error_estimate: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+    excluded_reason: str = ""
+    note: str = ""
+
+
+@dataclass
+class Skipped:
+    """An engine did not compute a quantity; `reason` says why."""
+
+    reason: str
+
+
+EngineResult = dict[str, "EngineValue | Skipped"]
+"""An engine's results by quantity name."""
