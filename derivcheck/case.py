@@ -14,6 +14,8 @@ A case is a TOML file (read with the standard library's ``tomllib``)::
     loss = "cross_entropy"            # or a table: { loss = "mse" }
     data = { csv = "data/iris.csv", target = "species", standardize = true }
     # or random inputs instead of data:  inputs = { batch = 8, scale = 1.0 }
+    # optionally with targets as formulas of the inputs x0, x1, ... (one per output):
+    #   inputs = { batch = 8, targets = ["sin(pi*x0) * x1", "x2**2"] }
     quantities = ["L", "dL/dparams", "dL/dx", "dy/dx"]
     engines = ["symbolic", "finite_diff", "numpy", "torch"]   # optional subset (>= 2)
     sgd = { lr = 0.1 }                # enables the "sgd_step" quantity
@@ -35,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from .compare import Tolerance
 from .engines import ENGINE_NAMES
 from .engines.finite_diff import METHODS as FD_METHODS
 from .errors import CaseError, InvalidArgument
+from .expr import make_symbol, parse_expression
 from .layers import LAYERS, LOSSES, Layer, Loss
 from .problem import DTYPES, Network, Problem
 from .quantities import DEFAULT_QUANTITIES, expand_quantities
@@ -49,7 +53,7 @@ TOP_LEVEL_KEYS = (
     "quantities", "engines", "sgd", "tolerance", "finite_diff",
 )  # fmt: skip
 DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
-INPUT_KEYS = ("batch", "scale")
+INPUT_KEYS = ("batch", "scale", "targets")
 MAX_BATCH = 100_000
 MAX_CASE_BYTES = 1_000_000
 
@@ -229,6 +233,30 @@ def _raw_targets(columns: list[list[str]], loss: Loss) -> tuple[np.ndarray, list
         return np.array([index[v] for v in columns[0]], dtype=float), classes
 
 
+def _formula_targets(spec: Any, x: np.ndarray, network: Network, loss: Loss | None, file: str | None) -> np.ndarray:
+    """Targets computed from formulas of the inputs ``x0, x1, ...`` (safe parser only)."""
+    key = "inputs.targets"
+    if loss is None:
+        raise CaseError("targets need a loss", file=file, key=key)
+    if not isinstance(spec, list) or len(spec) != network.out_size or not all(isinstance(t, str) for t in spec):
+        raise CaseError(f"must be an array of {network.out_size} formula string(s), one per network output", file=file, key=key, value=spec, allowed='["sin(pi*x0) * x1"]')
+    names = [f"x{j}" for j in range(network.in_size)]
+    columns = []
+    for index, text in enumerate(spec):
+        expression = parse_expression(text, variables=names, what=f"{file or 'case'}: key '{key}[{index}]'")
+        function = sp.lambdify([[make_symbol(n) for n in names]], expression, modules="numpy")
+        with np.errstate(all="ignore"):
+            column = np.broadcast_to(np.asarray(function(list(x.T)), dtype=float), (x.shape[0],))
+        if not np.all(np.isfinite(column)):
+            bad = int(np.argmax(~np.isfinite(column)))
+            raise CaseError(f"formula is not finite at sample {bad} (x = {x[bad].round(4).tolist()})", file=file, key=f"{key}[{index}]", value=text)
+        columns.append(column)
+    try:
+        return loss.encode_targets(np.stack(columns, axis=1), network.out_size)
+    except ValueError as exc:
+        raise CaseError(str(exc), file=file, key=key) from None
+
+
 def case_from_dict(
     table: Mapping[str, Any],
     *,
@@ -288,6 +316,8 @@ def case_from_dict(
             raise sub.error("must be a positive finite number", "scale", scale)
         x = rng.standard_normal((batch, network.in_size)) * scale
         targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None
+        if "targets" in inputs:
+            targets = _formula_targets(inputs["targets"], x, network, loss, file)
 
     sgd_lr = None
     if "sgd" in table:

@@ -12,7 +12,9 @@ The tolerance model, for engines ``a`` and ``b`` at entry ``i``::
 - ``err_*`` is the engine's own per-entry error estimate (finite differences report their
   estimated truncation + rounding error; exact engines report none), times ``safety``.
 
-The relative error reported for a pair is ``max_i |a_i - b_i| / scale``.
+The relative error reported for a pair is ``max_i |a_i - b_i| / scale``; a quantity reports
+the maximum over all pairs, and separately over pairs of exact engines and over pairs
+involving an approximate engine (one that reports an error estimate).
 
 Entries at a non-differentiable point (``kink_mask``) are not compared; entries an engine
 excludes itself (a finite-difference step across a kink) are not compared for that engine.
@@ -70,6 +72,7 @@ class PairResult:
     compared: int
     rtol: float
     failing: int = 0
+    approximate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class PairResult:
             "compared": self.compared,
             "failing": self.failing,
             "rtol": self.rtol,
+            "approximate": self.approximate,
         }
 
 
@@ -116,6 +120,8 @@ class QuantityResult:
     pairs: list[PairResult] = field(default_factory=list)
     odd_engine: str | None = None
     max_rel_error: float = 0.0
+    max_rel_error_exact: float | None = None
+    max_rel_error_approx: float | None = None
     worst: Worst | None = None
     scale: float = 0.0
     kinks: int = 0
@@ -142,6 +148,8 @@ class QuantityResult:
             "verdict": self.verdict,
             "engines": list(self.engines),
             "max_rel_error": _num(self.max_rel_error),
+            "max_rel_error_exact": None if self.max_rel_error_exact is None else _num(self.max_rel_error_exact),
+            "max_rel_error_approx": None if self.max_rel_error_approx is None else _num(self.max_rel_error_approx),
             "odd_engine": self.odd_engine,
             "message": self.message,
             "worst": self.worst.to_dict() if self.worst else None,
@@ -248,7 +256,8 @@ def compare_quantity(
         diff_valid = np.where(valid, diff, 0.0)
         failing = valid & (diff > tol)
         max_abs = float(diff_valid.max()) if valid.any() else 0.0
-        pair = PairResult(a, b, not failing.any(), max_abs, max_abs / max(scale, _TINY), int(valid.sum()), rtol, int(failing.sum()))
+        approximate = va.error_estimate is not None or vb.error_estimate is not None
+        pair = PairResult(a, b, not failing.any(), max_abs, max_abs / max(scale, _TINY), int(valid.sum()), rtol, int(failing.sum()), approximate)
         result.pairs.append(pair)
         if valid.any():
             ratio = np.where(valid, diff / tol, -np.inf)
@@ -267,6 +276,10 @@ def compare_quantity(
                     tolerance=float(tol[index]),
                 )
     result.max_rel_error = max((p.max_rel_error for p in result.pairs), default=0.0)
+    exact = [p.max_rel_error for p in result.pairs if not p.approximate]
+    approx = [p.max_rel_error for p in result.pairs if p.approximate]
+    result.max_rel_error_exact = max(exact) if exact else None
+    result.max_rel_error_approx = max(approx) if approx else None
     result.odd_engine = _odd_engine(engines, result.pairs)
     compared_any = any(p.compared for p in result.pairs)
 

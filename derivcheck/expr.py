@@ -270,6 +270,10 @@ def parse_expression(
     except (RecursionError, MemoryError, ValueError) as exc:
         raise ExpressionError(f"{what}: expression could not be parsed ({type(exc).__name__}); simplify it") from None
     parser = _Parser(text.strip(), names, what)
+    for node in ast.walk(tree):
+        ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if ident is not None and _is_dunder(ident):
+            raise parser.fail(f"dunder name {ident!r} is not allowed", node)
     try:
         return parser.visit(tree.body, 0)
     except RecursionError:

@@ -9,19 +9,21 @@ from tabulate import tabulate
 from ..runner import CaseResult
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.1e}"
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def summary_table(results: Sequence[CaseResult]) -> str:
-    """One row per case and quantity: verdict, max relative error, odd engine, engines."""
+    """One row per case and quantity: verdict, the largest relative error among exact
+    engines and among pairs with finite differences, the odd engine out, engine count."""
     rows = []
     for case in results:
         for q in case.quantities:
-            rows.append([case.name, q.name, q.verdict, _fmt(q.max_rel_error), q.odd_engine or "", ", ".join(q.engines)])
+            rows.append([case.name, q.name, q.verdict, _fmt(q.max_rel_error_exact), _fmt(q.max_rel_error_approx), q.odd_engine or "", len(q.engines)])
         if not case.quantities:
-            rows.append([case.name, "-", case.verdict, "", "", ""])
-    return tabulate(rows, headers=["case", "quantity", "verdict", "max rel err", "odd engine", "engines"], tablefmt="simple")
+            rows.append([case.name, "-", case.verdict, "", "", "", 0])
+    headers = ["case", "quantity", "verdict", "rel err exact", "rel err FD", "odd engine", "engines"]
+    return tabulate(rows, headers=headers, tablefmt="simple")
 
 
 def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
