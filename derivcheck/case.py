@@ -243,7 +243,7 @@ def _formula_targets(spec: Any, x: np.ndarray, network: Network, loss: Loss | No
     names = [f"x{j}" for j in range(network.in_size)]
     columns = []
     for index, text in enumerate(spec):
-        expression = parse_expression(text, variables=names, what=f"{file or 'case'}: key '{key}[{index}]'")
+        expression = parse_expression(text, variables=names, what=f"key '{key}[{index}]'")
         function = sp.lambdify([[make_symbol(n) for n in names]], expression, modules="numpy")
         with np.errstate(all="ignore"):
             column = np.broadcast_to(np.asarray(function(list(x.T)), dtype=float), (x.shape[0],))
