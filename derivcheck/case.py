@@ -40,7 +40,7 @@ import numpy as np
 import sympy as sp
 
 from .compare import Tolerance
-from .engines import ENGINE_NAMES
+from .engines import ENGINE_NAMES, NETWORK_ENGINES
 from .engines.finite_diff import METHODS as FD_METHODS
 from .errors import CaseError, InvalidArgument
 from .expr import make_symbol, parse_expression
@@ -271,6 +271,10 @@ def case_from_dict(
     """
     if not isinstance(table, Mapping):
         raise CaseError("a case must be a table", file=file, value=table)
+    if "pde" in table or "variables" in table:
+        from .pde_case import load_pde_case
+
+        return load_pde_case(table, file=file, base_dir=base_dir, overrides=overrides or {})  # type: ignore[return-value]
     reader = _Reader(table, file)
     reader.check_keys(TOP_LEVEL_KEYS)
     overrides = dict(overrides or {})
@@ -343,7 +347,7 @@ def case_from_dict(
     except ValueError as exc:
         raise CaseError(str(exc), file=file, key="quantities") from None
 
-    engines = overrides.get("engines") or reader.get("engines", list, list(ENGINE_NAMES))
+    engines = overrides.get("engines") or reader.get("engines", list, list(NETWORK_ENGINES))
     validate_engine_names(engines, file=file, key="engines")
     tolerance = _tolerance(table.get("tolerance"), file)
     finite_diff = _finite_diff(table.get("finite_diff"), file)

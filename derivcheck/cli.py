@@ -82,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .case import validate_engine_names
     from .report.json_report import write_json
     from .report.table import details, summary_table
-    from .runner import run_case
+    from .runner import run_any
 
     overrides: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
     if args.seed is not None and args.seed < 0:
@@ -103,7 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_NO_CASES
     results = []
     for case in cases:
-        results.append(run_case(case, device=args.device))
+        results.extend(run_any(case, device=args.device))
     if not args.quiet:
         print(summary_table(results))
         text = details(results, verbose=args.verbose)

@@ -100,11 +100,16 @@ def _is_dunder(name: str) -> bool:
     return name.startswith("__") or name.endswith("__")
 
 
+OperatorHandler = Callable[["_Parser", ast.Call, int], sp.Expr]
+"""Parses one operator call (e.g. ``d(u, x, 2)``); gets the parser, the node and the depth."""
+
+
 class _Parser:
-    def __init__(self, text: str, names: Mapping[str, sp.Expr], what: str):
+    def __init__(self, text: str, names: Mapping[str, sp.Expr], what: str, operators: Mapping[str, OperatorHandler] | None = None):
         self.text = text
         self.names = names
         self.what = what
+        self.operators = dict(operators or {})
         self.nodes = 0
 
     def fail(self, message: str, node: ast.AST | None = None) -> ExpressionError:
@@ -162,7 +167,7 @@ class _Parser:
             raise self.fail(f"dunder name {ident!r} is not allowed", node)
         if ident in self.names:
             return self.names[ident]
-        if ident in FUNCTIONS:
+        if ident in FUNCTIONS or ident in self.operators:
             raise self.fail(f"function {ident!r} must be called, e.g. {ident}(x)", node)
         known = ", ".join(sorted(self.names)) or "(none declared)"
         raise self.fail(f"unknown name {ident!r}; declared names: {known}", node)
@@ -198,19 +203,26 @@ class _Parser:
                     raise self.fail("zero raised to a negative power", node)
         return base**exponent
 
+    def expression(self, node: ast.AST, depth: int) -> sp.Expr:
+        """Parse a sub-expression (for operator handlers)."""
+        return self.visit(node, depth)
+
     def call(self, node: ast.Call, depth: int) -> sp.Expr:
         if not isinstance(node.func, ast.Name):
             raise self.fail(f"only plain function names can be called; allowed: {', '.join(sorted(FUNCTIONS))}", node)
         ident = node.func.id
         if _is_dunder(ident):
             raise self.fail(f"dunder name {ident!r} is not allowed", node)
-        function = FUNCTIONS.get(ident)
-        if function is None:
-            raise self.fail(f"unknown function {ident!r}; allowed: {', '.join(sorted(FUNCTIONS))}", node)
         if node.keywords:
             raise self.fail(f"{ident}() takes no keyword arguments", node)
         if any(isinstance(arg, ast.Starred) for arg in node.args):
             raise self.fail("star-arguments are not allowed", node)
+        if ident in self.operators:
+            return self.operators[ident](self, node, depth)
+        function = FUNCTIONS.get(ident)
+        if function is None:
+            allowed = ", ".join(sorted(set(FUNCTIONS) | set(self.operators)))
+            raise self.fail(f"unknown function {ident!r}; allowed: {allowed}", node)
         count = len(node.args)
         if count < function.min_args or (function.max_args is not None and count > function.max_args):
             expected = (
@@ -231,6 +243,8 @@ def parse_expression(
     constants: Iterable[str] = (),
     *,
     what: str = "expression",
+    extra_names: Mapping[str, sp.Expr] | None = None,
+    operators: Mapping[str, OperatorHandler] | None = None,
 ) -> sp.Expr:
     """Parse `text` into a SymPy expression, accepting only the whitelisted grammar.
 
@@ -241,6 +255,10 @@ def parse_expression(
     - `constants`: names of constants; they also become real symbols, so a caller can
       substitute values later while the formula stays readable.
     - `what`: how to name the expression in error messages (e.g. ``"key 'pde'"``).
+    - `extra_names`: further names and the SymPy objects they stand for (e.g. a field
+      ``u`` standing for ``u(x, y)``).
+    - `operators`: extra call names parsed by their own handler (the differential
+      operators of :mod:`derivcheck.operators`).
 
     **Returns:** a SymPy expression whose free symbols are among `variables` and
     `constants` (created with :func:`make_symbol`).
@@ -262,6 +280,10 @@ def parse_expression(
             if ident in FUNCTIONS:
                 raise ExpressionError(f"{what}: name {ident!r} clashes with a function of the same name")
             names[ident] = make_symbol(ident)
+    for ident, value in (extra_names or {}).items():
+        if ident in FUNCTIONS or (operators and ident in operators):
+            raise ExpressionError(f"{what}: name {ident!r} clashes with a function of the same name")
+        names[ident] = value
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
@@ -269,7 +291,7 @@ def parse_expression(
         raise ExpressionError(f"{what}: syntax error: {exc.msg}", text.strip(), column) from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise ExpressionError(f"{what}: expression could not be parsed ({type(exc).__name__}); simplify it") from None
-    parser = _Parser(text.strip(), names, what)
+    parser = _Parser(text.strip(), names, what, operators)
     for node in ast.walk(tree):
         ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
         if ident is not None and _is_dunder(ident):

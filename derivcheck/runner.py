@@ -22,6 +22,8 @@ SGD_ENGINE = "torch.optim.SGD"
 
 if TYPE_CHECKING:
     from .case import Case
+    from .fields import FieldProblem
+    from .pde_case import FieldCase
 
 
 @dataclass
@@ -204,3 +206,124 @@ def run_case(case: "Case", *, device: str = "cpu") -> CaseResult:
     )
     result.meta = {"dtype": case.problem.dtype, "seed": case.seed, "device": device, "samples": case.problem.batch, **case.problem.meta}
     return result
+
+
+ZERO_ENGINE = "zero (MMS)"
+CASE_FORCING_ENGINE = "forcing (case file)"
+
+
+def run_field_problem(
+    problem: "FieldProblem",
+    engines: Sequence[Engine],
+    quantities: Sequence[str] | None = None,
+    *,
+    name: str = "problem",
+    tolerance: Tolerance = Tolerance(),
+    file: str | None = None,
+    description: str = "",
+) -> CaseResult:
+    """Compute a field problem's quantities with every engine and compare them.
+
+    Besides the engines, two reference columns join the comparison: on the exact solution
+    every ``residual`` is compared with ``zero (MMS)`` (a manufactured solution must make the
+    residual vanish), and every ``forcing`` with the case file's own formula when it gives
+    one (``forcing (case file)``). Residuals are judged against the magnitude of the PDE's
+    terms (the largest derivative, operator or forcing value of the problem).
+    """
+    import sympy as sp
+
+    from .fields import exact_kinks, field_quantities
+
+    qs = field_quantities(problem, quantities)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    timings: dict[str, float] = {}
+    for engine in engines:
+        start = time.perf_counter()
+        try:
+            results[engine.name] = engine.compute(problem, qs)
+        except Exception as exc:  # an engine bug must not hide the other engines' results
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            errors.append(f"engine {engine.name} failed: {last}")
+        timings[engine.name] = time.perf_counter() - start
+
+    kinky = exact_kinks(problem)
+    magnitude = 0.0
+    for q in qs:
+        if q.kind in ("derivative", "operator", "forcing"):
+            for r in results.values():
+                value = r.get(q.name)
+                if isinstance(value, EngineValue) and np.isfinite(value.values).any():
+                    magnitude = max(magnitude, float(np.abs(value.values[np.isfinite(value.values)]).max()))
+    for field_values in [problem.solution_exprs()] if problem.kind == "exact" else []:
+        for expr in field_values.values():
+            fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
+            with np.errstate(all="ignore"):
+                vals = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), (problem.n_points,))
+            if np.isfinite(vals).any():
+                magnitude = max(magnitude, float(np.abs(vals[np.isfinite(vals)]).max()))
+    group_scale = _group_scales(qs, results)  # type: ignore[arg-type]
+
+    compared: list[QuantityResult] = []
+    for q in qs:
+        values = {e: r[q.name] for e, r in results.items() if isinstance(r.get(q.name), EngineValue)}
+        skipped = {e: r[q.name].reason for e, r in results.items() if isinstance(r.get(q.name), Skipped)}
+        scale = None
+        if q.kind == "residual":
+            scale = magnitude
+            if problem.kind == "exact":
+                values[ZERO_ENGINE] = EngineValue(np.zeros(q.shape), note="a manufactured solution makes the residual vanish")
+        elif q.kind == "forcing" and q.equation in problem.spec.user_forcing:
+            expr = problem.spec.user_forcing[q.equation].subs(problem.spec.constant_values())
+            fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
+            with np.errstate(all="ignore"):
+                user = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), q.shape).copy()
+            values[CASE_FORCING_ENGINE] = EngineValue(user, note="the forcing formula written in the case file")
+        elif q.group:
+            scale = group_scale.get(q.group)
+        mask = None
+        if kinky.any() and q.order >= 1 and q.per_sample:
+            mask = np.broadcast_to(kinky.reshape((-1,) + (1,) * (len(q.shape) - 1)), q.shape)
+        compared.append(compare_quantity(q.name, values, tolerance=tolerance, scale=scale, kink_mask=mask, label=q.index_label, skipped=skipped))
+    kinks = [f"point {int(i)} (" + ", ".join(f"{v:.4g}" for v in problem.points[i]) + ")" for i in np.flatnonzero(kinky)[:20]]
+    return CaseResult(
+        name=name,
+        quantities=compared,
+        engines=[e.name for e in engines],
+        file=file,
+        description=description,
+        errors=errors,
+        kinks=kinks,
+        timings=timings,
+    )
+
+
+def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult]:
+    """Run every field problem of a PDE case; one result per checked field kind."""
+    from .engines import make_engines
+
+    out = []
+    for problem in case.problems:
+        engines = make_engines(case.engines, device=device, finite_diff=case.finite_diff)
+        result = run_field_problem(
+            problem,
+            engines,
+            case.quantities,
+            name=f"{case.name} [{problem.kind}]",
+            tolerance=case.tolerance,
+            file=case.file,
+            description=case.description,
+        )
+        result.meta = {"dtype": problem.dtype, "seed": case.seed, "device": device, "points": problem.n_points, "field": problem.kind, **problem.meta}
+        out.append(result)
+    return out
+
+
+def run_any(case: Any, *, device: str = "cpu") -> list[CaseResult]:
+    """Run a network :class:`~derivcheck.case.Case` or a PDE
+    :class:`~derivcheck.pde_case.FieldCase`; always a list of results."""
+    from .pde_case import FieldCase
+
+    if isinstance(case, FieldCase):
+        return run_field_case(case, device=device)
+    return [run_case(case, device=device)]

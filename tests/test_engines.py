@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from derivcheck import find_kinks, load_case, run_case, run_problem
-from derivcheck.engines import ENGINE_NAMES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
+from derivcheck.engines import NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
 from derivcheck.errors import InvalidArgument
 from derivcheck.quantities import expand_quantities
 from derivcheck.values import EngineValue, Skipped
@@ -23,7 +23,7 @@ def test_shipped_case_agrees(path):
     result = run_case(load_case(path))
     assert result.verdict == "agree", [q.message for q in result.quantities if q.verdict != "agree"]
     for q in result.quantities:
-        assert set(q.engines) >= set(ENGINE_NAMES) or q.name == "sgd_step"
+        assert set(q.engines) >= set(NETWORK_ENGINES) or q.name == "sgd_step"
         # exact float64 engines agree to ~1e-12 relative
         assert q.max_rel_error_exact is not None and q.max_rel_error_exact < 1e-12, (q.name, q.max_rel_error_exact)
         if q.max_rel_error_approx is not None:
@@ -33,7 +33,7 @@ def test_shipped_case_agrees(path):
 def test_engines_return_every_quantity():
     problem = make_problem([("linear", {"in": 3, "out": 4}), ("tanh", {}), ("linear", {"in": 4, "out": 2})], sgd_lr=0.1)
     qs = expand_quantities(["L", "dL/dparams", "dL/dx", "dy/dx", "sgd_step"], problem)
-    for engine in make_engines(list(ENGINE_NAMES)):
+    for engine in make_engines(list(NETWORK_ENGINES)):
         result = engine.compute(problem, qs)
         assert set(result) == {q.name for q in qs}
         for q in qs:
@@ -70,7 +70,7 @@ def test_random_networks_agree(specs, loss, batch, seed):
     if loss == "cross_entropy" and out < 2:
         loss = "mse"
     problem = make_problem(specs, loss=loss, batch=batch, seed=seed)
-    result = run_problem(problem, make_engines(list(ENGINE_NAMES)), ["L", "dL/dparams", "dL/dx", "dy/dx"])
+    result = run_problem(problem, make_engines(list(NETWORK_ENGINES)), ["L", "dL/dparams", "dL/dx", "dy/dx"])
     # An exact 0 pre-activation has probability zero from continuous inputs, except
     # downstream of a dead ReLU through a bias-free linear layer: then it is a real kink.
     expected = "kink" if find_kinks(problem) else "agree"
@@ -79,7 +79,7 @@ def test_random_networks_agree(specs, loss, batch, seed):
 
 def test_float32_engines_are_judged_with_float32_tolerance():
     problem = make_problem([("linear", {"in": 4, "out": 6}), ("tanh", {}), ("linear", {"in": 6, "out": 3})], loss="cross_entropy", dtype="float32")
-    result = run_problem(problem, make_engines(list(ENGINE_NAMES)), ["L", "dL/dparams", "dL/dx", "dy/dx"])
+    result = run_problem(problem, make_engines(list(NETWORK_ENGINES)), ["L", "dL/dparams", "dL/dx", "dy/dx"])
     assert result.verdict == "agree"
     grads = [q for q in result.quantities if q.name == "dL/d0.weight"][0]
     rtols = {(p.a, p.b): p.rtol for p in grads.pairs}
@@ -119,7 +119,7 @@ def test_engine_arguments_are_validated():
 
 def test_sgd_step_matches_torch_optimizer():
     problem = make_problem([("linear", {"in": 5, "out": 4}), ("relu", {}), ("linear", {"in": 4, "out": 3})], loss="cross_entropy", sgd_lr=0.05)
-    result = run_problem(problem, make_engines(list(ENGINE_NAMES)), ["sgd_step"])
+    result = run_problem(problem, make_engines(list(NETWORK_ENGINES)), ["sgd_step"])
     (q,) = result.quantities
     assert q.verdict == "agree"
     assert "torch.optim.SGD" in q.engines and "numpy (w - lr*grad)" in q.engines

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from derivcheck import cli, find_kinks, run_problem
-from derivcheck.engines import ENGINE_NAMES, make_engines
+from derivcheck.engines import NETWORK_ENGINES, make_engines
 
 from helpers import make_problem
 
@@ -14,7 +14,7 @@ SPECS = [("linear", {"in": 3, "out": 4}), ("relu", {}), ("linear", {"in": 4, "ou
 
 
 def _engines():
-    return make_engines(list(ENGINE_NAMES))
+    return make_engines(list(NETWORK_ENGINES))
 
 
 def test_exact_kink_is_reported_as_kink():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from derivcheck import cli, run_problem
-from derivcheck.engines import ENGINE_NAMES, make_engines
+from derivcheck.engines import NETWORK_ENGINES, make_engines
 from derivcheck.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from derivcheck.layers.linear import Linear
 from derivcheck.layers.losses import CrossEntropy, MSE
@@ -80,7 +80,7 @@ MUTANTS = [
 @pytest.mark.parametrize(("cls", "attr", "mutant", "specs", "loss", "quantity"), MUTANTS, ids=[m[2].__name__ for m in MUTANTS])
 def test_seeded_bug_is_named(monkeypatch, cls, attr, mutant, specs, loss, quantity):
     problem = make_problem(specs, loss=loss, batch=6, seed=3)
-    engines = make_engines(list(ENGINE_NAMES))
+    engines = make_engines(list(NETWORK_ENGINES))
     clean = run_problem(problem, engines, ["dL/dparams", "dL/dx", "dy/dx"])
     assert clean.verdict == "agree"
     monkeypatch.setattr(cls, attr, mutant)
@@ -112,6 +112,6 @@ def test_tiny_bug_is_still_caught(monkeypatch):
 
     problem = make_problem(SQUARE, batch=4)
     monkeypatch.setattr(Tanh, "numpy_backward", slightly_off)
-    result = run_problem(problem, make_engines(list(ENGINE_NAMES)), ["dL/dparams"])
+    result = run_problem(problem, make_engines(list(NETWORK_ENGINES)), ["dL/dparams"])
     q = {q.name: q for q in result.quantities}["dL/d0.weight"]
     assert q.verdict == "disagree" and q.odd_engine == "numpy"

@@ -7,11 +7,15 @@ from .finite_diff import FiniteDifferences
 from .numpy_backprop import NumpyBackprop
 from .symbolic import SymbolicEngine
 from .torch_autograd import TorchAutograd, cuda_available
+from .torch_func import TorchFunc
 
-ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch")
+ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")
 """All engines in report order."""
 
-__all__ = ["ENGINE_NAMES", "Engine", "make_engines", "FiniteDifferences", "NumpyBackprop", "SymbolicEngine", "TorchAutograd", "cuda_available"]
+NETWORK_ENGINES = ("symbolic", "finite_diff", "numpy", "torch")
+"""The default engines of network (loss) cases."""
+
+__all__ = ["ENGINE_NAMES", "NETWORK_ENGINES", "Engine", "TorchFunc", "make_engines", "FiniteDifferences", "NumpyBackprop", "SymbolicEngine", "TorchAutograd", "cuda_available"]
 
 
 def make_engines(names: list[str], *, device: str = "cpu", finite_diff: dict | None = None) -> list[Engine]:
@@ -24,5 +28,6 @@ def make_engines(names: list[str], *, device: str = "cpu", finite_diff: dict | N
         "finite_diff": lambda: FiniteDifferences(**(finite_diff or {})),
         "numpy": lambda: NumpyBackprop(),
         "torch": lambda: TorchAutograd(device=device),
+        "torch_func": lambda: TorchFunc(device=device),
     }
     return [factories[name]() for name in ENGINE_NAMES if name in names]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..fields import FieldProblem
 from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue, Skipped
@@ -59,6 +60,7 @@ class FiniteDifferences(Engine):
         if step is not None and not (isinstance(step, (int, float)) and 0 < step < 1):
             raise InvalidArgument(f"finite-difference step must be a number in (0, 1), got {step!r}")
         self.method = method
+        self._field_step = float(step) if step is not None else None
         self.step = float(step) if step is not None else (EPS ** (1 / 5) if method == "richardson" else EPS ** (1 / 3))
 
     # -- forward -------------------------------------------------------------------------
@@ -95,6 +97,10 @@ class FiniteDifferences(Engine):
 
     # -- quantities ----------------------------------------------------------------------
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        if isinstance(problem, FieldProblem):
+            from .fields_fd import compute_fields
+
+            return compute_fields(problem, quantities, self.method, self._field_step)
         base = self._evaluate(problem, problem.params, problem.x)
         result: EngineResult = {}
         for q in quantities:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fields import FieldProblem
 from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue, Skipped
@@ -26,6 +27,10 @@ class NumpyBackprop(Engine):
     name = "numpy"
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        if isinstance(problem, FieldProblem):
+            from .fields_numpy import compute_fields
+
+            return compute_fields(problem, quantities)
         dtype = problem.numpy_dtype
         network = problem.network
         params = [

@@ -30,6 +30,7 @@ import sympy as sp
 
 from ..expr import make_symbol
 from ..layers import Layer, Loss
+from ..fields import FieldProblem
 from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue, Skipped
@@ -81,6 +82,10 @@ class CompiledLayer:
         outputs = layer.sympy_forward(inputs, param_arrays)
         cotangent = [make_symbol(f"g{k}") for k in range(self.out_size)]
         self.forward_exprs = outputs
+        self.inputs = inputs
+        self.param_flat = param_flat
+        self._hessian: Callable[..., list[Any]] | None = None
+        self._hessian_keys: list[tuple[int, int, int]] = []
 
         input_index = {sym: j for j, sym in enumerate(inputs)}
         param_index = {sym: i for i, sym in enumerate(param_flat)}
@@ -121,6 +126,26 @@ class CompiledLayer:
         if self._jac_sample:
             flat[:, self._jac_sample] = _stack(self._jacobian_sample(list(a), params), n).T
         return flat.reshape(n, self.out_size, self.in_size)
+
+    def hessian_entries(self, a: np.ndarray, params: list[float]) -> list[tuple[tuple[int, int, int], np.ndarray]]:
+        """Nonzero local second derivatives ``d^2 out_k / d a_i d a_j`` per sample, derived
+        (lazily, on first use) from the local Jacobian: ``[((k, i, j), values (N,)), ...]``."""
+        if self._hessian is None:
+            input_set = set(self.inputs)
+            index = {s: j for j, s in enumerate(self.inputs)}
+            exprs = []
+            for flat, first in enumerate(self.jacobian_exprs):
+                if first == 0:
+                    continue
+                k, i = divmod(flat, self.in_size)
+                for sym, second in _partials(first, input_set).items():
+                    self._hessian_keys.append((k, i, index[sym]))
+                    exprs.append(second)
+            self._hessian = _compile([self.inputs, self.param_flat], exprs)
+        if not self._hessian_keys:
+            return []
+        values = _stack(self._hessian(list(a), params), a.shape[1])
+        return list(zip(self._hessian_keys, values))
 
     def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
@@ -186,6 +211,10 @@ class SymbolicEngine(Engine):
     name = "symbolic"
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        if isinstance(problem, FieldProblem):
+            from .fields_symbolic import compute_fields
+
+            return compute_fields(problem, quantities)
         network = problem.network
         compiled = [compile_layer(layer, size) for layer, size in zip(network.layers, network.sizes)]
         flat_params = []

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..fields import FieldProblem
 from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue
@@ -56,6 +57,10 @@ class TorchAutograd(Engine):
         return model
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        if isinstance(problem, FieldProblem):
+            from .fields_torch import compute_fields
+
+            return compute_fields(problem, quantities, self.device)
         import torch
 
         dtype = torch.float64 if problem.dtype == "float64" else torch.float32

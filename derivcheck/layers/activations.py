@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .base import Layer, Option, Params, SymbolArrays
+from .base import Layer, Option, Params, SymbolArrays, elementwise_jet
 
 
 class Identity(Layer):
@@ -25,6 +25,9 @@ class Identity(Layer):
 
     def numpy_backward(self, grad_y, cache, params):
         return grad_y, {}
+
+    def numpy_jet(self, h, jac, hess, params):
+        return h, jac, hess
 
     def torch_module(self) -> Any:
         import torch
@@ -105,6 +108,11 @@ class Sigmoid(Layer):
         s = cache
         return grad_y * s * (1 - s), {}
 
+    def numpy_jet(self, h, jac, hess, params):
+        s = stable_sigmoid(h)
+        first = s * (1 - s)
+        return elementwise_jet(s, first, first * (1 - 2 * s), jac, hess)
+
     def torch_module(self):
         import torch
 
@@ -125,6 +133,11 @@ class Tanh(Layer):
 
     def numpy_backward(self, grad_y, cache, params):
         return grad_y * (1 - cache**2), {}
+
+    def numpy_jet(self, h, jac, hess, params):
+        t = np.tanh(h)
+        first = 1 - t**2
+        return elementwise_jet(t, first, -2 * t * first, jac, hess)
 
     def torch_module(self):
         import torch

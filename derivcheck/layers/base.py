@@ -154,10 +154,25 @@ class Layer(Configurable):
     def torch_module(self) -> Any:
         """The matching ``torch.nn`` module (parameters named like :meth:`param_shapes`)."""
 
+    def numpy_jet(self, h: np.ndarray, jac: np.ndarray, hess: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hand-written forward-mode propagation of a second-order jet: values ``h``
+        ``(P, in)``, input Jacobian ``jac`` ``(P, in, d)`` and Hessian ``hess``
+        ``(P, in, d, d)`` to the layer's outputs. Layers without one raise
+        ``NotImplementedError`` (the numpy engine then skips field derivatives)."""
+        raise NotImplementedError
+
     def kink_inputs(self, cache: Any) -> np.ndarray | None:
         """Values whose zeros are non-differentiable points (e.g. ReLU pre-activations),
         shape ``(N, units)``, or ``None`` for a smooth layer."""
         return None
+
+
+def elementwise_jet(value: np.ndarray, first: np.ndarray, second: np.ndarray, jac: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Jet through an elementwise function with value, first and second derivative given
+    at the inputs: ``J' = s' J`` and ``H' = s'' J J^T + s' H`` per unit."""
+    new_jac = first[..., None] * jac
+    new_hess = second[..., None, None] * jac[..., :, None] * jac[..., None, :] + first[..., None, None] * hess
+    return value, new_jac, new_hess
 
 
 class Loss(Configurable):

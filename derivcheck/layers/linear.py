@@ -66,6 +66,13 @@ class Linear(Layer):
             grads["bias"] = grad_y.sum(axis=0)
         return grad_y @ params["weight"], grads
 
+    def numpy_jet(self, h, jac, hess, params):
+        weight = params["weight"]
+        out = h @ weight.T
+        if "bias" in params:
+            out = out + params["bias"]
+        return out, np.einsum("pid,oi->pod", jac, weight), np.einsum("pide,oi->pode", hess, weight)
+
     def torch_module(self) -> Any:
         import torch
 

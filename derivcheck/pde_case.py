@@ -1,0 +1,325 @@
+"""PDE case files: manufactured solutions and network fields.
+
+::
+
+    name = "helmholtz-mms"
+    variables = ["x", "y"]               # independent variables; "t" is time if present
+    time = "t"                           # optional: which variable is time (no spatial operators)
+    fields = ["u"]                       # default ["u"]
+    constants = { a1 = 1, a2 = 4, k = 1 }
+    solution = "sin(a1*pi*x) * sin(a2*pi*y)"        # or { u = "...", v = "..." }
+    pde = "laplacian(u) + k**2 * u - f"  # or { momentum_x = "...", continuity = "..." }
+    sources = ["f"]                      # source symbols; default ["f"]
+    forcing = "..."                      # optional: your forcing formula, checked against the derived one
+    domain = { x = [-1, 1], y = [-1, 1] }
+    points = { count = 32 }              # uniform in the domain (seeded), or { values = [[x, y], ...] }
+    network = { widths = [2, 8, 8, 1], activation = "tanh" }   # the network field; false for none
+    pinn = { boundary = 16, lambda = 1.0 }                      # enables the "pinn" quantities
+    check = ["exact", "network"]         # which fields to check (default both)
+    quantities = ["u_xx", "laplacian(u)", "residual", "hessian(u)", "pinn"]   # default: all of the PDE's
+    engines = ["symbolic", "finite_diff", "numpy", "torch", "torch_func"]
+
+Formulas go through the whitelisting parser with the operators of
+:mod:`derivcheck.operators`. One case yields one field problem per entry of ``check``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from .compare import Tolerance
+from .engines import ENGINE_NAMES
+from .errors import CaseError, ExpressionError
+from .expr import make_symbol, parse_expression
+from .fields import FieldProblem, PDESpec, field_quantities
+from .layers import LAYERS
+from .operators import OperatorRecord, operator_handlers
+from .problem import DTYPES, Network
+
+PDE_KEYS = (
+    "name", "description", "variables", "time", "fields", "constants", "solution", "pde", "sources",
+    "forcing", "domain", "points", "network", "pinn", "check", "quantities", "engines", "dtype", "seed",
+    "tolerance", "finite_diff",
+)  # fmt: skip
+ACTIVATIONS = ("tanh", "sigmoid")
+MAX_POINTS = 100_000
+FIELD_ENGINES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")
+
+
+@dataclass
+class FieldCase:
+    """A validated PDE case: one :class:`FieldProblem` per checked field kind."""
+
+    name: str
+    problems: list[FieldProblem]
+    quantities: list[str] | None
+    engines: list[str]
+    description: str = ""
+    file: str | None = None
+    seed: int = 0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    finite_diff: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        first = self.problems[0]
+        return {
+            "name": self.name,
+            "file": self.file,
+            "description": self.description,
+            "network": "PDE: " + "; ".join(f"{k}: {v}" for k, v in first.spec.equations.items()),
+            "loss": None,
+            "samples": first.n_points,
+            "dtype": first.dtype,
+            "quantities": [f"[{p.kind}] {q.name}" for p in self.problems for q in field_quantities(p, self.quantities)],
+            "engines": list(self.engines),
+        }
+
+
+def _err(file: str | None, key: str, message: str, value: Any = None, allowed: str | None = None) -> CaseError:
+    return CaseError(message, file=file, key=key, value=value, allowed=allowed)
+
+
+def _names(table: Mapping[str, Any], key: str, default: list[str] | None, file: str | None) -> list[str]:
+    value = table.get(key, default)
+    if value is None:
+        raise _err(file, key, "missing required key (a list of names)")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.isidentifier() and not v.startswith("_") for v in value):
+        raise _err(file, key, "must be a non-empty array of names", value, '["x", "y"]')
+    if len(set(value)) != len(value):
+        raise _err(file, key, "names must be distinct", value)
+    return list(value)
+
+
+def _formulas(table: Mapping[str, Any], key: str, names: list[str] | None, file: str | None) -> dict[str, str]:
+    """A formula string (for a single name) or a table of formulas."""
+    value = table[key]
+    if isinstance(value, str):
+        if names is not None and len(names) != 1:
+            raise _err(file, key, f"give one formula per name as a table ({', '.join(names)})", value)
+        return {(names[0] if names else "main"): value}
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise _err(file, key, "must be a formula string or a table of formula strings", value)
+    if names is not None and set(value) != set(names):
+        raise _err(file, key, "needs exactly one formula per field", sorted(value), ", ".join(names))
+    return dict(value)
+
+
+def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any]) -> FieldCase:
+    """Validate a PDE case table (see the module docstring) and build its problems."""
+    from .case import _finite_diff, _tolerance, validate_engine_names
+
+    for key, value in table.items():
+        if key not in PDE_KEYS:
+            raise _err(file, key, "unknown key", value, ", ".join(PDE_KEYS))
+    name = table.get("name", Path(file).stem if file else "case")
+    description = table.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise _err(file, "name", "name and description must be strings", name)
+    variables = _names(table, "variables", None, file)
+    fields = _names(table, "fields", ["u"], file)
+    time = table.get("time", "t" if "t" in variables else None)
+    if time is not None and time not in variables:
+        raise _err(file, "time", "the time variable must be one of the variables", time, ", ".join(variables))
+    spatial = [v for v in variables if v != time]
+    constants_raw = table.get("constants", {})
+    if not isinstance(constants_raw, dict):
+        raise _err(file, "constants", "must be a table of numbers", constants_raw, "{ k = 1.0 }")
+    constants: dict[str, float] = {}
+    for cname, cvalue in constants_raw.items():
+        if isinstance(cvalue, bool) or not isinstance(cvalue, (int, float)) or not np.isfinite(cvalue):
+            raise _err(file, f"constants.{cname}", "must be a finite number", cvalue)
+        constants[cname] = float(cvalue)
+    sources = _names(table, "sources", ["f"], file) if "sources" in table else (["f"] if "f" not in set(variables) | set(fields) | set(constants) else [])
+    taken: dict[str, str] = {}
+    for group, members in (("variables", variables), ("fields", fields), ("constants", list(constants)), ("sources", sources)):
+        for member in members:
+            if member in taken:
+                raise _err(file, group, f"name {member!r} is already used in {taken[member]}", member)
+            taken[member] = group
+
+    symbols = {v: make_symbol(v) for v in variables}
+    field_funcs = {f: sp.Function(f, real=True)(*symbols.values()) for f in fields}
+    record = OperatorRecord()
+    handlers = operator_handlers(symbols, spatial, record)
+
+    def parse(text: str, key: str, allow_fields: bool, allow_sources: bool) -> sp.Expr:
+        try:
+            return parse_expression(
+                text,
+                variables=variables,
+                constants=list(constants) + (sources if allow_sources else []),
+                what=f"key '{key}'",
+                extra_names=field_funcs if allow_fields else None,
+                operators=handlers if allow_fields else None,
+            )
+        except ExpressionError as exc:
+            raise CaseError(str(exc), file=file) from None
+
+    if "pde" not in table:
+        raise _err(file, "pde", "missing required key (the PDE residual, e.g. \"laplacian(u) + k**2*u - f\")")
+    equations = {eq: parse(text, f"pde.{eq}" if eq != "main" else "pde", True, True) for eq, text in _formulas(table, "pde", None, file).items()}
+    if isinstance(table["pde"], str):
+        equations = {"residual": equations.pop("main")}
+    source_symbols = {s: make_symbol(s) for s in sources}
+    eq_sources: dict[str, sp.Symbol] = {}
+    for eq, expr in equations.items():
+        used = [s for s in source_symbols.values() if expr.has(s)]
+        if len(used) > 1:
+            raise _err(file, "pde", f"equation {eq!r} uses more than one source ({', '.join(map(str, used))}); give each equation its own", [str(u) for u in used])
+        if used:
+            eq_sources[eq] = used[0]
+    solution = None
+    if "solution" in table:
+        texts = _formulas(table, "solution", fields, file)
+        solution = {f: parse(texts[f], f"solution.{f}" if len(fields) > 1 else "solution", False, False) for f in fields}
+    spec = PDESpec(variables, symbols, spatial, fields, field_funcs, equations, constants, eq_sources, record.used, solution)
+    for eq in eq_sources:
+        try:
+            spec.source_coefficient(eq)
+        except ValueError as exc:
+            raise _err(file, "pde", str(exc)) from None
+    if "forcing" in table:
+        if not eq_sources:
+            raise _err(file, "forcing", "the PDE has no source to give a forcing for", allowed=f"use a source name ({', '.join(sources) or 'f'}) in the PDE")
+        if isinstance(table["forcing"], str):
+            if len(eq_sources) != 1:
+                raise _err(file, "forcing", "several equations have sources: give a table { equation = \"formula\" }", table["forcing"])
+            texts = {next(iter(eq_sources)): table["forcing"]}
+        else:
+            texts = _formulas(table, "forcing", sorted(eq_sources), file)
+        spec.user_forcing = {eq: parse(text, f"forcing.{eq}", False, False) for eq, text in texts.items()}
+
+    dtype = overrides.get("dtype") or table.get("dtype", "float64")
+    if dtype not in DTYPES:
+        raise _err(file, "dtype", "unknown dtype", dtype, ", ".join(DTYPES))
+    seed = overrides["seed"] if overrides.get("seed") is not None else table.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _err(file, "seed", "must be a non-negative integer", seed)
+    domain = _domain(table.get("domain"), variables, file)
+    points = _points(table.get("points", {}), domain, variables, seed, file)
+
+    check = table.get("check", ["exact", "network"] if solution is not None else ["network"])
+    if not isinstance(check, list) or not check or not set(check) <= {"exact", "network"}:
+        raise _err(file, "check", "must be a non-empty array", check, '"exact", "network"')
+    if "exact" in check and solution is None:
+        raise _err(file, "check", "checking the exact field needs a 'solution'", check)
+    network_spec = table.get("network", {})
+    problems: list[FieldProblem] = []
+    pinn = table.get("pinn")
+    boundary, lam = None, 1.0
+    if pinn is not None:
+        if not isinstance(pinn, dict) or set(pinn) - {"boundary", "lambda"}:
+            raise _err(file, "pinn", "must be a table with keys boundary, lambda", pinn, "{ boundary = 16, lambda = 1.0 }")
+        count = pinn.get("boundary", 16)
+        lam = pinn.get("lambda", 1.0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_POINTS:
+            raise _err(file, "pinn.boundary", "must be an integer number of boundary points", count, f"1..{MAX_POINTS}")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
+            raise _err(file, "pinn.lambda", "must be a positive number", lam)
+        if solution is None:
+            raise _err(file, "pinn", "the PINN boundary loss needs a 'solution' for its boundary data")
+        boundary = _boundary_points(domain, variables, count, seed)
+    for kind in check:
+        if kind == "exact":
+            problems.append(FieldProblem(spec, "exact", points, dtype=dtype, meta={"domain": domain}))
+        else:
+            if network_spec is False:
+                raise _err(file, "network", "is false but check includes 'network'")
+            network, params = _network(network_spec, len(variables), len(fields), seed, file)
+            problems.append(FieldProblem(spec, "network", points, network, params, boundary=boundary, dtype=dtype, lambda_b=float(lam), meta={"domain": domain, "network": network.describe()}))
+    quantities = table.get("quantities")
+    if quantities is not None:
+        if not isinstance(quantities, list) or not quantities or not all(isinstance(q, str) for q in quantities):
+            raise _err(file, "quantities", "must be a non-empty array of strings", quantities)
+        for q in quantities:
+            errors = []
+            for problem in problems:
+                try:
+                    field_quantities(problem, [q], strict=True)
+                    break
+                except ValueError as exc:
+                    errors.append(f"[{problem.kind} field] {exc}")
+            else:
+                raise _err(file, "quantities", "; ".join(errors))
+    engines = overrides.get("engines") or table.get("engines", list(FIELD_ENGINES))
+    validate_engine_names(engines, file=file, key="engines")
+    return FieldCase(name, problems, quantities, list(engines), description, file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file))
+
+
+def _domain(spec: Any, variables: list[str], file: str | None) -> dict[str, tuple[float, float]]:
+    if not isinstance(spec, dict):
+        raise _err(file, "domain", "must be a table of [low, high] per variable", spec, "{ x = [-1, 1], y = [0, 2] }")
+    out = {}
+    for v in variables:
+        bounds = spec.get(v)
+        ok = isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b) for b in bounds)
+        if not ok or bounds[0] >= bounds[1]:
+            raise _err(file, f"domain.{v}", "must be [low, high] with low < high", bounds)
+        out[v] = (float(bounds[0]), float(bounds[1]))
+    extra = set(spec) - set(variables)
+    if extra:
+        raise _err(file, "domain", f"{sorted(extra)[0]!r} is not a declared variable", sorted(extra), ", ".join(variables))
+    return out
+
+
+def _points(spec: Any, domain: dict[str, tuple[float, float]], variables: list[str], seed: int, file: str | None) -> np.ndarray:
+    if not isinstance(spec, dict) or set(spec) - {"count", "values"}:
+        raise _err(file, "points", "must be a table with 'count' or 'values'", spec, "{ count = 32 }")
+    if "values" in spec:
+        values = spec["values"]
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise _err(file, "points.values", "must be an array of points (arrays of numbers)", values) from None
+        if array.ndim != 2 or array.shape[1] != len(variables) or array.shape[0] < 1:
+            raise _err(file, "points.values", f"each point needs {len(variables)} coordinates ({', '.join(variables)})", values)
+        return array
+    count = spec.get("count", 32)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_POINTS:
+        raise _err(file, "points.count", "out of range", count, f"1..{MAX_POINTS}")
+    rng = np.random.default_rng([seed, 2])
+    low = np.array([domain[v][0] for v in variables])
+    high = np.array([domain[v][1] for v in variables])
+    return low + (high - low) * rng.random((count, len(variables)))
+
+
+def _boundary_points(domain: dict[str, tuple[float, float]], variables: list[str], count: int, seed: int) -> np.ndarray:
+    """Uniform points on the faces of the domain box (seeded)."""
+    rng = np.random.default_rng([seed, 3])
+    low = np.array([domain[v][0] for v in variables])
+    high = np.array([domain[v][1] for v in variables])
+    pts = low + (high - low) * rng.random((count, len(variables)))
+    faces = rng.integers(0, 2 * len(variables), size=count)
+    for i, face in enumerate(faces):
+        axis, side = divmod(int(face), 2)
+        pts[i, axis] = high[axis] if side else low[axis]
+    return pts
+
+
+def _network(spec: Any, n_in: int, n_out: int, seed: int, file: str | None) -> tuple[Network, dict[str, np.ndarray]]:
+    if not isinstance(spec, dict) or set(spec) - {"widths", "activation"}:
+        raise _err(file, "network", "must be a table with keys widths, activation", spec, '{ widths = [2, 8, 8, 1], activation = "tanh" }')
+    widths = spec.get("widths", [n_in, 8, 8, n_out])
+    if not isinstance(widths, list) or len(widths) < 2 or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1024 for w in widths):
+        raise _err(file, "network.widths", "must be an array of at least two integers in 1..1024", widths)
+    if widths[0] != n_in or widths[-1] != n_out:
+        raise _err(file, "network.widths", f"must start with {n_in} (one input per variable) and end with {n_out} (one output per field)", widths)
+    activation = spec.get("activation", "tanh")
+    if activation not in ACTIVATIONS:
+        raise _err(file, "network.activation", "unsupported activation (a field needs smooth second derivatives)", activation, ", ".join(ACTIVATIONS))
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(LAYERS["linear"](**{"in": widths[i], "out": widths[i + 1], "bias": True}))
+        if i < len(widths) - 2:
+            layers.append(LAYERS[activation]())
+    network = Network.build(layers)
+    return network, network.init_params(seed)
+
+
+__all__ = ["FIELD_ENGINES", "FieldCase", "load_pde_case", "ENGINE_NAMES"]
