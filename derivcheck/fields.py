@@ -223,7 +223,7 @@ def field_quantities(problem: FieldProblem, requested: Sequence[str] | None = No
         order = max((sum(int(n) for _, n in node.variable_count) for node in derivative_nodes(spec.equations[equation])), default=0)
         if problem.kind == "exact" and equation in spec.sources:
             add(FieldQuantity(f"forcing{suffix}", "forcing", (P,), equation=equation, order=order, points=problem.points))
-        add(FieldQuantity(f"residual{suffix}", "residual", (P,), expr=spec.residual_expr(equation), equation=equation, order=order, group=f"residual{suffix}", points=problem.points))
+        add(FieldQuantity(f"residual{suffix}", "residual", (P,), expr=spec.residual_expr(equation), equation=equation, order=order, points=problem.points))
     extra: dict[str, FieldQuantity] = {}
     for name in spec.fields:
         extra[f"grad({name})"] = FieldQuantity(f"grad({name})", "grad", (P, d), field_name=name, order=1, points=problem.points)

@@ -227,21 +227,26 @@ def run_field_problem(
     Besides the engines, two reference columns join the comparison: on the exact solution
     every ``residual`` is compared with ``zero (MMS)`` (a manufactured solution must make the
     residual vanish), and every ``forcing`` with the case file's own formula when it gives
-    one (``forcing (case file)``). Residuals are judged against the magnitude of the PDE's
-    terms (the largest derivative, operator or forcing value of the problem).
+    one (``forcing (case file)``). Sums of terms -- operators, forcing, residuals -- are
+    judged against the magnitude of the PDE's terms (the largest derivative, operator,
+    forcing or field value of the problem), since they may cancel to zero.
     """
     import sympy as sp
 
     from .fields import exact_kinks, field_quantities
 
     qs = field_quantities(problem, quantities)
+    # Every derivative of the PDE is computed (reported or not): the largest of them sets
+    # the scale against which sums of terms (operators, forcing, residuals) are judged.
+    terms = [q for q in field_quantities(problem, None) if q.kind in ("derivative", "operator")]
+    wanted = qs + [q for q in terms if q.name not in {x.name for x in qs}]
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     timings: dict[str, float] = {}
     for engine in engines:
         start = time.perf_counter()
         try:
-            results[engine.name] = engine.compute(problem, qs)
+            results[engine.name] = engine.compute(problem, wanted)
         except Exception as exc:  # an engine bug must not hide the other engines' results
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             errors.append(f"engine {engine.name} failed: {last}")
@@ -249,7 +254,7 @@ def run_field_problem(
 
     kinky = exact_kinks(problem)
     magnitude = 0.0
-    for q in qs:
+    for q in wanted:
         if q.kind in ("derivative", "operator", "forcing"):
             for r in results.values():
                 value = r.get(q.name)
@@ -269,17 +274,18 @@ def run_field_problem(
         values = {e: r[q.name] for e, r in results.items() if isinstance(r.get(q.name), EngineValue)}
         skipped = {e: r[q.name].reason for e, r in results.items() if isinstance(r.get(q.name), Skipped)}
         scale = None
-        if q.kind == "residual":
+        if q.kind in ("operator", "forcing", "residual"):
             scale = magnitude
+        if q.kind == "residual":
             if problem.kind == "exact":
                 values[ZERO_ENGINE] = EngineValue(np.zeros(q.shape), note="a manufactured solution makes the residual vanish")
-        elif q.kind == "forcing" and q.equation in problem.spec.user_forcing:
+        if q.kind == "forcing" and q.equation in problem.spec.user_forcing:
             expr = problem.spec.user_forcing[q.equation].subs(problem.spec.constant_values())
             fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
             with np.errstate(all="ignore"):
                 user = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), q.shape).copy()
             values[CASE_FORCING_ENGINE] = EngineValue(user, note="the forcing formula written in the case file")
-        elif q.group:
+        if q.group and scale is None:
             scale = group_scale.get(q.group)
         mask = None
         if kinky.any() and q.order >= 1 and q.per_sample:
