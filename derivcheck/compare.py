@@ -129,6 +129,7 @@ class QuantityResult:
     excluded: dict[str, str] = field(default_factory=dict)
     nonfinite: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    studies: dict[str, dict] = field(default_factory=dict)
     message: str = ""
 
     @property
@@ -160,6 +161,7 @@ class QuantityResult:
             "excluded": dict(self.excluded),
             "nonfinite": list(self.nonfinite),
             "notes": dict(self.notes),
+            "studies": {e: dict(v) for e, v in self.studies.items()},
         }
 
 
@@ -209,6 +211,7 @@ def compare_quantity(
     engines = list(values)
     result = QuantityResult(name=name, verdict="agree", engines=engines, skipped=dict(skipped or {}))
     result.notes = {e: v.note for e, v in values.items() if v.note}
+    result.studies = {e: v.study for e, v in values.items() if v.study}
     if len(engines) < 2:
         result.verdict = "error"
         result.message = "fewer than two engines computed this quantity, so nothing was compared"

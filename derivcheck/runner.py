@@ -260,13 +260,15 @@ def run_field_problem(
                 value = r.get(q.name)
                 if isinstance(value, EngineValue) and np.isfinite(value.values).any():
                     magnitude = max(magnitude, float(np.abs(value.values[np.isfinite(value.values)]).max()))
-    for field_values in [problem.solution_exprs()] if problem.kind == "exact" else []:
-        for expr in field_values.values():
-            fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
-            with np.errstate(all="ignore"):
-                vals = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), (problem.n_points,))
-            if np.isfinite(vals).any():
-                magnitude = max(magnitude, float(np.abs(vals[np.isfinite(vals)]).max()))
+    # the exact fields and the forcing the residual uses are terms too (case data, no engine)
+    formulas = list(problem.solution_exprs().values()) if problem.kind == "exact" else []
+    formulas += [f.subs(problem.spec.constant_values()) for f in problem.spec.forcing_for_residual().values()]
+    for expr in formulas:
+        fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
+        with np.errstate(all="ignore"):
+            vals = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), (problem.n_points,))
+        if np.isfinite(vals).any():
+            magnitude = max(magnitude, float(np.abs(vals[np.isfinite(vals)]).max()))
     group_scale = _group_scales(qs, results)  # type: ignore[arg-type]
 
     compared: list[QuantityResult] = []
@@ -292,6 +294,10 @@ def run_field_problem(
             mask = np.broadcast_to(kinky.reshape((-1,) + (1,) * (len(q.shape) - 1)), q.shape)
         compared.append(compare_quantity(q.name, values, tolerance=tolerance, scale=scale, kink_mask=mask, label=q.index_label, skipped=skipped))
     kinks = [f"point {int(i)} (" + ", ".join(f"{v:.4g}" for v in problem.points[i]) + ")" for i in np.flatnonzero(kinky)[:20]]
+    meta: dict[str, Any] = {}
+    norms = gradient_norms(qs, results)
+    if norms:
+        meta["gradient_norms"] = norms
     return CaseResult(
         name=name,
         quantities=compared,
@@ -301,7 +307,23 @@ def run_field_problem(
         errors=errors,
         kinks=kinks,
         timings=timings,
+        meta=meta,
     )
+
+
+def gradient_norms(qs: Sequence[Any], results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per engine, per PINN loss term (``L_r``, ``L_b``), the 2-norm of the gradient w.r.t.
+    each parameter tensor: the vanishing/exploding-gradient view, layer by layer."""
+    norms: dict[str, dict[str, dict[str, float]]] = {}
+    for q in qs:
+        if q.kind != "pinn_grad":
+            continue
+        for engine, result in results.items():
+            value = result.get(q.name)
+            if isinstance(value, EngineValue):
+                term = norms.setdefault(engine, {}).setdefault(f"L_{q.term}", {})
+                term[q.param] = float(np.linalg.norm(value.values))
+    return norms
 
 
 def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult]:
@@ -320,7 +342,7 @@ def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult
             file=case.file,
             description=case.description,
         )
-        result.meta = {"dtype": problem.dtype, "seed": case.seed, "device": device, "points": problem.n_points, "field": problem.kind, **problem.meta}
+        result.meta = {"dtype": problem.dtype, "seed": case.seed, "device": device, "points": problem.n_points, "field": problem.kind, **problem.meta, **result.meta}
         out.append(result)
     return out
 

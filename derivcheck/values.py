@@ -22,6 +22,10 @@ class EngineValue:
     - `excluded`: boolean mask of entries the engine cannot vouch for (e.g. a
       finite-difference step that crossed a kink); `excluded_reason` says why.
     - `note`: a short human-readable remark (step size used, device, ...).
+    - `study`: optional step-size study of an approximate engine:
+      ``{"h": [...], "error": [...], "chosen": h}`` (error = max over entries of
+      ``|D(h) - D(h/2)|``, which falls like ``h^2`` while truncation dominates and rises
+      like ``1/h^n`` once rounding does).
     """
 
     values: np.ndarray
@@ -30,6 +34,7 @@ class EngineValue:
     excluded: np.ndarray | None = None
     excluded_reason: str = ""
     note: str = ""
+    study: dict | None = None
 
 
 @dataclass

@@ -135,6 +135,30 @@ class FieldDifferences:
         self.cache[key] = (value, error, excluded)
         return self.cache[key]
 
+    def study(self, key: tuple[str, tuple[int, ...]], decades: int = 7) -> dict:
+        """Step-size study of one field derivative: for h = 10^-1 ... 10^-decades (half
+        decades), the max over points of ``|D(h) - D(h/2)|`` of the plain central stencil."""
+        name, indices = key
+        points = self.problem.points
+        counts = {v: indices.count(v) for v in sorted(set(indices))}
+        scale = np.maximum(1.0, np.abs(points))
+
+        def central(h0: float) -> np.ndarray:
+            h = h0 * scale
+            total = np.zeros(points.shape[0])
+            for combo in itertools.product(*[STENCILS[counts[v]] for v in counts]):
+                shift = np.zeros_like(points)
+                weight = np.ones(points.shape[0])
+                for v, (offset, w) in zip(counts, combo):
+                    shift[:, v] = offset * h[:, v]
+                    weight = weight * w / h[:, v] ** counts[v]
+                total += weight * self.forward.fields(points + shift)[name]
+            return total
+
+        steps = [10.0 ** (-k / 2) for k in range(2, 2 * decades + 1)]
+        errors = [float(np.nanmax(np.abs(central(h) - central(h / 2)))) for h in steps]
+        return {"h": steps, "error": errors, "chosen": self.base_step(len(indices))}
+
     def evaluate(self, expr: sp.Expr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Value, propagated error estimate and excluded mask of `expr` at the points."""
         spec = self.problem.spec
@@ -175,6 +199,8 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], m
     for q in quantities:
         if q.kind in ("derivative", "operator", "residual"):
             result[q.name] = value(*fd.evaluate(q.expr))
+            if q.kind == "derivative" and isinstance(q.expr.expr, sp.core.function.AppliedUndef):
+                result[q.name].study = fd.study(field_derivative_key(q.expr, spec.variable_symbols))
         elif q.kind == "forcing":
             assert q.equation is not None
             rest, coefficient = spec.source_coefficient(q.equation)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import sympy as sp
 
-from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key
+from ..fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives, field_derivative_key
 from ..operators import derivative_nodes
 from ..values import EngineResult, EngineValue, Skipped
 from .symbolic import compile_layer
@@ -35,10 +35,6 @@ def _lambdify_points(expr: sp.Expr, symbols: list[sp.Symbol], points: np.ndarray
     return np.broadcast_to(np.asarray(out, dtype=float), shape).copy()
 
 
-def _drop_dirac(expr: sp.Expr) -> sp.Expr:
-    return expr.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.Integer(0))
-
-
 def _exact(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:
     spec = problem.spec
     constants = spec.constant_values()
@@ -50,7 +46,7 @@ def _exact(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> Engine
     note = "closed form, lambdify(cse=True)"
 
     def closed(expr: sp.Expr) -> sp.Expr:
-        return _drop_dirac(expr.subs(solution).doit().subs(constants))
+        return drop_dirac(expr.subs(solution).doit().subs(constants))
 
     for q in quantities:
         if q.kind in ("derivative", "operator", "residual"):
@@ -59,11 +55,11 @@ def _exact(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> Engine
             result[q.name] = EngineValue(_lambdify_points(forcing[q.equation].subs(constants), symbols, points), note=note)  # type: ignore[index]
         elif q.kind == "grad":
             u = problem.solution_exprs()[q.field_name]  # type: ignore[index]
-            parts = [_lambdify_points(_drop_dirac(sp.diff(u, s)), symbols, points) for s in symbols]
+            parts = [_lambdify_points(drop_dirac(sp.diff(u, s)), symbols, points) for s in symbols]
             result[q.name] = EngineValue(np.stack(parts, axis=-1), note=note)
         elif q.kind == "hessian":
             u = problem.solution_exprs()[q.field_name]  # type: ignore[index]
-            rows = [np.stack([_lambdify_points(_drop_dirac(sp.diff(u, a, b)), symbols, points) for b in symbols], axis=-1) for a in symbols]
+            rows = [np.stack([_lambdify_points(drop_dirac(sp.diff(u, a, b)), symbols, points) for b in symbols], axis=-1) for a in symbols]
             result[q.name] = EngineValue(np.stack(rows, axis=-2), note=note)
         else:
             result[q.name] = Skipped(f"the symbolic engine does not derive {q.kind} quantities of an exact field")

@@ -86,7 +86,7 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], d
     spec = problem.spec
 
     def out(tensor: Any) -> EngineValue:
-        return EngineValue(tensor.detach().to("cpu", torch.float64).numpy().copy(), dtype=problem.dtype, note=note)
+        return EngineValue(tensor.detach().to("cpu", torch.float64).numpy(force=True).copy(), dtype=problem.dtype, note=note)
 
     for q in quantities:
         if q.kind in ("derivative", "operator", "residual"):
@@ -108,7 +108,7 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], d
             model = build_model(problem, state.dtype, device)
             loss_r, loss_b = pinn_losses(problem, device, model)
             (loss_r if term == "r" else loss_b).backward()
-            grads[term] = {name: p.grad.detach().cpu().double().numpy().copy() for name, p in model.named_parameters()}
+            grads[term] = {name: p.grad.detach().cpu().double().numpy(force=True).copy() for name, p in model.named_parameters()}
         for q in pinn:
             if q.kind == "pinn_grad":
                 result[q.name] = EngineValue(grads[q.term][q.param], dtype=problem.dtype, note=note)  # type: ignore[index]

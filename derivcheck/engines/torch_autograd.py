@@ -68,7 +68,7 @@ class TorchAutograd(Engine):
         result: EngineResult = {}
 
         def value(tensor: Any) -> EngineValue:
-            return EngineValue(tensor.detach().to("cpu", torch.float64).numpy().copy(), dtype=problem.dtype, note=note)
+            return EngineValue(tensor.detach().to("cpu", torch.float64).numpy(force=True).copy(), dtype=problem.dtype, note=note)
 
         kinds = {q.kind for q in quantities}
         if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:

@@ -118,7 +118,7 @@ class TorchFunc(Engine):
         result: EngineResult = {}
 
         def out(tensor: Any) -> EngineValue:
-            return EngineValue(tensor.detach().to("cpu", torch.float64).numpy().copy(), dtype=problem.dtype, note=note)
+            return EngineValue(tensor.detach().to("cpu", torch.float64).numpy(force=True).copy(), dtype=problem.dtype, note=note)
 
         for q in quantities:
             if q.kind in ("derivative", "operator", "residual"):
@@ -148,7 +148,7 @@ class TorchFunc(Engine):
                 "r": torch.func.grad(lambda ps: losses(ps)[0])(params),
                 "b": torch.func.grad(lambda ps: losses(ps)[1])(params),
             }
-            as_np = {t: {k: v.detach().cpu().double().numpy() for k, v in g.items()} for t, g in grads.items()}
+            as_np = {t: {k: v.detach().cpu().double().numpy(force=True) for k, v in g.items()} for t, g in grads.items()}
             for q in pinn:
                 if q.kind == "pinn_grad":
                     result[q.name] = EngineValue(as_np[q.term][q.param].copy(), dtype=problem.dtype, note=note)
