@@ -69,6 +69,7 @@ class PDESpec:
     solution: dict[str, sp.Expr] | None = None
     user_forcing: dict[str, sp.Expr] = field(default_factory=dict)  # equation -> formula
     _derived: dict[str, sp.Expr] | None = field(default=None, repr=False, compare=False)
+    _substituted: dict[sp.Expr, sp.Expr] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def variable_symbols(self) -> list[sp.Symbol]:
@@ -76,6 +77,13 @@ class PDESpec:
 
     def constant_values(self) -> dict[sp.Symbol, float]:
         return {sp.Symbol(name, real=True): value for name, value in self.constants.items()}
+
+    def with_constants(self, expr: sp.Expr) -> sp.Expr:
+        """`expr` with the constants' values substituted (memoized per spec: SymPy's
+        ``subs`` costs more than a small network's forward pass)."""
+        if expr not in self._substituted:
+            self._substituted[expr] = expr.subs(self.constant_values())
+        return self._substituted[expr]
 
     def source_coefficient(self, equation: str) -> tuple[sp.Expr, sp.Expr]:
         """``(A, c)`` with ``equation = A + c * source``; raises ``ValueError`` unless the

@@ -57,7 +57,7 @@ class JetExpression:
     def __init__(self, problem: FieldProblem, expr: sp.Expr):
         spec = problem.spec
         self.problem = problem
-        self.expanded = expand_derivatives(expr.subs(spec.constant_values()))
+        self.expanded = expand_derivatives(spec.with_constants(expr))
         self.keys = {node: field_derivative_key(node, spec.variable_symbols) for node in derivative_nodes(self.expanded)}
         for _, indices in self.keys.values():
             if len(indices) > 2:

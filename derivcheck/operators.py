@@ -96,6 +96,14 @@ def torch_gradient(y: Any, xs: Sequence[Any]) -> list[Any]:
     return [torch_derivative(y, x) for x in xs]
 
 
+def torch_gradient_all(y: Any, xs: Sequence[Any]) -> list[Any]:
+    """``[dy/dx for x in xs]`` from a single ``autograd.grad`` call (one backward pass)."""
+    import torch
+
+    grads = torch.autograd.grad(y, list(xs), grad_outputs=torch.ones_like(y), create_graph=True, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+
+
 def torch_divergence(components: Sequence[Any], xs: Sequence[Any]) -> Any:
     return sum(torch_derivative(c, x) for c, x in zip(components, xs))
 

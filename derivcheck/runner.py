@@ -262,7 +262,7 @@ def run_field_problem(
                     magnitude = max(magnitude, float(np.abs(value.values[np.isfinite(value.values)]).max()))
     # the exact fields and the forcing the residual uses are terms too (case data, no engine)
     formulas = list(problem.solution_exprs().values()) if problem.kind == "exact" else []
-    formulas += [f.subs(problem.spec.constant_values()) for f in problem.spec.forcing_for_residual().values()]
+    formulas += [problem.spec.with_constants(f) for f in problem.spec.forcing_for_residual().values()]
     for expr in formulas:
         fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
         with np.errstate(all="ignore"):
@@ -282,7 +282,7 @@ def run_field_problem(
             if problem.kind == "exact":
                 values[ZERO_ENGINE] = EngineValue(np.zeros(q.shape), note="a manufactured solution makes the residual vanish")
         if q.kind == "forcing" and q.equation in problem.spec.user_forcing:
-            expr = problem.spec.user_forcing[q.equation].subs(problem.spec.constant_values())
+            expr = problem.spec.with_constants(problem.spec.user_forcing[q.equation])
             fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
             with np.errstate(all="ignore"):
                 user = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), q.shape).copy()

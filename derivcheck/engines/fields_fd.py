@@ -162,7 +162,7 @@ class FieldDifferences:
     def evaluate(self, expr: sp.Expr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Value, propagated error estimate and excluded mask of `expr` at the points."""
         spec = self.problem.spec
-        expanded = expand_derivatives(expr.subs(spec.constant_values()))
+        expanded = expand_derivatives(spec.with_constants(expr))
         nodes = derivative_nodes(expanded)
         keys = {node: field_derivative_key(node, spec.variable_symbols) for node in nodes}
         values = {node: self.node(keys[node]) for node in nodes}

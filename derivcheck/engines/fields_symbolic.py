@@ -99,7 +99,7 @@ def _network(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> Engi
     result: EngineResult = {}
 
     def evaluate(expr: sp.Expr) -> np.ndarray | Skipped:
-        expanded = expand_derivatives(expr.subs(spec.constant_values()))
+        expanded = expand_derivatives(spec.with_constants(expr))
         values: dict[sp.Symbol, np.ndarray] = {}
         replacements: dict[sp.Expr, sp.Symbol] = {}
         for node in derivative_nodes(expanded):

@@ -18,7 +18,7 @@ import sympy as sp
 
 from ..evaluate import Evaluator
 from ..fields import FieldProblem, FieldQuantity, lambda_hat
-from ..operators import torch_hessian, torch_partial
+from ..operators import torch_gradient_all, torch_hessian, torch_partial
 from ..values import EngineResult, EngineValue, Skipped
 
 
@@ -43,16 +43,30 @@ class _TorchFields:
             self.model = model if model is not None else build_model(problem, self.dtype, device)
             out = self.model(torch.stack(self.leaves, dim=1))
             self.fields = {name: out[:, i] for i, name in enumerate(spec.fields)}
+        self.partials: dict[tuple[sp.Expr, tuple[int, ...]], Any] = {}
         self.evaluator = Evaluator("torch", env, self.fields, self._derivative, like=self.leaves[0])
 
     def _derivative(self, node: sp.Derivative) -> Any:
-        inner = self.evaluator(node.expr)
-        index = {s: leaf for s, leaf in zip(self.problem.spec.variable_symbols, self.leaves)}
-        order = [index[v] for v, n in node.variable_count for _ in range(int(n))]
-        return torch_partial(inner, *order)
+        """Differentiate step by step, caching every partial chain: ``u_xx`` reuses
+        ``u_x``, and the first derivatives of an expression w.r.t. all variables come from
+        one ``autograd.grad`` call (as a hand-written PINN residual would do it)."""
+        position = {s: i for i, s in enumerate(self.problem.spec.variable_symbols)}
+        chain = tuple(position[v] for v, n in node.variable_count for _ in range(int(n)))
+        value = self.evaluator(node.expr)
+        for depth in range(1, len(chain) + 1):
+            key = (node.expr, chain[:depth])
+            if key not in self.partials:
+                if depth == 1:
+                    grads = torch_gradient_all(value, self.leaves)
+                    for i, g in enumerate(grads):
+                        self.partials[(node.expr, (i,))] = g
+                else:
+                    self.partials[key] = torch_partial(value, self.leaves[chain[depth - 1]])
+            value = self.partials[key]
+        return value
 
     def value(self, expr: sp.Expr) -> Any:
-        return self.evaluator(expr.subs(self.problem.spec.constant_values()))
+        return self.evaluator(self.problem.spec.with_constants(expr))
 
 
 def build_model(problem: FieldProblem, dtype: Any, device: str) -> Any:

@@ -69,7 +69,7 @@ class _Functional:
 
     def evaluate(self, expr: sp.Expr, points: Any) -> Any:
         spec = self.problem.spec
-        expanded = expand_derivatives(expr.subs(spec.constant_values()))
+        expanded = expand_derivatives(spec.with_constants(expr))
         field_index = {name: i for i, name in enumerate(spec.fields)}
 
         def derivative_indexed(node: sp.Derivative) -> Any:
