@@ -9,19 +9,33 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import operators
 from .case import Case, case_from_dict, discover, load_case
 from .compare import QuantityResult, Tolerance, compare_quantity
-from .engines import ENGINE_NAMES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
+from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
 from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
 from .expr import parse_expression
+from .fields import FieldProblem, PDESpec, field_quantities
 from .kinks import find_kinks
 from .layers import LAYERS, LOSSES
 from .problem import Network, Problem
-from .runner import CaseResult, run_case, run_problem
+from .pde_case import FIELD_ENGINES, FieldCase
+from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
 from .values import EngineValue, Skipped
 
 __all__ = [
     "ENGINE_NAMES",
+    "FIELD_ENGINES",
+    "NETWORK_ENGINES",
+    "FieldCase",
+    "FieldProblem",
+    "PDESpec",
+    "TorchFunc",
+    "field_quantities",
+    "operators",
+    "run_any",
+    "run_field_case",
+    "run_field_problem",
     "LAYERS",
     "LOSSES",
     "Case",

@@ -78,6 +78,7 @@ class Case:
             "name": self.name,
             "file": self.file,
             "description": self.description,
+            "kind": "network",
             "network": self.problem.network.describe(),
             "loss": self.problem.loss.kind if self.problem.loss else None,
             "samples": self.problem.batch,

@@ -71,8 +71,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{s['name']}  ({s['file']})")
         if s["description"]:
             print(f"  {s['description']}")
-        print(f"  network:    {s['network']}" + (f"  loss: {s['loss']}" if s["loss"] else ""))
-        print(f"  samples:    {s['samples']}, dtype {s['dtype']}, engines: {', '.join(s['engines'])}")
+        if s["kind"] == "pde":
+            for equation, text in s["pde"].items():
+                print(f"  pde:        {equation} = {text}")
+            print(f"  fields:     {', '.join(s['fields'])}; {s['samples']} points, dtype {s['dtype']}, engines: {', '.join(s['engines'])}")
+        else:
+            print(f"  network:    {s['network']}" + (f"  loss: {s['loss']}" if s["loss"] else ""))
+            print(f"  samples:    {s['samples']}, dtype {s['dtype']}, engines: {', '.join(s['engines'])}")
         print(f"  quantities: {', '.join(s['quantities'])}")
     print(tabulate([[s["name"], len(s["quantities"]), s["file"]] for s in summaries], headers=["case", "quantities", "file"]))
     return EXIT_OK

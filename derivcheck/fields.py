@@ -68,6 +68,7 @@ class PDESpec:
     operators: list[tuple[str, sp.Expr]] = field(default_factory=list)
     solution: dict[str, sp.Expr] | None = None
     user_forcing: dict[str, sp.Expr] = field(default_factory=dict)  # equation -> formula
+    texts: dict[str, str] = field(default_factory=dict)  # equation -> text as written
     _derived: dict[str, sp.Expr] | None = field(default=None, repr=False, compare=False)
     _substituted: dict[sp.Expr, sp.Expr] = field(default_factory=dict, repr=False, compare=False)
 

@@ -72,8 +72,9 @@ class FieldCase:
             "name": self.name,
             "file": self.file,
             "description": self.description,
-            "network": "PDE: " + "; ".join(f"{k}: {v}" for k, v in first.spec.equations.items()),
-            "loss": None,
+            "kind": "pde",
+            "pde": dict(first.spec.texts),
+            "fields": [p.kind for p in self.problems],
             "samples": first.n_points,
             "dtype": first.dtype,
             "quantities": [f"[{p.kind}] {q.name}" for p in self.problems for q in field_quantities(p, self.quantities)],
@@ -163,9 +164,11 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
 
     if "pde" not in table:
         raise _err(file, "pde", "missing required key (the PDE residual, e.g. \"laplacian(u) + k**2*u - f\")")
-    equations = {eq: parse(text, f"pde.{eq}" if eq != "main" else "pde", True, True) for eq, text in _formulas(table, "pde", None, file).items()}
+    pde_texts = _formulas(table, "pde", None, file)
+    equations = {eq: parse(text, f"pde.{eq}" if eq != "main" else "pde", True, True) for eq, text in pde_texts.items()}
     if isinstance(table["pde"], str):
         equations = {"residual": equations.pop("main")}
+        pde_texts = {"residual": pde_texts["main"]}
     source_symbols = {s: make_symbol(s) for s in sources}
     eq_sources: dict[str, sp.Symbol] = {}
     for eq, expr in equations.items():
@@ -178,7 +181,7 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     if "solution" in table:
         texts = _formulas(table, "solution", fields, file)
         solution = {f: parse(texts[f], f"solution.{f}" if len(fields) > 1 else "solution", False, False) for f in fields}
-    spec = PDESpec(variables, symbols, spatial, fields, field_funcs, equations, constants, eq_sources, record.used, solution)
+    spec = PDESpec(variables, symbols, spatial, fields, field_funcs, equations, constants, eq_sources, record.used, solution, texts=pde_texts)
     for eq in eq_sources:
         try:
             spec.source_coefficient(eq)
