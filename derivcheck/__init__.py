@@ -9,7 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from . import operators
+from .api import assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
 from .case import Case, case_from_dict, discover, load_case
 from .compare import QuantityResult, Tolerance, compare_quantity
 from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
@@ -20,10 +23,20 @@ from .kinks import find_kinks
 from .layers import LAYERS, LOSSES
 from .problem import Network, Problem
 from .pde_case import FIELD_ENGINES, FieldCase
+from .check_result import CheckResult, DerivativeMismatch
 from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
 from .values import EngineValue, Skipped
 
 __all__ = [
+    "CheckResult",
+    "DerivativeMismatch",
+    "assert_numpy",
+    "assert_operator",
+    "assert_torch",
+    "check_numpy",
+    "check_operator",
+    "check_torch",
+    "strategies",
     "ENGINE_NAMES",
     "FIELD_ENGINES",
     "NETWORK_ENGINES",
@@ -67,3 +80,15 @@ __all__ = [
     "run_case",
     "run_problem",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``dc.strategies`` is imported on first use: it needs Hypothesis (the ``test`` extra)."""
+    if name == "strategies":
+        import importlib
+
+        try:
+            return importlib.import_module(".strategies", __name__)
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("derivcheck.strategies needs Hypothesis: pip install 'derivcheck[test]' (or pip install hypothesis)") from exc
+    raise AttributeError(f"module 'derivcheck' has no attribute {name!r}")

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run case files and compare the engines", description="Run case files (or folders of them) and compare every engine on every quantity.")
     run.add_argument("paths", nargs="+", help="case files or folders (searched recursively for *.toml)")
     run.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    run.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE (verdict and max error as properties)")
     run.add_argument("--engines", metavar="LIST", help=f"comma-separated subset of {','.join(ENGINE_NAMES)} (at least two)")
     run.add_argument("--dtype", choices=("float64", "float32"), help="precision of the numpy and torch engines (overrides the case)")
     run.add_argument("--seed", type=int, help="seed for parameters and random inputs (overrides the case)")
@@ -117,6 +118,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(text)
     if args.json:
         write_json(args.json, results)
+    if args.junit:
+        from .report.junit import write_junit
+
+        write_junit(args.junit, results)
     counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
     print(f"\n{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if any(r.crashed for r in results):

@@ -136,7 +136,12 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         if isinstance(cvalue, bool) or not isinstance(cvalue, (int, float)) or not np.isfinite(cvalue):
             raise _err(file, f"constants.{cname}", "must be a finite number", cvalue)
         constants[cname] = float(cvalue)
-    sources = _names(table, "sources", ["f"], file) if "sources" in table else (["f"] if "f" not in set(variables) | set(fields) | set(constants) else [])
+    if table.get("sources") == []:
+        sources: list[str] = []
+    elif "sources" in table:
+        sources = _names(table, "sources", ["f"], file)
+    else:
+        sources = ["f"] if "f" not in set(variables) | set(fields) | set(constants) else []
     taken: dict[str, str] = {}
     for group, members in (("variables", variables), ("fields", fields), ("constants", list(constants)), ("sources", sources)):
         for member in members:

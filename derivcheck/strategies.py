@@ -1,0 +1,132 @@
+"""Hypothesis strategies for testing derivative code (public API: ``dc.strategies``).
+
+::
+
+    from hypothesis import given
+    import derivcheck as dc
+
+    @given(x=dc.strategies.inputs(shape=(3, 4)))
+    def test_my_layer(x):
+        dc.assert_torch(MyLayer(), x)
+
+Failures shrink toward the smallest shape and the simplest values Hypothesis can find;
+the :class:`~derivcheck.check_result.DerivativeMismatch` message then shows the table for
+that minimal counterexample.
+
+Profiles: :func:`register_profiles` registers ``derivcheck-ci`` (derandomized, no
+deadline, no example database: reproducible CI runs) and ``derivcheck-dev``; select one
+with ``pytest --hypothesis-profile=derivcheck-ci`` or ``settings.load_profile(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from .errors import InvalidArgument
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+
+
+def register_profiles() -> None:
+    """Register the ``derivcheck-ci`` and ``derivcheck-dev`` Hypothesis profiles."""
+    settings.register_profile("derivcheck-ci", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("derivcheck-dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _check_bounds(name: str, low: int, high: int) -> None:
+    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, int) or not isinstance(high, int) or not 1 <= low <= high:
+        raise InvalidArgument(f"{name} must be integers with 1 <= min <= max, got {low!r}, {high!r}")
+
+
+def batch_features(max_batch: int = 8, max_features: int = 8) -> st.SearchStrategy[tuple[int, int]]:
+    """Shapes ``(batch, features)`` of a dense layer's input."""
+    _check_bounds("max_batch/max_features", 1, min(max_batch, max_features))
+    return st.tuples(st.integers(1, max_batch), st.integers(1, max_features))
+
+
+def image_shapes(max_batch: int = 4, max_channels: int = 4, max_side: int = 8) -> st.SearchStrategy[tuple[int, int, int, int]]:
+    """Shapes ``(batch, channels, height, width)`` for convolution-style layers."""
+    return st.tuples(st.integers(1, max_batch), st.integers(1, max_channels), st.integers(1, max_side), st.integers(1, max_side))
+
+
+def sequence_shapes(max_batch: int = 4, max_length: int = 8, max_features: int = 8) -> st.SearchStrategy[tuple[int, int, int]]:
+    """Shapes ``(batch, sequence length, features)`` for recurrent and attention layers."""
+    return st.tuples(st.integers(1, max_batch), st.integers(1, max_length), st.integers(1, max_features))
+
+
+def arrays(
+    shape: Sequence[int] | st.SearchStrategy[Any],
+    *,
+    min_magnitude: float = 1e-2,
+    max_magnitude: float = 3.0,
+    dtype: Any = np.float64,
+) -> st.SearchStrategy[np.ndarray]:
+    """Well-conditioned numpy arrays: every entry has ``min_magnitude <= |x| <=
+    max_magnitude``, keeping inputs away from kinks at 0 (ReLU, abs) and from overflow."""
+    if not 0 <= min_magnitude < max_magnitude:
+        raise InvalidArgument(f"need 0 <= min_magnitude < max_magnitude, got {min_magnitude!r}, {max_magnitude!r}")
+    magnitude = st.floats(min_magnitude, max_magnitude, allow_nan=False, allow_infinity=False, width=32 if dtype == np.float32 else 64)
+    element = st.tuples(st.booleans(), magnitude).map(lambda p: p[1] if p[0] else -p[1])
+    return hnp.arrays(dtype, shape, elements=element)
+
+
+def inputs(
+    shape: Sequence[int] | st.SearchStrategy[Any],
+    *,
+    kind: str = "torch",
+    dtype: str = "float64",
+    min_magnitude: float = 1e-2,
+    max_magnitude: float = 3.0,
+) -> st.SearchStrategy[Any]:
+    """Well-conditioned inputs for :func:`~derivcheck.api.assert_torch` (``kind="torch"``)
+    or :func:`~derivcheck.api.assert_numpy` (``kind="numpy"``); see :func:`arrays`."""
+    if kind not in ("torch", "numpy"):
+        raise InvalidArgument(f"kind must be 'torch' or 'numpy', got {kind!r}")
+    if dtype not in ("float64", "float32"):
+        raise InvalidArgument(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    base = arrays(shape, min_magnitude=min_magnitude, max_magnitude=max_magnitude, dtype=np_dtype)
+    if kind == "numpy":
+        return base
+
+    def to_tensor(a: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return base.map(to_tensor)
+
+
+@st.composite
+def network_specs(draw: Any, max_depth: int = 3, max_width: int = 8, activations: Sequence[str] = ACTIVATIONS) -> list[dict[str, Any]]:
+    """Layer tables for a case file's ``network = [...]``: ``linear`` layers with
+    activations between them (and possibly after the last)."""
+    depth = draw(st.integers(1, max_depth))
+    widths = draw(st.lists(st.integers(1, max_width), min_size=depth + 1, max_size=depth + 1))
+    layers: list[dict[str, Any]] = []
+    for i in range(depth):
+        layers.append({"layer": "linear", "in": widths[i], "out": widths[i + 1], "bias": draw(st.booleans())})
+        if i < depth - 1 or draw(st.booleans()):
+            layers.append({"layer": draw(st.sampled_from(list(activations)))})
+    return layers
+
+
+def points(domain: Mapping[str, Sequence[float]], *, min_count: int = 1, max_count: int = 16) -> st.SearchStrategy[np.ndarray]:
+    """Arrays ``(P, d)`` of points inside a box ``{variable: [low, high]}`` (variables in
+    the mapping's order), for PDE operators."""
+    _check_bounds("min_count/max_count", min_count, max_count)
+    bounds = list(domain.items())
+    for name, bound in bounds:
+        if len(bound) != 2 or not bound[0] < bound[1]:
+            raise InvalidArgument(f"domain[{name!r}] must be [low, high] with low < high, got {bound!r}")
+    coordinate = st.tuples(*[st.floats(float(lo), float(hi), allow_nan=False, exclude_min=False) for _, (lo, hi) in bounds])
+    return st.lists(coordinate, min_size=min_count, max_size=max_count).map(lambda rows: np.array(rows, dtype=np.float64).reshape(len(rows), len(bounds)))
+
+
+register_profiles()
