@@ -71,7 +71,14 @@ def arrays(
     max_magnitude``, keeping inputs away from kinks at 0 (ReLU, abs) and from overflow."""
     if not 0 <= min_magnitude < max_magnitude:
         raise InvalidArgument(f"need 0 <= min_magnitude < max_magnitude, got {min_magnitude!r}, {max_magnitude!r}")
-    magnitude = st.floats(min_magnitude, max_magnitude, allow_nan=False, allow_infinity=False, width=32 if dtype == np.float32 else 64)
+    if dtype == np.float32:
+        # bounds must be exactly representable: round inwards to float32
+        low, high = np.float32(min_magnitude), np.float32(max_magnitude)
+        low = np.nextafter(low, np.float32(np.inf)) if low < min_magnitude else low
+        high = np.nextafter(high, np.float32(0)) if high > max_magnitude else high
+        magnitude = st.floats(float(low), float(high), allow_nan=False, allow_infinity=False, width=32)
+    else:
+        magnitude = st.floats(min_magnitude, max_magnitude, allow_nan=False, allow_infinity=False)
     element = st.tuples(st.booleans(), magnitude).map(lambda p: p[1] if p[0] else -p[1])
     return hnp.arrays(dtype, shape, elements=element)
 

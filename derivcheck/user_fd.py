@@ -126,7 +126,13 @@ class TaylorResult:
 
     def to_dict(self) -> dict:
         order = self.order
-        return {"steps": self.steps, "remainders": self.remainders, "orders": self.orders, "order": None if not np.isfinite(order) else order, "ok": self.ok}
+        return {
+            "steps": self.steps,
+            "remainders": self.remainders,
+            "orders": [o if np.isfinite(o) else None for o in self.orders],  # None: below the noise floor
+            "order": order if np.isfinite(order) else None,
+            "ok": self.ok,
+        }
 
 
 def usable_orders(result: TaylorResult) -> list[float]:

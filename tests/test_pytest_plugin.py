@@ -1,0 +1,105 @@
+"""The pytest plugin: case collection, failure output, JUnit properties, the fixture."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from helpers import CASES
+
+pytest_plugins = ["pytester"]
+
+GOOD = """
+name = "tiny"
+network = [{ layer = "linear", in = 2, out = 3 }, { layer = "tanh" }, { layer = "linear", in = 3, out = 2 }]
+loss = "mse"
+inputs = { batch = 3 }
+"""
+
+
+def test_collects_case_files(pytester):
+    cases = pytester.mkdir("cases")
+    (cases / "tiny.toml").write_text(GOOD)
+    shutil.copy(CASES / "pde" / "heat-1d.toml", cases / "heat.toml")
+    result = pytester.runpytest_subprocess("--derivcheck", "cases", "-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*heat.toml::heat PASSED*", "*tiny.toml::tiny PASSED*"])
+
+
+def test_ini_option_collects_too(pytester):
+    cases = pytester.mkdir("mycases")
+    (cases / "tiny.toml").write_text(GOOD)
+    pytester.makeini("[pytest]\nderivcheck_paths = mycases\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_failure_shows_the_table_and_junit_properties(pytester):
+    cases = pytester.mkdir("cases")
+    (cases / "tiny.toml").write_text(GOOD)
+    (cases / "broken.toml").write_text('network = [{ layer = "nope" }]\ninputs = {batch=1}\n')
+    pytester.makeconftest(
+        """
+from derivcheck.layers.activations import Tanh
+
+def pytest_configure(config):
+    Tanh.numpy_backward = lambda self, g, cache, params: (g * (1 - cache), {})
+"""
+    )
+    # (every run here is a subprocess: an inline run would leak the conftest's mutation and
+    # unload torch's submodules afterwards)
+    result = pytester.runpytest_subprocess("--derivcheck", "cases", "--junitxml=out.xml", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*invalid case file*unknown layer*", "*numpy disagrees with symbolic, finite_diff, torch*"])
+    tree = ET.parse(pytester.path / "out.xml")
+    props = {(tc.get("name"), p.get("name")): p.get("value") for tc in tree.iter("testcase") for p in tc.iter("property")}
+    assert props[("tiny", "verdict")] == "disagree"
+    assert float(props[("tiny", "max_rel_error")]) > 1e-3
+    assert props[("broken", "verdict")] == "error"
+
+
+def test_fixture_records_properties(pytester):
+    pytester.makepyfile(
+        """
+import torch
+
+def test_ok(derivcheck):
+    derivcheck.assert_torch(torch.tanh, torch.linspace(-1, 1, 5, dtype=torch.float64))
+
+def test_bad(derivcheck):
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x ** 3
+        @staticmethod
+        def backward(ctx, g):
+            return g
+    derivcheck.assert_torch(Wrong.apply, torch.linspace(0.5, 1, 3, dtype=torch.float64))
+"""
+    )
+    result = pytester.runpytest_subprocess("--junitxml=out.xml", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*DerivativeMismatch*", "*derivcheck MISMATCH*"])
+    tree = ET.parse(pytester.path / "out.xml")
+    verdicts = {tc.get("name"): {p.get("name"): p.get("value") for p in tc.iter("property")} for tc in tree.iter("testcase")}
+    assert verdicts["test_ok"]["derivcheck_verdict"] == "agree"
+    assert verdicts["test_bad"]["derivcheck_verdict"] == "disagree"
+
+
+@pytest.mark.parametrize("mutate", [False, True])
+def test_cli_junit(tmp_path, monkeypatch, mutate):
+    from derivcheck import cli
+    from derivcheck.layers.activations import Tanh
+
+    case = tmp_path / "tiny.toml"
+    case.write_text(GOOD)
+    if mutate:
+        monkeypatch.setattr(Tanh, "numpy_backward", lambda self, g, cache, params: (g * (1 - cache), {}))
+    out = tmp_path / "report.xml"
+    assert cli.main(["run", str(case), "--junit", str(out), "-q"]) == (1 if mutate else 0)
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert suite.get("tests") == "1" and suite.get("failures") == ("1" if mutate else "0")
+    case_node = suite.find("testcase")
+    assert case_node.find("properties/property[@name='verdict']").get("value") == ("disagree" if mutate else "agree")
+    assert (case_node.find("failure") is not None) == mutate
