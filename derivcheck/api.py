@@ -29,7 +29,7 @@ from .expr import make_symbol, parse_expression
 from .user_fd import directional, jacobian, second_directional, taylor_orders
 from .values import EngineValue
 
-MAX_FULL = 20_000
+MAX_FULL = 4096
 """Default largest Jacobian (entries, per input) checked in full."""
 
 DIRECTIONS = 4
