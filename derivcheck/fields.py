@@ -333,3 +333,18 @@ def lambda_hat(grads_r: Mapping[str, np.ndarray], grads_b: Mapping[str, np.ndarr
     top = max(float(np.abs(grads_r[w]).max()) for w in weights)
     mean = float(np.mean(np.concatenate([np.abs(lam * grads_b[w]).ravel() for w in weights])))
     return top / mean
+
+
+def pinn_values(quantities: Sequence[FieldQuantity], grads: Mapping[str, Mapping[str, np.ndarray]], problem: FieldProblem, note: str) -> dict[str, Any]:
+    """Engine values of the ``pinn`` quantities from exact gradients ``grads[term][param]``
+    (``term`` ``"r"`` or ``"b"``): each gradient, and ``lambda_hat`` over the weights."""
+    from .values import EngineValue
+
+    out: dict[str, Any] = {}
+    for q in quantities:
+        if q.kind == "pinn_grad":
+            out[q.name] = EngineValue(np.asarray(grads[q.term][q.param]), dtype=problem.dtype, note=note)  # type: ignore[index]
+        elif q.kind == "lambda_hat":
+            weights = [n for n in grads["r"] if n.endswith("weight")]
+            out[q.name] = EngineValue(np.asarray(lambda_hat(grads["r"], grads["b"], weights, problem.lambda_b)), dtype=problem.dtype, note=note)
+    return out

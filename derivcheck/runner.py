@@ -79,6 +79,23 @@ class CaseResult:
         }
 
 
+def _compute_all(engines: Sequence[Engine], problem: Any, wanted: Sequence[Any]) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, float]]:
+    """Every engine's results, the failures (an engine that raises does not stop the
+    others: its exception's last line is recorded) and each engine's wall time."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    timings: dict[str, float] = {}
+    for engine in engines:
+        start = time.perf_counter()
+        try:
+            results[engine.name] = engine.compute(problem, wanted)
+        except Exception as exc:  # an engine bug must not hide the other engines' results
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            errors.append(f"engine {engine.name} failed: {last}")
+        timings[engine.name] = time.perf_counter() - start
+    return results, errors, timings
+
+
 def _kink_mask(q: Quantity, kinky_samples: np.ndarray) -> np.ndarray | None:
     if not kinky_samples.any() or q.kind == "loss":
         return None
@@ -128,17 +145,7 @@ def run_problem(
     if any(q.kind == "sgd_step" for q in qs):
         # the manual step needs every engine's parameter gradients
         wanted = expand_quantities(list(quantities) + ["dL/dparams"], problem)
-    results: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    timings: dict[str, float] = {}
-    for engine in engines:
-        start = time.perf_counter()
-        try:
-            results[engine.name] = engine.compute(problem, wanted)
-        except Exception as exc:  # an engine bug must not hide the other engines' results
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            errors.append(f"engine {engine.name} failed: {last}")
-        timings[engine.name] = time.perf_counter() - start
+    results, errors, timings = _compute_all(engines, problem, wanted)
 
     kinks = find_kinks(problem)
     kinky = samples_with_kinks(kinks, problem.batch)
@@ -241,17 +248,7 @@ def run_field_problem(
     # the scale against which sums of terms (operators, forcing, residuals) are judged.
     terms = [q for q in field_quantities(problem, None) if q.kind in ("derivative", "operator")]
     wanted = qs + [q for q in terms if q.name not in {x.name for x in qs}]
-    results: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    timings: dict[str, float] = {}
-    for engine in engines:
-        start = time.perf_counter()
-        try:
-            results[engine.name] = engine.compute(problem, wanted)
-        except Exception as exc:  # an engine bug must not hide the other engines' results
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            errors.append(f"engine {engine.name} failed: {last}")
-        timings[engine.name] = time.perf_counter() - start
+    results, errors, timings = _compute_all(engines, problem, wanted)
 
     kinky = exact_kinks(problem)
     magnitude = 0.0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from derivcheck import CaseError, case_from_dict, cli, load_case
 from derivcheck.engines import TorchAutograd, make_engines
-from derivcheck.engines.torch_autograd import cuda_available
+from derivcheck.devices import cuda_available
 from derivcheck.fields import FieldProblem, field_quantities
 from derivcheck.pde_case import FIELD_ENGINES, FieldCase
 from derivcheck.runner import ZERO_ENGINE, run_any, run_field_problem

@@ -6,7 +6,8 @@ from .base import Engine
 from .finite_diff import FiniteDifferences
 from .numpy_backprop import NumpyBackprop
 from .symbolic import SymbolicEngine
-from .torch_autograd import TorchAutograd, cuda_available
+from ..devices import cuda_available
+from .torch_autograd import TorchAutograd
 from .torch_func import TorchFunc
 
 ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")

@@ -95,6 +95,29 @@ class FieldDifferences:
             return self.step
         return EPS ** (1 / (order + (4 if self.method == "richardson" else 2)))
 
+    def _stencil(self, name: str, counts: dict[int, int], h: np.ndarray, track_kinks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One tensor-product central stencil of field `name` with per-point, per-variable
+        steps `h` ``(P, d)``: (value, sum of |w_k f_k| for the rounding bound, points whose
+        stencil straddles a kink -- only when `track_kinks`)."""
+        points = self.problem.points
+        total = np.zeros(points.shape[0])
+        magnitude = np.zeros(points.shape[0])
+        crossed = np.zeros(points.shape[0], dtype=bool)
+        for combo in itertools.product(*[STENCILS[counts[v]] for v in counts]):
+            shift = np.zeros_like(points)
+            weight = np.ones(points.shape[0])
+            for v, (offset, w) in zip(counts, combo):
+                shift[:, v] = offset * h[:, v]
+                weight = weight * w / h[:, v] ** counts[v]
+            shifted = points + shift
+            values = self.forward.fields(shifted)[name]
+            total += weight * values
+            magnitude += np.abs(weight * values)
+            if track_kinks and self.base_kinks:
+                for a, b in zip(self.forward.kink_signs(shifted), self.base_kinks):
+                    crossed |= a != b
+        return total, magnitude, crossed
+
     def node(self, key: tuple[str, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, error estimate, excluded mask) of one field derivative at every point."""
         if key in self.cache:
@@ -108,24 +131,10 @@ class FieldDifferences:
         estimates, roundings = [], []
         excluded = np.zeros(points.shape[0], dtype=bool)
         for level, mult in enumerate(self.levels()):
-            h = h0 * mult * scale
-            total = np.zeros(points.shape[0])
-            magnitude = np.zeros(points.shape[0])
-            for combo in itertools.product(*[STENCILS[counts[v]] for v in counts]):
-                shift = np.zeros_like(points)
-                weight = np.ones(points.shape[0])
-                for v, (offset, w) in zip(counts, combo):
-                    shift[:, v] = offset * h[:, v]
-                    weight = weight * w / h[:, v] ** counts[v]
-                shifted = points + shift
-                values = self.forward.fields(shifted)[name]
-                total += weight * values
-                magnitude += np.abs(weight * values)
-                if level == 0 and self.base_kinks:
-                    for a, b in zip(self.forward.kink_signs(shifted), self.base_kinks):
-                        excluded |= a != b
+            total, magnitude, crossed = self._stencil(name, counts, h0 * mult * scale, track_kinks=level == 0)
             estimates.append(total)
             roundings.append(4 * EPS * magnitude)
+            excluded |= crossed
         if self.method == "richardson":
             r1 = (4 * estimates[1] - estimates[0]) / 3
             r2 = (4 * estimates[2] - estimates[1]) / 3
@@ -144,16 +153,7 @@ class FieldDifferences:
         scale = np.maximum(1.0, np.abs(points))
 
         def central(h0: float) -> np.ndarray:
-            h = h0 * scale
-            total = np.zeros(points.shape[0])
-            for combo in itertools.product(*[STENCILS[counts[v]] for v in counts]):
-                shift = np.zeros_like(points)
-                weight = np.ones(points.shape[0])
-                for v, (offset, w) in zip(counts, combo):
-                    shift[:, v] = offset * h[:, v]
-                    weight = weight * w / h[:, v] ** counts[v]
-                total += weight * self.forward.fields(points + shift)[name]
-            return total
+            return self._stencil(name, counts, h0 * scale)[0]
 
         steps = [10.0 ** (-k / 2) for k in range(2, 2 * decades + 1)]
         errors = [float(np.nanmax(np.abs(central(h) - central(h / 2)))) for h in steps]

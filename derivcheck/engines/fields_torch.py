@@ -17,7 +17,7 @@ import numpy as np
 import sympy as sp
 
 from ..evaluate import Evaluator
-from ..fields import FieldProblem, FieldQuantity, lambda_hat
+from ..fields import FieldProblem, FieldQuantity, pinn_values
 from ..operators import torch_gradient_all, torch_hessian, torch_partial
 from ..values import EngineResult, EngineValue, Skipped
 
@@ -123,12 +123,7 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], d
             loss_r, loss_b = pinn_losses(problem, device, model)
             (loss_r if term == "r" else loss_b).backward()
             grads[term] = {name: p.grad.detach().cpu().double().numpy(force=True).copy() for name, p in model.named_parameters()}
-        for q in pinn:
-            if q.kind == "pinn_grad":
-                result[q.name] = EngineValue(grads[q.term][q.param], dtype=problem.dtype, note=note)  # type: ignore[index]
-            else:
-                weights = [n for n in grads["r"] if n.endswith("weight")]
-                result[q.name] = EngineValue(np.asarray(lambda_hat(grads["r"], grads["b"], weights, problem.lambda_b)), dtype=problem.dtype, note=note)
+        result.update(pinn_values(pinn, grads, problem, note))
     for q in quantities:
         result.setdefault(q.name, Skipped(f"torch does not compute {q.kind} quantities"))
     return result

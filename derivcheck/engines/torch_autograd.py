@@ -13,21 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidArgument
+from ..devices import validate_device
 from ..fields import FieldProblem
 from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue
 from .base import Engine
 
-DEVICES = ("cpu", "cuda")
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a CUDA device."""
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 class TorchAutograd(Engine):
@@ -40,11 +32,7 @@ class TorchAutograd(Engine):
     name = "torch"
 
     def __init__(self, device: str = "cpu"):
-        if device not in DEVICES:
-            raise InvalidArgument(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if device == "cuda" and not cuda_available():
-            raise InvalidArgument("device 'cuda' was requested but torch.cuda.is_available() is False on this machine; use --device cpu")
-        self.device = device
+        self.device = validate_device(device)
 
     def _model(self, problem: Problem) -> Any:
         import torch

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ..errors import InvalidArgument
+from ..devices import validate_device
 from ..evaluate import Evaluator
-from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key, lambda_hat
+from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key, pinn_values
 from ..values import EngineResult, EngineValue, Skipped
 from .base import Engine
-from .torch_autograd import DEVICES, cuda_available
 
 
 class _Functional:
@@ -98,11 +97,7 @@ class TorchFunc(Engine):
     name = "torch_func"
 
     def __init__(self, device: str = "cpu"):
-        if device not in DEVICES:
-            raise InvalidArgument(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if device == "cuda" and not cuda_available():
-            raise InvalidArgument("device 'cuda' was requested but torch.cuda.is_available() is False on this machine; use --device cpu")
-        self.device = device
+        self.device = validate_device(device)
 
     def compute(self, problem: Any, quantities: Sequence[Any]) -> EngineResult:
         if not isinstance(problem, FieldProblem):
@@ -148,13 +143,8 @@ class TorchFunc(Engine):
                 "r": torch.func.grad(lambda ps: losses(ps)[0])(params),
                 "b": torch.func.grad(lambda ps: losses(ps)[1])(params),
             }
-            as_np = {t: {k: v.detach().cpu().double().numpy(force=True) for k, v in g.items()} for t, g in grads.items()}
-            for q in pinn:
-                if q.kind == "pinn_grad":
-                    result[q.name] = EngineValue(as_np[q.term][q.param].copy(), dtype=problem.dtype, note=note)
-                else:
-                    weights = [n for n in as_np["r"] if n.endswith("weight")]
-                    result[q.name] = EngineValue(np.asarray(lambda_hat(as_np["r"], as_np["b"], weights, problem.lambda_b)), dtype=problem.dtype, note=note)
+            as_np = {t: {k: v.detach().cpu().double().numpy(force=True).copy() for k, v in g.items()} for t, g in grads.items()}
+            result.update(pinn_values(pinn, as_np, problem, note))
         for q in quantities:
             result.setdefault(q.name, Skipped(f"torch_func does not compute {q.kind} quantities"))
         return result
