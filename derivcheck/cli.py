@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show every engine pair, also for agreeing quantities")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
 
+    rep = sub.add_parser("report", help="write Markdown, HTML and JSON reports with plots", description="Run case files and write report.md, index.html, report.json and plots/ (atomically).")
+    rep.add_argument("paths", nargs="+", help="case files or folders")
+    rep.add_argument("-o", "--output", default="reports", metavar="DIR", help="output folder (default: reports/)")
+    rep.add_argument("--engines", metavar="LIST", help="comma-separated subset of engines (at least two)")
+    rep.add_argument("--dtype", choices=("float64", "float32"), help="precision of the numpy and torch engines")
+    rep.add_argument("--seed", type=int, help="seed for parameters and random inputs")
+    rep.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engines")
+    rep.add_argument("--no-plots", action="store_true", help="skip the plots (they need matplotlib)")
+
+    exp = sub.add_parser("explain", help="a step-by-step derivation of a small case, every step checked", description="Print the derivation of a case: forward pass, local derivatives, vector chain rule, total derivative (or, for PDE cases, the operators, the manufactured forcing and the autograd graph), each step checked numerically.")
+    exp.add_argument("path", help="one case file")
+    exp.add_argument("--format", choices=("text", "markdown", "latex"), default="text", help="output format (default text)")
+
     lst = sub.add_parser("list", help="list cases with their quantities", description="List case files: name, description, network and quantities.")
     lst.add_argument("paths", nargs="+", help="case files or folders")
     lst.add_argument("--json", action="store_true", help="print the listing as JSON")
@@ -84,10 +97,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _run_cases(args: argparse.Namespace) -> list[Any] | int:
+    """Validate every case, then run them; an exit code instead when there is nothing to run."""
     from .case import validate_engine_names
-    from .report.json_report import write_json
-    from .report.table import details, summary_table
     from .runner import run_any
 
     overrides: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
@@ -110,6 +122,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = []
     for case in cases:
         results.extend(run_any(case, device=args.device))
+    return results
+
+
+def _exit_code(results: Sequence[Any]) -> int:
+    if any(r.crashed for r in results):
+        return EXIT_INTERNAL
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report.writer import write_report
+
+    results = _run_cases(args)
+    if isinstance(results, int):
+        return results
+    written = write_report(results, args.output, with_plots=not args.no_plots)
+    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
+    print(f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    print(f"wrote {len(written)} file(s) to {args.output}/: " + ", ".join(sorted(p.name for p in written if p.parent.name != "plots")) + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)")
+    return _exit_code(results)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .case import load_case
+    from .explain import explain
+
+    result = explain(load_case(args.path))
+    render = {"text": result.to_text, "markdown": result.to_markdown, "latex": result.to_latex}[args.format]
+    sys.stdout.write(render())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .report.json_report import write_json
+    from .report.table import details, summary_table
+
+    results = _run_cases(args)
+    if isinstance(results, int):
+        return results
     if not args.quiet:
         print(summary_table(results))
         text = details(results, verbose=args.verbose)
@@ -124,11 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         write_junit(args.junit, results)
     counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
     print(f"\n{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
-    if any(r.crashed for r in results):
-        return EXIT_INTERNAL
-    if all(r.ok for r in results):
-        return EXIT_OK
-    return EXIT_FAILED
+    return _exit_code(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _cmd_list(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "explain":
+            return _cmd_explain(args)
         return _cmd_run(args)
     except KeyboardInterrupt:
         print("\nderivcheck: interrupted", file=sys.stderr)

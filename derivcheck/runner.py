@@ -44,6 +44,8 @@ class CaseResult:
     kinks: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Raw arrays for plots (points, residual values per engine); not written to JSON."""
 
     @property
     def verdict(self) -> str:
@@ -296,6 +298,10 @@ def run_field_problem(
     norms = gradient_norms(qs, results)
     if norms:
         meta["gradient_norms"] = norms
+    arrays: dict[str, Any] = {"points": problem.points}
+    residual = next((q for q in qs if q.kind == "residual"), None)
+    if residual is not None:
+        arrays["residual"] = {e: r[residual.name].values for e, r in results.items() if isinstance(r.get(residual.name), EngineValue)}
     return CaseResult(
         name=name,
         quantities=compared,
@@ -306,6 +312,7 @@ def run_field_problem(
         kinks=kinks,
         timings=timings,
         meta=meta,
+        arrays=arrays,
     )
 
 

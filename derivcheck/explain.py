@@ -1,0 +1,438 @@
+"""``derivcheck explain``: a derivation a student can follow, every step checked numerically.
+
+For a network case (small enough to print), at the case's first sample:
+
+1. the forward pass as named intermediates (``z1 = W1 x + b1``, ``a1 = relu(z1)``, ...,
+   ``L``) with shapes, each value checked: symbolic engine vs numpy vs torch;
+2. each local derivative in matrix form (``da1/dz1 = diag(relu'(z1))``, ``dz2/da1 = W2``,
+   ``dL/dz = softmax(z) - y``) and as SymPy's element expression for one entry, the
+   SymPy-derived Jacobian checked against the hand-written numpy rule;
+3. the vector chain rule, ``delta_{k-1} = J_k^T delta_k`` and ``dL/dW_k = delta_k a_{k-1}^T``,
+   each ``delta`` checked against torch's ``retain_grad()`` on the non-leaf tensors and
+   against the numpy backward;
+4. the total derivative written out (``dL/dW1 = [J ... ]^T ... x^T``) and checked against
+   every engine's gradient: the chain rule and the total derivative are the same thing.
+
+For a PDE case: the operators expanded, the manufactured forcing derived term by term, the
+autograd graph that computes each derivative (``create_graph=True`` at every level), and
+the values at the first point checked (SymPy vs torch).
+
+An :class:`Explanation` renders as plain text (readable without colour), Markdown with LaTeX
+math, or LaTeX; in Jupyter it displays as rendered math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from .errors import DerivcheckError
+
+MAX_PARAMS = 400
+MAX_WIDTH = 32
+CHECK_RTOL = 1e-10
+
+
+class ExplainTooLarge(DerivcheckError, ValueError):
+    """The case is too large to print as a derivation."""
+
+
+@dataclass
+class Check:
+    """One numerical check of a step: which engines, whether they agree, the gap."""
+
+    label: str
+    ok: bool
+    detail: str
+
+    @property
+    def mark(self) -> str:
+        return "✓" if self.ok else "✗"
+
+
+@dataclass
+class Step:
+    """One step: plain-text lines, LaTeX equations and numerical checks."""
+
+    title: str
+    text: list[str] = field(default_factory=list)
+    latex: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+@dataclass
+class Explanation:
+    """A step-by-step derivation (see the module docstring)."""
+
+    name: str
+    intro: str
+    steps: list[Step]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+    def failing_steps(self) -> list[str]:
+        return [s.title for s in self.steps if not s.ok]
+
+    def to_text(self) -> str:
+        out = [f"derivcheck explain: {self.name}", self.intro, ""]
+        for number, step in enumerate(self.steps, 1):
+            out.append(f"{number}. {step.title}")
+            out.extend(f"   {line}" for line in step.text)
+            out.extend(f"   [{c.mark}] {c.label}: {c.detail}" for c in step.checks)
+            out.append("")
+        out.append("all steps check out" if self.ok else "steps that do NOT check out: " + "; ".join(self.failing_steps()))
+        return "\n".join(out) + "\n"
+
+    def to_markdown(self) -> str:
+        out = [f"# derivcheck explain: {self.name}", "", self.intro, ""]
+        for number, step in enumerate(self.steps, 1):
+            out += [f"## {number}. {step.title}", ""]
+            out += [f"$$ {eq} $$" for eq in step.latex]
+            if step.latex:
+                out.append("")
+            out += [f"- {line}" for line in step.text]
+            out += [f"- {c.mark} **{c.label}**: {c.detail}" for c in step.checks]
+            out.append("")
+        out.append("**All steps check out.**" if self.ok else "**Steps that do not check out:** " + "; ".join(self.failing_steps()))
+        return "\n".join(out) + "\n"
+
+    def to_latex(self) -> str:
+        def esc(text: str) -> str:
+            return "".join({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "^": r"\^{}", "~": r"\~{}", "$": r"\$"}.get(ch, ch) for ch in text)
+
+        out = [r"\documentclass{article}", r"\usepackage{amsmath,amssymb}", r"\begin{document}", rf"\section*{{derivcheck explain: {esc(self.name)}}}", esc(self.intro)]
+        for step in self.steps:
+            out.append(rf"\subsection*{{{esc(step.title)}}}")
+            out += [rf"\[ {eq} \]" for eq in step.latex]
+            if step.text or step.checks:
+                out.append(r"\begin{itemize}")
+                out += [rf"\item {esc(line)}" for line in step.text]
+                marks = {True: r"$\checkmark$", False: r"$\times$"}
+                out += [rf"\item {marks[c.ok]} {esc(c.label)}: {esc(c.detail)}" for c in step.checks]
+                out.append(r"\end{itemize}")
+        out.append(r"\end{document}")
+        return "\n".join(out) + "\n"
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def _repr_latex_(self) -> str:
+        body = [rf"\text{{{step.title}}}: \quad " + r" \quad ".join(step.latex) for step in self.steps if step.latex]
+        return "$$\\begin{gathered}" + r" \\ ".join(body) + "\\end{gathered}$$"
+
+
+def _compare(label: str, values: dict[str, np.ndarray], scale: float | None = None) -> Check:
+    """Max difference relative to `scale` (default: the values' own magnitude; pass the
+    size of the terms for a sum that may cancel to zero)."""
+    names = list(values)
+    arrays = [np.asarray(values[n], dtype=float) for n in names]
+    own = max(float(np.max(np.abs(a), initial=0.0)) for a in arrays)
+    scale = max(own, scale or 0.0) or 1.0
+    worst = 0.0
+    for a in arrays[1:]:
+        worst = max(worst, float(np.max(np.abs(a - arrays[0]), initial=0.0)) / scale)
+    ok = bool(np.isfinite(worst) and worst <= CHECK_RTOL)
+    return Check(label, ok, f"{' vs '.join(names)}: max relative difference {worst:.1e}")
+
+
+def explain(case: Any) -> Explanation:
+    """The derivation of a network case or a PDE case (see the module docstring).
+
+    **Raises:** :class:`ExplainTooLarge` with a hint when a network case is too large.
+    """
+    from .pde_case import FieldCase
+
+    if isinstance(case, FieldCase):
+        return _explain_pde(case)
+    return _explain_network(case)
+
+
+# -- networks ------------------------------------------------------------------------------
+
+_LOCAL = {
+    "linear": ("d{out}/d{inp} = {W}  (and d{out}_i/d{W}_ij = {inp}_j)", r"\frac{{\partial {out}}}{{\partial {inp}}} = {W}"),
+    "relu": ("d{out}/d{inp} = diag(relu'({inp})) = diag({inp} > 0)", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\mathbb{{1}}[{inp} > 0])"),
+    "leaky_relu": ("d{out}/d{inp} = diag(1 if {inp} > 0 else slope)", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\mathbb{{1}}[{inp} > 0] + s\,\mathbb{{1}}[{inp} \le 0])"),
+    "sigmoid": ("d{out}/d{inp} = diag(sigma({inp}) (1 - sigma({inp})))", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\sigma({inp})\odot(1-\sigma({inp})))"),
+    "tanh": ("d{out}/d{inp} = diag(1 - tanh({inp})^2)", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(1-\tanh^2({inp}))"),
+    "softmax": ("d{out}/d{inp} = diag(p) - p p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(p) - p p^\top"),
+    "log_softmax": ("d{out}/d{inp} = I - 1 p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = I - \mathbf{{1}} p^\top"),
+    "identity": ("d{out}/d{inp} = I", r"\frac{{\partial {out}}}{{\partial {inp}}} = I"),
+}
+
+_LOSS = {
+    "cross_entropy": ("dL/d{y} = softmax({y}) - t  (t one-hot)", r"\frac{{\partial L}}{{\partial {y}}} = \operatorname{{softmax}}({y}) - t"),
+    "mse": ("dL/d{y} = 2 ({y} - t) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{2}}{{K}}({y} - t)"),
+    "bce": ("dL/d{y} = ({y} - t) / ({y} (1 - {y})) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}\frac{{{y} - t}}{{{y}(1-{y})}}"),
+    "bce_with_logits": ("dL/d{y} = (sigma({y}) - t) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}(\sigma({y}) - t)"),
+}
+
+
+def _names(layers: list[Any]) -> tuple[list[str], list[str]]:
+    """Output names per layer (z1, a1, z2, ...) and weight names (W1, W2) per linear."""
+    names, weights, k = [], [], 0
+    for layer in layers:
+        if layer.kind == "linear":
+            k += 1
+            names.append(f"z{k}")
+            weights.append(f"W{k}")
+        else:
+            names.append(f"a{k}" if k else f"h{len(names) + 1}")
+            weights.append("")
+    return names, weights
+
+
+def _explain_network(case: Any) -> Explanation:
+    import torch
+
+    from .engines.symbolic import compile_layer, compile_loss
+    from .problem import Problem
+
+    problem = case.problem
+    network = problem.network
+    count = sum(int(np.prod(ref.shape)) for ref in network.params())
+    if count > MAX_PARAMS or max(network.sizes) > MAX_WIDTH:
+        raise ExplainTooLarge(
+            f"case {case.name!r} is too large to print as a derivation ({count} parameters, widest layer {max(network.sizes)}); "
+            f"explain handles up to {MAX_PARAMS} parameters and width {MAX_WIDTH}: shrink the layers (explain uses one sample anyway)"
+        )
+    if problem.loss is None:
+        raise ExplainTooLarge(f"case {case.name!r} has no loss: explain follows dL/dW through a loss")
+    sample = Problem(network, problem.params, problem.x[:1], problem.loss, problem.targets[:1], sgd_lr=None)
+    layers = network.layers
+    names, weights = _names(layers)
+    inputs = ["x"] + names[:-1]
+    x = sample.x
+    steps: list[Step] = []
+    intro = f"Network {network.describe()} with loss {problem.loss.kind}, at the case's first sample (x = {np.round(x[0], 4).tolist()}). Shapes follow PyTorch: W is (out, in)."
+
+    # numpy forward / backward (hand-written rules)
+    np_values, caches = [], []
+    h = x
+    for index, layer in enumerate(layers):
+        h, cache = layer.numpy_forward(h, network.layer_params(sample.params, index))
+        np_values.append(h)
+        caches.append(cache)
+    per_sample, loss_cache = problem.loss.numpy_forward(h, sample.targets)
+    np_grad = [None] * len(layers)
+    g = problem.loss.numpy_backward(loss_cache)
+    np_param_grads: dict[str, np.ndarray] = {}
+    for index in range(len(layers) - 1, -1, -1):
+        np_grad[index] = g
+        g, local = layers[index].numpy_backward(g, caches[index], network.layer_params(sample.params, index))
+        for k, v in local.items():
+            np_param_grads[f"{index}.{k}"] = v
+
+    # torch forward / backward with retain_grad on the non-leaf tensors
+    model = torch.nn.Sequential(*[layer.torch_module() for layer in layers]).double()
+    model.load_state_dict({k: torch.tensor(v) for k, v in sample.params.items()})
+    t_x = torch.tensor(x, requires_grad=True)
+    t_values = []
+    t_h = t_x
+    for module in model:
+        t_h = module(t_h)
+        t_h.retain_grad()
+        t_values.append(t_h)
+    t_loss = problem.loss.torch_loss(t_h, torch.tensor(sample.targets))
+    t_loss.backward()
+    t_named = dict(model.named_parameters())
+
+    # symbolic: compiled, SymPy-derived forward and local Jacobians
+    compiled = [compile_layer(layer, size) for layer, size in zip(layers, network.sizes)]
+    flat = [[float(v) for name in layer.param_shapes() for v in network.layer_params(sample.params, i)[name].ravel()] for i, layer in enumerate(layers)]
+    sym_values = []
+    a = x.T.copy()
+    for layer, params in zip(compiled, flat):
+        a = layer.forward(a, params)
+        sym_values.append(a.T.copy())
+
+    # 1. forward
+    forward = Step("Forward pass")
+    for index, layer in enumerate(layers):
+        out, inp, shape = names[index], inputs[index], (network.sizes[index + 1],)
+        if layer.kind == "linear":
+            bias = f" + b{weights[index][1:]}" if layer.options.get("bias", True) else ""
+            forward.text.append(f"{out} = {weights[index]} {inp}{bias}    shape {shape} = ({network.sizes[index + 1]}, {network.sizes[index]}) @ ({network.sizes[index]},)")
+            forward.latex.append(f"{out[0]}_{{{out[1:]}}} = W_{{{weights[index][1:]}}} {_tex(inp)}" + (f" + b_{{{weights[index][1:]}}}" if bias else ""))
+        else:
+            forward.text.append(f"{out} = {layer.kind}({inp})    shape {shape}")
+            forward.latex.append(f"{_tex(out)} = \\operatorname{{{layer.kind.replace('_', ' ')}}}({_tex(inp)})")
+        forward.checks.append(_compare(f"{out} = {np.round(np_values[index][0], 4).tolist()}", {"symbolic": sym_values[index], "numpy": np_values[index], "torch": t_values[index].detach().numpy()}))
+    forward.text.append(f"L = {problem.loss.kind}({names[-1]}, t) = {float(per_sample[0]):.6g}")
+    forward.latex.append(f"L = \\operatorname{{{problem.loss.kind.replace('_', ' ')}}}({_tex(names[-1])}, t)")
+    loss_sym = compile_loss(problem.loss, network.out_size, sample.targets.shape[1])
+    sym_loss, sym_dl = loss_sym.value_and_grad(sym_values[-1].T, sample.targets.T)
+    forward.checks.append(_compare("L", {"symbolic": sym_loss, "numpy": per_sample, "torch": np.array([t_loss.item()])}))
+    steps.append(forward)
+
+    # 2. local derivatives
+    sym_jacobians = []
+    a = x.T.copy()
+    for index, (layer, comp) in enumerate(zip(layers, compiled)):
+        local = Step(f"Local derivative of layer {index} ({layer.kind})")
+        out, inp = names[index], inputs[index]
+        text, tex = _LOCAL.get(layer.kind, ("d{out}/d{inp}", r"\partial {out}/\partial {inp}"))
+        local.text.append(text.format(out=out, inp=inp, W=weights[index] or "W"))
+        local.latex.append(tex.format(out=_tex(out), inp=_tex(inp), W=f"W_{{{weights[index][1:]}}}" if weights[index] else "W"))
+        entry = comp.jacobian_exprs[0]
+        local.text.append(f"SymPy, one entry: d{out}[0]/d{inp}[0] = {entry}   (SymPy's local symbols: a_j = {inp}[j], weight_i_j = {weights[index] or 'W'}[i, j])")
+        local.latex.append(f"\\frac{{\\partial {_tex(out)}[0]}}{{\\partial {_tex(inp)}[0]}} = {sp.latex(entry)}")
+        jac = comp.jacobian(a, flat[index])[0]
+        sym_jacobians.append(jac)
+        hand = np.stack(
+            [layer.numpy_backward(np.eye(network.sizes[index + 1])[k : k + 1], caches[index], network.layer_params(sample.params, index))[0][0] for k in range(network.sizes[index + 1])]
+        )
+        local.checks.append(_compare(f"d{out}/d{inp} ({jac.shape[0]}x{jac.shape[1]})", {"symbolic": jac, "numpy (hand-written rule)": hand}))
+        a = comp.forward(a, flat[index])
+        steps.append(local)
+    loss_step = Step(f"Local derivative of the loss ({problem.loss.kind})")
+    text, tex = _LOSS[problem.loss.kind]
+    loss_step.text.append(text.format(y=names[-1]))
+    loss_step.latex.append(tex.format(y=_tex(names[-1])))
+    loss_step.text.append(f"SymPy: dL/d{names[-1]}[0] = {_first_loss_entry(loss_sym)}")
+    loss_step.checks.append(_compare(f"dL/d{names[-1]}", {"symbolic": sym_dl.T, "numpy (hand-written rule)": problem.loss.numpy_backward(loss_cache)}))
+    steps.append(loss_step)
+
+    # 3. vector chain rule
+    chain = Step("Vector chain rule (backward)")
+    delta = sym_dl[:, 0]
+    sym_deltas: list[np.ndarray] = [None] * len(layers)  # type: ignore[list-item]
+    for index in range(len(layers) - 1, -1, -1):
+        sym_deltas[index] = delta
+        delta = sym_jacobians[index].T @ delta
+    chain.text.append(f"delta_{names[-1]} = dL/d{names[-1]};   delta_in = J^T delta_out for each layer, from the last to the first")
+    chain.latex.append(r"\delta_{k-1} = J_k^\top \delta_k, \qquad \frac{\partial L}{\partial W_k} = \delta_{z_k}\, a_{k-1}^\top")
+    for index in range(len(layers) - 1, -1, -1):
+        chain.checks.append(
+            _compare(
+                f"delta_{names[index]} = dL/d{names[index]}",
+                {"symbolic chain": sym_deltas[index], "torch retain_grad": t_values[index].grad.numpy()[0], "numpy backward": np_grad[index][0]},
+            )
+        )
+    chain.checks.append(_compare("dL/dx", {"symbolic chain": delta, "torch x.grad": t_x.grad.numpy()[0], "numpy backward": g[0]}))
+    steps.append(chain)
+
+    # 4. total derivative of every weight
+    from .engines.symbolic import SymbolicEngine
+    from .quantities import expand_quantities
+
+    qs = expand_quantities(["dL/dparams"], sample)
+    totals = SymbolicEngine().compute(sample, qs)
+    total = Step("Total derivative")
+    for index, layer in enumerate(layers):
+        if layer.kind != "linear":
+            continue
+        path = " ".join(f"J_{names[j]}^T" for j in range(len(layers) - 1, index, -1))
+        total.text.append(f"dL/d{weights[index]} = [{path} dL/d{names[-1]}] {inputs[index]}^T  = delta_{names[index]} {inputs[index]}^T".replace("[ ", "["))
+        name = f"{index}.weight"
+        chain_value = np.outer(sym_deltas[index], (x[0] if index == 0 else sym_values[index - 1][0]))
+        total.checks.append(
+            _compare(
+                f"dL/d{weights[index]} {tuple(sample.params[name].shape)}",
+                {"chain rule": chain_value, "symbolic total": totals[f"dL/d{name}"].values, "torch .grad": t_named[name].grad.numpy(), "numpy": np_param_grads[name]},
+            )
+        )
+    total.latex.append(r"\frac{\partial L}{\partial W_1} = \Big(J_L^\top \cdots J_2^\top \frac{\partial L}{\partial z_L}\Big)\, x^\top")
+    steps.append(total)
+    return Explanation(case.name, intro, steps)
+
+
+def _first_loss_entry(loss: Any) -> str:
+    outputs = sorted((s for s in loss.expr.free_symbols if str(s).startswith("y")), key=lambda s: int(str(s)[1:]))
+    return str(sp.diff(loss.expr, outputs[0]))
+
+
+def _tex(name: str) -> str:
+    return f"{name[0]}_{{{name[1:]}}}" if len(name) > 1 and name[1:].isdigit() else name
+
+
+# -- PDEs ----------------------------------------------------------------------------------
+
+
+def _pretty(expr: sp.Expr) -> str:
+    from .operators import derivative_name, derivative_nodes
+
+    out = expr
+    for node in derivative_nodes(expr):
+        out = out.xreplace({node: sp.Symbol(derivative_name(node))})
+    for func in expr.atoms(sp.core.function.AppliedUndef):
+        out = out.xreplace({func: sp.Symbol(func.func.__name__)})
+    return str(out)
+
+
+def _explain_pde(case: Any) -> Explanation:
+    from .engines.fields_torch import _TorchFields
+    from .fields import drop_dirac
+    from .operators import derivative_name, derivative_nodes
+
+    problem = next((p for p in case.problems if p.kind == "exact"), None)
+    if problem is None:
+        raise ExplainTooLarge(f"case {case.name!r} has no manufactured solution to derive from")
+    spec = problem.spec
+    point = problem.points[:1]
+    symbols = spec.variable_symbols
+    at = dict(zip(symbols, point[0]))
+    steps: list[Step] = []
+    intro = f"PDE case with variables {', '.join(spec.variables)} (time: {', '.join(v for v in spec.variables if v not in spec.spatial) or 'none'}), fields {', '.join(spec.fields)}; values checked at the first point {np.round(point[0], 4).tolist()}."
+    expand = Step("Operators expanded")
+    for text, expr in spec.operators:
+        if not isinstance(expr, sp.Derivative):
+            expand.text.append(f"{text} = {_pretty(expr)}")
+            expand.latex.append(f"\\operatorname{{{text.split('(')[0]}}} = {sp.latex(expr)}")
+    for eq, expr in spec.equations.items():
+        expand.text.append(f"{eq}: {_pretty(expr)} = 0")
+    steps.append(expand)
+
+    solution = spec.solution_map()
+    constants = spec.constant_values()
+    torch_state = _TorchFields(type(problem)(spec, "exact", point), "cpu")
+    forcing = spec.derived_forcing()
+    for eq, expr in spec.equations.items():
+        derive = Step(f"Manufactured forcing of {eq}")
+        terms = max((abs(float(node.subs(solution).doit().subs(constants).subs(at))) for node in derivative_nodes(expr)), default=1.0)
+        for name, sol in (spec.solution or {}).items():
+            derive.text.append(f"{name} = {sol}")
+            derive.latex.append(f"{name} = {sp.latex(sol)}")
+        for node in derivative_nodes(expr):
+            closed = drop_dirac(node.subs(solution).doit())
+            derive.text.append(f"{derivative_name(node)} = {sp.simplify(closed)}")
+            derive.latex.append(f"{derivative_name(node).replace('_', '_{', 1)}}} = {sp.latex(sp.simplify(closed))}")
+            value = float(closed.subs(constants).subs(at))
+            derive.checks.append(_compare(f"{derivative_name(node)} at the point", {"SymPy": np.array([value]), "torch autograd": torch_state.value(node).detach().numpy()}))
+        if eq in spec.sources:
+            source = spec.sources[eq]
+            derive.text.append(f"{source} = {forcing[eq]}   (solve {eq} = 0 for {source})")
+            derive.latex.append(f"{sp.latex(source)} = {sp.latex(forcing[eq])}")
+            rest, coefficient = spec.source_coefficient(eq)
+            value = float(forcing[eq].subs(constants).subs(at))
+            derive.checks.append(_compare(f"{source} at the point", {"SymPy": np.array([value]), "torch autograd": torch_state.value(-rest / coefficient).detach().numpy()}, scale=terms))
+        residual = float(torch_state.value(spec.residual_expr(eq)).detach().numpy()[0])
+        derive.checks.append(Check(f"residual of {eq} at the point", abs(residual) <= 1e-10 * max(1.0, terms), f"torch residual = {residual:.2e} against terms of size {terms:.2e} (should vanish)"))
+        steps.append(derive)
+
+    graph = Step("Autograd graph (torch, create_graph=True at every level)")
+    graph.text.append(", ".join(spec.variables) + " = leaf tensors of shape (P,) with requires_grad=True")
+    graph.text.append(", ".join(spec.fields) + " = the field(s) evaluated on them")
+    seen: set[str] = set()
+    for expr in spec.equations.values():
+        for node in derivative_nodes(expr):
+            chain = [str(v) for v, n in node.variable_count for _ in range(int(n))]
+            base = node.expr.func.__name__ if isinstance(node.expr, sp.core.function.AppliedUndef) else _pretty(node.expr)
+            current = base
+            for variable in chain:
+                nxt = f"{current}_{variable}" if current == base else f"{current}{variable}"
+                if nxt not in seen:
+                    graph.text.append(f"{nxt} = torch.autograd.grad({current}, {variable}, grad_outputs=ones, create_graph=True)[0]")
+                    seen.add(nxt)
+                current = nxt
+    steps.append(graph)
+    return Explanation(case.name, intro, steps)

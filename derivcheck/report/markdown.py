@@ -1,0 +1,84 @@
+"""GitHub-flavoured Markdown report (fit for a CI job summary or a pull-request comment)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..compare import QuantityResult
+from ..runner import CaseResult
+
+ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error"}
+
+
+def _e(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2e}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _ordered(quantities: Sequence[QuantityResult]) -> list[QuantityResult]:
+    """Disagreements first, then the rest in their own order."""
+    rank = {"disagree": 0, "nonfinite": 1, "error": 2, "kink": 3, "agree": 4}
+    return sorted(quantities, key=lambda q: rank.get(q.verdict, 5))
+
+
+def summary_rows(results: Sequence[CaseResult]) -> list[list[str]]:
+    """One row per case and quantity: case, quantity, engines, verdict, max error, tolerance."""
+    rows = []
+    for case in results:
+        for q in case.quantities:
+            tol = q.worst.tolerance if q.worst else None
+            err = q.worst.error if q.worst else None
+            rows.append([case.name, q.name, str(len(q.engines)), q.verdict, _e(q.max_rel_error), _e(err), _e(tol)])
+    return rows
+
+
+def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Mapping[str, str] | None = None, missing_plots: str = "") -> str:
+    """The whole report as Markdown. `plots` maps plot titles to file names (relative)."""
+    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
+    lines = ["# derivcheck report", ""]
+    lines.append(f"**{len(results)} case(s)**: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    lines += ["", "## Summary", "", "| case | quantity | engines | verdict | max rel error | worst error | tolerance there |", "|---|---|---|---|---|---|---|"]
+    for row in summary_rows(results):
+        row[3] = ICONS.get(row[3], row[3])
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    for case in results:
+        lines += ["", f"## {case.name} — {ICONS.get(case.verdict, case.verdict)}", ""]
+        if case.description:
+            lines += [case.description, ""]
+        for error in case.errors:
+            lines.append(f"- **error**: {error}")
+        if case.kinks:
+            lines.append("- kinks at: " + "; ".join(case.kinks[:10]))
+        for q in _ordered(case.quantities):
+            if q.verdict == "agree":
+                continue
+            lines += [f"### {q.name}: {q.verdict}", "", q.message, ""]
+            if q.worst:
+                lines += ["| engine | value at " + _cell(q.worst.label) + " |", "|---|---|"]
+                lines += [f"| {e} | {v:.12g} |" for e, v in q.worst.values.items()]
+                lines += ["", f"error {q.worst.error:.3e} between {q.worst.pair[0]} and {q.worst.pair[1]}, tolerance {q.worst.tolerance:.3e}", ""]
+            for engine, reason in {**q.excluded, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
+                lines.append(f"- {engine}: {reason}")
+        agreeing = [q for q in case.quantities if q.verdict == "agree"]
+        if agreeing:
+            lines += ["", f"{len(agreeing)} quantit{'y' if len(agreeing) == 1 else 'ies'} agree: " + ", ".join(q.name for q in agreeing), ""]
+        norms = case.meta.get("gradient_norms")
+        if norms:
+            engine = "torch" if "torch" in norms else next(iter(norms))
+            terms = sorted(norms[engine])
+            lines += [f"Gradient norm per parameter tensor ({engine}):", "", "| parameter | " + " | ".join(terms) + " |", "|---" * (len(terms) + 1) + "|"]
+            for param in norms[engine][terms[0]]:
+                lines.append(f"| {param} | " + " | ".join(f"{norms[engine][t][param]:.3e}" for t in terms) + " |")
+            lines.append("")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{title}]({name})" for title, name in plots.items()]
+    elif missing_plots:
+        lines += ["", "## Plots", "", missing_plots]
+    lines += ["", "## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {', '.join(v) if isinstance(v, list) else v} |" for k, v in env.items()]
+    return "\n".join(lines) + "\n"

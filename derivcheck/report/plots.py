@@ -1,0 +1,123 @@
+"""Plots for reports (matplotlib, the optional ``plots`` extra: ``pip install 'derivcheck[plots]'``).
+
+- the finite-difference step-size study of each derivative: ``|D(h) - D(h/2)|`` against h on
+  log-log axes, with reference slopes ``h^2`` (truncation) and ``1/h^n`` (rounding) and the
+  chosen step marked;
+- per-parameter gradient norms of the PINN loss terms (the vanishing/exploding view);
+- for PDE cases, the residual and the largest difference between engines over the domain
+  (the first two variables), as colour maps of the evaluated points.
+
+Every function returns PNG bytes; nothing touches the disk.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from ..runner import CaseResult
+
+MISSING = "Plots need matplotlib: pip install 'derivcheck[plots]' (or pip install matplotlib)."
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _figure(width: float = 6.0, height: float = 4.0) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=90)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def step_study(case: CaseResult) -> bytes | None:
+    """Step-size studies of the case's derivatives (None when there are none)."""
+    studies = [(q.name, q.studies["finite_diff"]) for q in case.quantities if "finite_diff" in q.studies]
+    if not studies:
+        return None
+    fig, ax = _figure()
+    for name, study in studies[:8]:
+        h, err = np.array(study["h"]), np.maximum(np.array(study["error"]), 1e-300)
+        line = ax.loglog(h, err, marker=".", label=name)[0]
+        chosen = study["chosen"]
+        ax.axvline(chosen, color=line.get_color(), linestyle=":", linewidth=0.8)
+    h_ref = np.array([1e-3, 1e-1])
+    ax.loglog(h_ref, 1e-2 * (h_ref / 1e-1) ** 2, "k--", linewidth=0.8, label="slope 2 (truncation)")
+    h_ref = np.array([1e-7, 1e-5])
+    ax.loglog(h_ref, 1e-9 * (1e-5 / h_ref) ** 2, "k-.", linewidth=0.8, label="slope -2 (rounding, 2nd derivative)")
+    ax.set_xlabel("step h")
+    ax.set_ylabel("|D(h) - D(h/2)|")
+    ax.set_title(f"{case.name}: FD step study (dotted: chosen h)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def gradient_norms(case: CaseResult) -> bytes | None:
+    norms = case.meta.get("gradient_norms")
+    if not norms:
+        return None
+    engine = "torch" if "torch" in norms else next(iter(norms))
+    terms = sorted(norms[engine])
+    params = list(norms[engine][terms[0]])
+    fig, ax = _figure()
+    width = 0.8 / len(terms)
+    for i, term in enumerate(terms):
+        ax.bar(np.arange(len(params)) + i * width, [norms[engine][term][p] for p in params], width, label=term)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(params)) + 0.4 - width / 2, params, rotation=45, fontsize=7)
+    ax.set_ylabel("gradient 2-norm")
+    ax.set_title(f"{case.name}: gradient norm per parameter ({engine})")
+    ax.legend()
+    return _png(fig)
+
+
+def residual_maps(case: CaseResult) -> bytes | None:
+    """Residual and largest engine difference at the points (first two coordinates)."""
+    points = case.arrays.get("points")
+    values = case.arrays.get("residual") or {}
+    if points is None or points.shape[1] < 2 or len(values) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stack = np.stack(list(values.values()))
+    reference = np.median(stack, axis=0)
+    spread = np.max(np.abs(stack - reference), axis=0)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
+    for ax, data, title in ((axes[0], reference, "residual (median of engines)"), (axes[1], spread, "max |engine - median|")):
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=data, cmap="viridis", s=30)
+        fig.colorbar(scatter, ax=ax)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{case.name} over the domain")
+    return _png(fig)
+
+
+def case_plots(case: CaseResult) -> dict[str, bytes]:
+    """All plots of one case by title."""
+    out = {}
+    for title, make in (("step study", step_study), ("gradient norms", gradient_norms), ("residual map", residual_maps)):
+        png = make(case)
+        if png is not None:
+            out[f"{case.name}: {title}"] = png
+    return out

@@ -1,0 +1,56 @@
+"""``derivcheck report``: write report.md, index.html, report.json and plots/ at once.
+
+Everything is rendered in memory first; only then is each file written through a
+temporary file and an atomic rename. An interrupted run therefore leaves every file
+either as it was or complete -- never half written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..runner import CaseResult
+from . import plots as plotting
+from .environment import environment
+from .html import render_html
+from .json_report import run_to_dict, write_atomic
+from .markdown import render_markdown
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", title).strip("-").lower() + ".png"
+
+
+def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> dict[str, str | bytes]:
+    """All files of the report by relative path, rendered in memory."""
+    env = environment(results)
+    pngs: dict[str, bytes] = {}
+    missing = ""
+    if with_plots:
+        if plotting.available():
+            for case in results:
+                pngs.update(plotting.case_plots(case))
+        else:
+            missing = plotting.MISSING
+    files: dict[str, str | bytes] = {f"plots/{_slug(title)}": png for title, png in pngs.items()}
+    document = run_to_dict(results)
+    document["environment"] = env
+    files["report.json"] = json.dumps(document, indent=2) + "\n"
+    files["report.md"] = render_markdown(results, env, {title: f"plots/{_slug(title)}" for title in pngs}, missing)
+    files["index.html"] = render_html(results, env, pngs, missing)
+    return files
+
+
+def write_report(results: Sequence[CaseResult], out_dir: str | Path, *, with_plots: bool = True) -> list[Path]:
+    """Render, then write every file atomically; returns the paths written."""
+    files = render_report(results, with_plots=with_plots)
+    root = Path(out_dir)
+    written = []
+    for relative, content in files.items():
+        path = root / relative
+        write_atomic(path, content)
+        written.append(path)
+    return written
