@@ -172,6 +172,10 @@ def run_problem(
                 skipped=skipped,
             )
         )
+    meta: dict[str, Any] = {}
+    norms = gradient_norms(qs, results)
+    if norms:
+        meta["gradient_norms"] = norms
     return CaseResult(
         name=name,
         quantities=compared,
@@ -181,6 +185,7 @@ def run_problem(
         errors=errors,
         kinks=[str(k) for k in kinks[:20]] + ([f"... {len(kinks) - 20} more"] if len(kinks) > 20 else []),
         timings=timings,
+        meta=meta,
     )
 
 
@@ -213,7 +218,7 @@ def run_case(case: "Case", *, device: str = "cpu") -> CaseResult:
         file=case.file,
         description=case.description,
     )
-    result.meta = {"dtype": case.problem.dtype, "seed": case.seed, "device": device, "samples": case.problem.batch, **case.problem.meta}
+    result.meta = {"dtype": case.problem.dtype, "seed": case.seed, "device": device, "samples": case.problem.batch, **case.problem.meta, **result.meta}
     return result
 
 
@@ -317,16 +322,18 @@ def run_field_problem(
 
 
 def gradient_norms(qs: Sequence[Any], results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per engine, per PINN loss term (``L_r``, ``L_b``), the 2-norm of the gradient w.r.t.
-    each parameter tensor: the vanishing/exploding-gradient view, layer by layer."""
+    """Per engine, per loss term (``L`` of a network case; ``L_r``, ``L_b`` of a PINN), the
+    2-norm of the gradient w.r.t. each parameter tensor: the vanishing/exploding-gradient
+    view, layer by layer."""
     norms: dict[str, dict[str, dict[str, float]]] = {}
     for q in qs:
-        if q.kind != "pinn_grad":
+        if q.kind not in ("pinn_grad", "param_grad"):
             continue
+        label = f"L_{q.term}" if q.kind == "pinn_grad" else "L"
         for engine, result in results.items():
             value = result.get(q.name)
             if isinstance(value, EngineValue):
-                term = norms.setdefault(engine, {}).setdefault(f"L_{q.term}", {})
+                term = norms.setdefault(engine, {}).setdefault(label, {})
                 term[q.param] = float(np.linalg.norm(value.values))
     return norms
 

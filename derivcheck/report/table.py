@@ -47,7 +47,8 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
         norms = case.meta.get("gradient_norms")
         if norms and verbose:
             engine = "torch" if "torch" in norms else next(iter(norms))
-            lines.append(f"{case.name}: gradient norm per parameter tensor ({engine}); L_r = residual loss, L_b = boundary loss")
+            legend = "; L_r = residual loss, L_b = boundary loss" if "L_r" in norms[engine] else ""
+            lines.append(f"{case.name}: gradient norm per parameter tensor ({engine}){legend}")
             params = list(next(iter(norms[engine].values())))
             rows = [[p] + [f"{norms[engine][t].get(p, float('nan')):.3e}" for t in sorted(norms[engine])] for p in params]
             table = tabulate(rows, headers=["parameter"] + sorted(norms[engine]), tablefmt="simple")
