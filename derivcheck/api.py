@@ -25,7 +25,7 @@ import sympy as sp
 from .check_result import CheckResult, DerivativeMismatch
 from .compare import Tolerance, compare_quantity
 from .errors import InvalidArgument, InvalidType
-from .expr import make_symbol, parse_expression
+from .expr import NUMPY_MODULES, make_symbol, parse_expression
 from .user_fd import directional, jacobian, second_directional, taylor_orders
 from .values import EngineValue
 
@@ -321,7 +321,7 @@ def _symbolic_jacobian(text: str, x: Any) -> np.ndarray:
 
     expression = parse_expression(text, ["x"], what="expr")
     derivative = sp.diff(expression, make_symbol("x"))
-    fn = sp.lambdify([make_symbol("x")], derivative, modules="numpy", cse=True)
+    fn = sp.lambdify([make_symbol("x")], derivative, modules=NUMPY_MODULES, cse=True)
     flat = x.detach().to(torch.float64).numpy(force=True).ravel()
     with np.errstate(all="ignore"):
         values = np.broadcast_to(np.asarray(fn(flat), dtype=float), flat.shape)

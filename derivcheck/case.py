@@ -43,7 +43,7 @@ from .compare import Tolerance
 from .engines import ENGINE_NAMES, NETWORK_ENGINES
 from .engines.finite_diff import METHODS as FD_METHODS
 from .errors import CaseError, InvalidArgument
-from .expr import make_symbol, parse_expression
+from .expr import NUMPY_MODULES, make_symbol, parse_expression
 from .layers import LAYERS, LOSSES, Layer, Loss
 from .problem import DTYPES, Network, Problem
 from .quantities import DEFAULT_QUANTITIES, expand_quantities
@@ -245,7 +245,7 @@ def _formula_targets(spec: Any, x: np.ndarray, network: Network, loss: Loss | No
     columns = []
     for index, text in enumerate(spec):
         expression = parse_expression(text, variables=names, what=f"key '{key}[{index}]'")
-        function = sp.lambdify([[make_symbol(n) for n in names]], expression, modules="numpy")
+        function = sp.lambdify([[make_symbol(n) for n in names]], expression, modules=NUMPY_MODULES)
         with np.errstate(all="ignore"):
             column = np.broadcast_to(np.asarray(function(list(x.T)), dtype=float), (x.shape[0],))
         if not np.all(np.isfinite(column)):

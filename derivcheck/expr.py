@@ -82,6 +82,17 @@ FUNCTIONS: dict[str, _Function] = {
 
 BUILTIN_CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "e": sp.E}
 
+
+def _vector_erf(x: object) -> object:
+    import numpy as np
+
+    return np.vectorize(math.erf, otypes=[float])(x)
+
+
+NUMPY_MODULES: list = [{"erf": _vector_erf}, "numpy"]
+"""``lambdify`` modules for numpy: SymPy prints ``erf`` as scalar ``math.erf``; this maps it
+to a vectorized version so every formula evaluates on arrays."""
+
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
 _ALLOWED_SUMMARY = (

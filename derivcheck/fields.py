@@ -45,6 +45,7 @@ import sympy as sp
 from .operators import derivative_name, derivative_nodes
 from .problem import DTYPES, Network
 from .errors import InvalidArgument
+from .expr import NUMPY_MODULES
 
 
 def drop_dirac(expr: sp.Expr) -> sp.Expr:
@@ -297,7 +298,7 @@ def exact_kinks(problem: FieldProblem) -> np.ndarray:
     symbols = problem.spec.variable_symbols
     for expr in problem.solution_exprs().values():
         for arg in kink_arguments(expr):
-            fn = sp.lambdify([symbols], arg, modules="numpy")
+            fn = sp.lambdify([symbols], arg, modules=NUMPY_MODULES)
             with np.errstate(all="ignore"):
                 values = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), (problem.n_points,))
             mask |= values == 0

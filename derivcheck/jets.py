@@ -19,6 +19,7 @@ from .evaluate import Evaluator
 from .fields import FieldProblem, expand_derivatives, field_derivative_key
 from .operators import derivative_nodes
 from .problem import Network
+from .expr import NUMPY_MODULES
 
 
 class JetUnsupported(Exception):
@@ -96,7 +97,7 @@ class PinnLossesNumpy:
         symbols = spec.variable_symbols
         self.exact = {
             spec.fields.index(name): np.broadcast_to(
-                np.asarray(sp.lambdify([symbols], expr, modules="numpy")(list(problem.boundary.T)), dtype=float), (problem.boundary.shape[0],)
+                np.asarray(sp.lambdify([symbols], expr, modules=NUMPY_MODULES)(list(problem.boundary.T)), dtype=float), (problem.boundary.shape[0],)
             )
             for name, expr in problem.solution_exprs().items()
         }

@@ -16,6 +16,7 @@ from .kinks import find_kinks, samples_with_kinks
 from .problem import Problem
 from .quantities import Quantity, expand_quantities
 from .values import EngineValue, Skipped
+from .expr import NUMPY_MODULES
 
 CASE_VERDICTS = ("agree", "disagree", "kink", "error")
 SGD_ENGINE = "torch.optim.SGD"
@@ -269,7 +270,7 @@ def run_field_problem(
     formulas = list(problem.solution_exprs().values()) if problem.kind == "exact" else []
     formulas += [problem.spec.with_constants(f) for f in problem.spec.forcing_for_residual().values()]
     for expr in formulas:
-        fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
+        fn = sp.lambdify([problem.spec.variable_symbols], expr, modules=NUMPY_MODULES)
         with np.errstate(all="ignore"):
             vals = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), (problem.n_points,))
         if np.isfinite(vals).any():
@@ -288,7 +289,7 @@ def run_field_problem(
                 values[ZERO_ENGINE] = EngineValue(np.zeros(q.shape), note="a manufactured solution makes the residual vanish")
         if q.kind == "forcing" and q.equation in problem.spec.user_forcing:
             expr = problem.spec.with_constants(problem.spec.user_forcing[q.equation])
-            fn = sp.lambdify([problem.spec.variable_symbols], expr, modules="numpy")
+            fn = sp.lambdify([problem.spec.variable_symbols], expr, modules=NUMPY_MODULES)
             with np.errstate(all="ignore"):
                 user = np.broadcast_to(np.asarray(fn(list(problem.points.T)), dtype=float), q.shape).copy()
             values[CASE_FORCING_ENGINE] = EngineValue(user, note="the forcing formula written in the case file")

@@ -44,7 +44,7 @@ def test_engines_return_every_quantity():
                 assert isinstance(value, EngineValue) and value.values.shape == q.shape, (engine.name, q.name)
 
 
-ACTIVATION_CHOICES = ["tanh", "sigmoid", "relu", "leaky_relu", "identity", "softmax", "log_softmax"]
+ACTIVATION_CHOICES = ["tanh", "sigmoid", "relu", "leaky_relu", "identity", "softmax", "log_softmax", "gelu", "silu", "softplus", "elu"]
 
 
 @st.composite

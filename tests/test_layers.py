@@ -14,7 +14,7 @@ from derivcheck.layers import LAYERS, LOSSES
 
 from helpers import layer
 
-ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "identity"]
+ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "identity", "gelu", "silu", "softplus", "elu"]
 
 
 def _all_layers():
@@ -22,6 +22,8 @@ def _all_layers():
     yield layer("linear", **{"in": 3, "out": 4, "bias": False})
     for kind in ACTIVATIONS:
         yield layer(kind)
+    yield layer("elu", alpha=0.5)
+    yield layer("softplus", beta=2.0, threshold=1.0)  # exercises torch's linear branch
 
 
 @pytest.mark.parametrize("lay", list(_all_layers()), ids=lambda l: l.describe())

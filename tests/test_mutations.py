@@ -11,7 +11,7 @@ import pytest
 
 from derivcheck import cli, run_problem
 from derivcheck.engines import NETWORK_ENGINES, make_engines
-from derivcheck.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from derivcheck.layers.activations import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from derivcheck.layers.linear import Linear
 from derivcheck.layers.losses import CrossEntropy, MSE
 
@@ -53,6 +53,11 @@ def leaky_wrong_slope(self, grad_y, cache, params):
     return grad_y * np.where(cache > 0, 1.0, 0.0), {}  # the bug: plain ReLU derivative
 
 
+def gelu_missing_pdf_term(self, grad_y, cache, params):
+    x, cdf = cache
+    return grad_y * cdf, {}  # the bug: d/dx x Phi(x) = Phi(x) + x phi(x), second term dropped
+
+
 def ce_missing_softmax(self, cache):
     log_p, targets = cache
     return log_p - targets  # the bug: log-probabilities instead of probabilities
@@ -72,6 +77,7 @@ MUTANTS = [
     (Tanh, "numpy_backward", tanh_wrong_derivative, SQUARE, "mse", "dy/dx"),
     (Softmax, "numpy_backward", softmax_missing_subtraction, [("linear", {"in": 3, "out": 4}), ("softmax", {})], "mse", "dL/d0.weight"),
     (LeakyReLU, "numpy_backward", leaky_wrong_slope, [("linear", {"in": 3, "out": 6}), ("leaky_relu", {}), ("linear", {"in": 6, "out": 2})], "mse", "dL/dx"),
+    (GELU, "numpy_backward", gelu_missing_pdf_term, [("linear", {"in": 3, "out": 5}), ("gelu", {}), ("linear", {"in": 5, "out": 2})], "mse", "dL/d0.weight"),
     (CrossEntropy, "numpy_backward", ce_missing_softmax, [("linear", {"in": 3, "out": 3})], "cross_entropy", "dL/d0.bias"),
     (MSE, "numpy_backward", mse_missing_factor_two, [("linear", {"in": 3, "out": 2})], "mse", "dL/d0.weight"),
 ]

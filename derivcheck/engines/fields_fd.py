@@ -34,6 +34,7 @@ from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_deri
 from ..jets import PinnLossesNumpy
 from ..operators import derivative_nodes
 from ..values import EngineResult, EngineValue, Skipped
+from ..expr import NUMPY_MODULES
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -54,9 +55,9 @@ class _Forward:
         self.kinks: list[Any] = []
         if problem.kind == "exact":
             exprs = problem.solution_exprs()
-            self.functions = {name: sp.lambdify([symbols], expr, modules="numpy") for name, expr in exprs.items()}
+            self.functions = {name: sp.lambdify([symbols], expr, modules=NUMPY_MODULES) for name, expr in exprs.items()}
             for expr in exprs.values():
-                self.kinks.extend(sp.lambdify([symbols], arg, modules="numpy") for arg in kink_arguments(expr))
+                self.kinks.extend(sp.lambdify([symbols], arg, modules=NUMPY_MODULES) for arg in kink_arguments(expr))
 
     def fields(self, points: np.ndarray) -> dict[str, np.ndarray]:
         n = points.shape[0]

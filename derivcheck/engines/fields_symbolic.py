@@ -23,12 +23,13 @@ from ..fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives
 from ..operators import derivative_nodes
 from ..values import EngineResult, EngineValue, Skipped
 from .symbolic import compile_layer
+from ..expr import NUMPY_MODULES
 
 
 def _lambdify_points(expr: sp.Expr, symbols: list[sp.Symbol], points: np.ndarray, extra: dict[sp.Symbol, np.ndarray] | None = None) -> np.ndarray:
     extra = extra or {}
     args = list(symbols) + list(extra)
-    fn = sp.lambdify(args, expr, modules="numpy", cse=True)
+    fn = sp.lambdify(args, expr, modules=NUMPY_MODULES, cse=True)
     with np.errstate(all="ignore"):
         out = fn(*list(points.T), *extra.values())
     shape = (points.shape[0],) + np.shape(out)[1:] if np.ndim(out) > 1 else (points.shape[0],)

@@ -7,7 +7,7 @@ symbols ``a_j``, parameter symbols ``weight_i_j``). SymPy then differentiates it
 - the vector-Jacobian products ``sum_k g_k d out_k / d a_j`` and
   ``sum_k g_k d out_k / d theta`` for a cotangent of local symbols ``g_k``.
 
-Each is compiled once with ``lambdify(..., modules="numpy", cse=True)`` and evaluated on
+Each is compiled once with ``lambdify(..., modules=NUMPY_MODULES, cse=True)`` and evaluated on
 the whole batch at once (sample values broadcast, parameters as scalars). The loss is
 handled the same way: ``d l / d y`` is derived from the per-sample loss expression.
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import sympy as sp
 
-from ..expr import make_symbol
+from ..expr import NUMPY_MODULES, make_symbol
 from ..layers import Layer, Loss
 from ..fields import FieldProblem
 from ..problem import Problem
@@ -38,7 +38,7 @@ from .base import Engine
 
 
 def _compile(args: list[Any], exprs: list[sp.Expr]) -> Callable[..., list[Any]]:
-    return sp.lambdify(args, exprs, modules="numpy", cse=True)
+    return sp.lambdify(args, exprs, modules=NUMPY_MODULES, cse=True)
 
 
 def _partials(expr: sp.Expr, wanted: set[sp.Symbol]) -> dict[sp.Symbol, sp.Expr]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .activations import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .base import Layer, Loss, Option
 from .linear import Linear
 from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
 
 LAYERS: dict[str, type[Layer]] = {
-    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity)
+    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU)
 }
 """Layer classes by the name used in case files (``layer = "linear"``)."""
 

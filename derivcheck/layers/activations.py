@@ -1,9 +1,10 @@
 """Elementwise and row-wise activations: ReLU, LeakyReLU, Sigmoid, Tanh, Softmax,
-LogSoftmax, Identity. Inputs and outputs are ``(N, features)``; softmaxes act on the
+LogSoftmax, Identity, GELU (exact erf form), SiLU, Softplus, ELU. Inputs and outputs are ``(N, features)``; softmaxes act on the
 feature axis (``dim=-1``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -190,3 +191,121 @@ class LogSoftmax(Layer):
         import torch
 
         return torch.nn.LogSoftmax(dim=-1)
+
+
+_erf = np.vectorize(math.erf, otypes=[float])
+
+
+class GELU(Layer):
+    """``nn.GELU()`` (exact form): ``x * Phi(x) = x/2 (1 + erf(x / sqrt 2))``."""
+
+    kind = "gelu"
+
+    def sympy_forward(self, inputs, params):
+        return [a / 2 * (1 + sp.erf(a / sp.sqrt(2))) for a in inputs]
+
+    def numpy_forward(self, x, params):
+        cdf = 0.5 * (1 + _erf(x / np.sqrt(2)))
+        return (x * cdf).astype(x.dtype), (x, cdf)
+
+    def numpy_backward(self, grad_y, cache, params):
+        x, cdf = cache
+        pdf = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
+        return (grad_y * (cdf + x * pdf)).astype(grad_y.dtype), {}
+
+    def numpy_jet(self, h, jac, hess, params):
+        cdf = 0.5 * (1 + _erf(h / np.sqrt(2)))
+        pdf = np.exp(-0.5 * h**2) / np.sqrt(2 * np.pi)
+        return elementwise_jet(h * cdf, cdf + h * pdf, pdf * (2 - h**2), jac, hess)
+
+    def torch_module(self):
+        import torch
+
+        return torch.nn.GELU(approximate="none")
+
+
+class SiLU(Layer):
+    """``nn.SiLU`` (swish): ``x * sigmoid(x)``."""
+
+    kind = "silu"
+
+    def sympy_forward(self, inputs, params):
+        return [a / (1 + sp.exp(-a)) for a in inputs]
+
+    def numpy_forward(self, x, params):
+        s = stable_sigmoid(x)
+        return x * s, (x, s)
+
+    def numpy_backward(self, grad_y, cache, params):
+        x, s = cache
+        return grad_y * s * (1 + x * (1 - s)), {}
+
+    def numpy_jet(self, h, jac, hess, params):
+        s = stable_sigmoid(h)
+        first = s * (1 + h * (1 - s))
+        second = s * (1 - s) * (2 + h * (1 - 2 * s))
+        return elementwise_jet(h * s, first, second, jac, hess)
+
+    def torch_module(self):
+        import torch
+
+        return torch.nn.SiLU()
+
+
+def _check_positive(value: float) -> str | None:
+    return None if np.isfinite(value) and value > 0 else "a finite number > 0"
+
+
+class Softplus(Layer):
+    """``nn.Softplus(beta, threshold)``: ``log(1 + exp(beta x)) / beta``, and ``x`` itself
+    where ``beta x > threshold`` (as torch computes it)."""
+
+    kind = "softplus"
+    OPTIONS = (Option("beta", float, default=1.0, check=_check_positive), Option("threshold", float, default=20.0, check=_check_positive))
+
+    def sympy_forward(self, inputs, params):
+        beta, threshold = sp.Float(self.options["beta"]), sp.Float(self.options["threshold"])
+        return [sp.Piecewise((a, beta * a > threshold), (sp.log(1 + sp.exp(beta * a)) / beta, True)) for a in inputs]
+
+    def numpy_forward(self, x, params):
+        beta, threshold = self.options["beta"], self.options["threshold"]
+        linear = beta * x > threshold
+        soft = np.logaddexp(np.zeros((), dtype=x.dtype), beta * np.where(linear, 0, x)) / beta
+        return np.where(linear, x, soft).astype(x.dtype), x
+
+    def numpy_backward(self, grad_y, cache, params):
+        beta, threshold = self.options["beta"], self.options["threshold"]
+        return grad_y * np.where(beta * cache > threshold, 1.0, stable_sigmoid(beta * cache)).astype(grad_y.dtype), {}
+
+    def torch_module(self):
+        import torch
+
+        return torch.nn.Softplus(beta=self.options["beta"], threshold=self.options["threshold"])
+
+
+class ELU(Layer):
+    """``nn.ELU(alpha)``: ``x`` for ``x > 0``, ``alpha (exp(x) - 1)`` otherwise; a kink at 0
+    unless ``alpha == 1``."""
+
+    kind = "elu"
+    OPTIONS = (Option("alpha", float, default=1.0, check=_check_positive),)
+
+    def sympy_forward(self, inputs, params):
+        alpha = sp.Float(self.options["alpha"])
+        return [sp.Piecewise((a, a > 0), (alpha * (sp.exp(a) - 1), True)) for a in inputs]
+
+    def numpy_forward(self, x, params):
+        alpha = self.options["alpha"]
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype), x
+
+    def numpy_backward(self, grad_y, cache, params):
+        alpha = self.options["alpha"]
+        return grad_y * np.where(cache > 0, 1.0, alpha * np.exp(np.minimum(cache, 0))).astype(grad_y.dtype), {}
+
+    def torch_module(self):
+        import torch
+
+        return torch.nn.ELU(alpha=self.options["alpha"])
+
+    def kink_inputs(self, cache):
+        return None if self.options["alpha"] == 1.0 else cache
