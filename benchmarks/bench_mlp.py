@@ -70,8 +70,7 @@ def bench(widths: list[int]) -> list[tuple[str, float]]:
 
     rows.append(("symbolic: dy/dx (compiled reference)", timed(lambda: SymbolicEngine().compute(problem, jac))))
 
-    model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers]).double()
-    model.load_state_dict({k: torch.tensor(v) for k, v in problem.params.items()})
+    model = problem.network.torch_model(problem.params)
     params = {k: v.detach() for k, v in model.named_parameters()}
     x = torch.tensor(problem.x)
 

@@ -59,8 +59,7 @@ def network_laplacian(points: int) -> None:
     (problem,) = c.problems
     qs = field_quantities(problem, ["laplacian(u)"])
     engine = TorchAutograd()
-    model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers]).double()
-    model.load_state_dict({k: torch.tensor(v) for k, v in problem.params.items()})
+    model = problem.network.torch_model(problem.params)
     params = {k: v.detach() for k, v in model.named_parameters()}
     pts = torch.tensor(problem.points)
 

@@ -177,7 +177,7 @@ def check_torch(
                 "autograd": EngineValue(auto_jac[:, cols].reshape(shape), dtype=user_dtype),
                 "finite_diff": EngineValue(
                     fd.values[:, cols].reshape(shape),
-                    dtype=fd_dtype_name(fd_dtype),
+                    dtype=_dtype_name(fd_dtype),
                     error_estimate=fd.errors[:, cols].reshape(shape),
                     note=fd_note,
                 ),
@@ -205,7 +205,7 @@ def check_torch(
             kink = fd.kinks.any(axis=0)
             refs = {
                 "autograd": EngineValue(np.array(auto), dtype=user_dtype),
-                "finite_diff": EngineValue(fd_values, dtype=fd_dtype_name(fd_dtype), error_estimate=fd_errors, note=fd_note),
+                "finite_diff": EngineValue(fd_values, dtype=_dtype_name(fd_dtype), error_estimate=fd_errors, note=fd_note),
             }
             results.append(
                 compare_quantity(f"u^T (d out/d {name}) v", refs, tolerance=tolerance, kink_mask=kink if kink.any() else None, label=lambda i: f"direction {i[0]}")
@@ -218,7 +218,7 @@ def check_torch(
         tolerances={f"rtol {user_dtype} vs float64": tolerance.rtol_for(user_dtype, "float64"), "fd_safety": tolerance.fd_safety},
     )
     if fd_dtype != torch.float64:
-        result.notes.append(f"finite differences ran in {fd_dtype_name(fd_dtype)}: the function failed in float64 ({fd_note})")
+        result.notes.append(f"finite differences ran in {_dtype_name(fd_dtype)}: the function failed in float64 ({fd_note})")
     if not full:
         result.notes.append(f"Jacobians above {max_full} entries: checked {directions} random directional derivatives u^T J v per input (seed {seed})")
 
@@ -239,10 +239,6 @@ def check_torch(
     if order == 2:
         results.append(_second_order(grads, leaves, values, names, offsets, sizes, x0, scalar, rng, directions, user_dtype, tolerance))
     return result
-
-
-def fd_dtype_name(dtype: Any) -> str:
-    return _dtype_name(dtype)
 
 
 def _second_order(grads, leaves, values, names, offsets, sizes, x0, scalar, rng, directions, user_dtype, tolerance):
@@ -280,10 +276,13 @@ def _np(grad: Any, like: Any) -> np.ndarray:
 
 
 def _split(flat: np.ndarray, like: Sequence[Any]) -> list[np.ndarray]:
+    """Cut a flat vector into arrays shaped like `like` (tensors or numpy arrays)."""
     parts, offset = [], 0
     for v in like:
-        parts.append(flat[offset : offset + v.numel()].reshape(tuple(v.shape)))
-        offset += v.numel()
+        shape = tuple(v.shape)
+        size = int(np.prod(shape))
+        parts.append(flat[offset : offset + size].reshape(shape))
+        offset += size
     return parts
 
 
@@ -403,7 +402,7 @@ def check_numpy(
         return [np.asarray(g, dtype=np.float64).ravel() for g in grads]
 
     def forward_flat(flat: np.ndarray) -> np.ndarray:
-        parts = _split_np(flat, arrays)
+        parts = _split(flat, arrays)
         return np.asarray(forward(*parts), dtype=np.float64).ravel()
 
     x0 = np.concatenate([a.astype(np.float64).ravel() for a in arrays])
@@ -461,14 +460,6 @@ def check_numpy(
             v[offsets[k] : offsets[k + 1]] = rng.standard_normal(sizes[k])
             result.taylor[f"inputs[{k}]"] = taylor_orders(lambda z: float(np.dot(weights, forward_flat(z))), x0, gradient, v)
     return result
-
-
-def _split_np(flat: np.ndarray, like: Sequence[np.ndarray]) -> list[np.ndarray]:
-    parts, offset = [], 0
-    for a in like:
-        parts.append(flat[offset : offset + a.size].reshape(a.shape))
-        offset += a.size
-    return parts
 
 
 # -- assert twins --------------------------------------------------------------------------
@@ -529,8 +520,7 @@ class _UserOperator:
 
         spec = problem.spec
         if problem.kind == "network":
-            model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers]).to(self.dtype)
-            model.load_state_dict({k: torch.as_tensor(v, dtype=self.dtype) for k, v in problem.params.items()})
+            model = problem.network.torch_model(problem.params, self.dtype)
 
         def field(index: int, name: str) -> Callable[[Any], Any]:
             def u(x: Any) -> Any:

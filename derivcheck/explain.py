@@ -233,8 +233,7 @@ def _explain_network(case: Any) -> Explanation:
             np_param_grads[f"{index}.{k}"] = v
 
     # torch forward / backward with retain_grad on the non-leaf tensors
-    model = torch.nn.Sequential(*[layer.torch_module() for layer in layers]).double()
-    model.load_state_dict({k: torch.tensor(v) for k, v in sample.params.items()})
+    model = network.torch_model(sample.params)
     t_x = torch.tensor(x, requires_grad=True)
     t_values = []
     t_h = t_x
@@ -248,7 +247,7 @@ def _explain_network(case: Any) -> Explanation:
 
     # symbolic: compiled, SymPy-derived forward and local Jacobians
     compiled = [compile_layer(layer, size) for layer, size in zip(layers, network.sizes)]
-    flat = [[float(v) for name in layer.param_shapes() for v in network.layer_params(sample.params, i)[name].ravel()] for i, layer in enumerate(layers)]
+    flat = [network.layer_param_vector(sample.params, i) for i in range(len(layers))]
     sym_values = []
     a = x.T.copy()
     for layer, params in zip(compiled, flat):

@@ -324,10 +324,6 @@ def field_derivative_key(node: sp.Derivative, variables: Sequence[sp.Symbol]) ->
     return node.expr.func.__name__, tuple(sorted(order))
 
 
-def network_param_order(network: Network) -> list[str]:
-    return [ref.qualified for ref in network.params()]
-
-
 def lambda_hat(grads_r: Mapping[str, np.ndarray], grads_b: Mapping[str, np.ndarray], weights: Sequence[str], lam: float) -> float:
     """The learning-rate-annealing statistic ``max |dL_r/dW| / mean |lam * dL_b/dW|`` over
     the weight tensors named in `weights` (Wang, Teng & Perdikaris, Algorithm 1)."""

@@ -34,7 +34,6 @@ import numpy as np
 import sympy as sp
 
 from .compare import Tolerance
-from .engines import ENGINE_NAMES
 from .errors import CaseError, ExpressionError
 from .expr import make_symbol, parse_expression
 from .fields import FieldProblem, PDESpec, field_quantities
@@ -330,4 +329,4 @@ def _network(spec: Any, n_in: int, n_out: int, seed: int, file: str | None) -> t
     return network, network.init_params(seed)
 
 
-__all__ = ["FIELD_ENGINES", "FieldCase", "load_pde_case", "ENGINE_NAMES"]
+__all__ = ["FIELD_ENGINES", "FieldCase", "load_pde_case"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,23 @@ class Network:
         """The parameters of layer `index` by local name."""
         prefix = f"{index}."
         return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+    def layer_param_vector(self, params: dict[str, np.ndarray], index: int) -> list[float]:
+        """Layer `index`'s parameters flattened in ``param_shapes`` order (the argument
+        order of the symbolic engine's compiled functions)."""
+        local = self.layer_params(params, index)
+        return [float(v) for name in self.layers[index].param_shapes() for v in local[name].ravel()]
+
+    def torch_model(self, params: dict[str, np.ndarray], dtype: Any = "float64", device: str = "cpu") -> Any:
+        """The real ``nn.Sequential`` of the layers' torch modules with `params` loaded
+        (names ``"0.weight"``, ...); `dtype` is ``"float64"``, ``"float32"`` or a torch dtype."""
+        import torch
+
+        if isinstance(dtype, str):
+            dtype = torch.float64 if dtype == "float64" else torch.float32
+        model = torch.nn.Sequential(*[layer.torch_module() for layer in self.layers]).to(device=device, dtype=dtype)
+        model.load_state_dict({k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in params.items()}, strict=True)
+        return model
 
     def describe(self) -> str:
         return " -> ".join(layer.describe() for layer in self.layers)

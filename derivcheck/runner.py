@@ -339,6 +339,16 @@ def gradient_norms(qs: Sequence[Any], results: dict[str, dict[str, Any]]) -> dic
     return norms
 
 
+def preferred_gradient_norms(case: CaseResult) -> tuple[str, dict[str, dict[str, float]]] | None:
+    """The gradient norms to show for a case: torch's when it has them, else the first
+    engine's; ``None`` when the case has none."""
+    norms = case.meta.get("gradient_norms")
+    if not norms:
+        return None
+    engine = "torch" if "torch" in norms else next(iter(norms))
+    return engine, norms[engine]
+
+
 def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult]:
     """Run every field problem of a PDE case; one result per checked field kind."""
     from .engines import make_engines

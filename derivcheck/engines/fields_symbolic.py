@@ -79,8 +79,7 @@ def symbolic_jets(problem: FieldProblem) -> tuple[np.ndarray, np.ndarray, np.nda
     hess = np.zeros((p, d, d, d))
     for index, (layer, size) in enumerate(zip(network.layers, network.sizes)):
         compiled = compile_layer(layer, size)
-        local = network.layer_params(params, index)
-        flat = [float(v) for name in layer.param_shapes() for v in local[name].ravel()]
+        flat = network.layer_param_vector(params, index)
         j_loc = compiled.jacobian(a, flat)  # (P, out, in)
         new_hess = np.einsum("poi,pide->pode", j_loc, hess)
         for (k, i, j), values in compiled.hessian_entries(a, flat):

@@ -70,12 +70,8 @@ class _TorchFields:
 
 
 def build_model(problem: FieldProblem, dtype: Any, device: str) -> Any:
-    import torch
-
     assert problem.network is not None and problem.params is not None
-    model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers]).to(device=device, dtype=dtype)
-    model.load_state_dict({k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in problem.params.items()})
-    return model
+    return problem.network.torch_model(problem.params, dtype, device)
 
 
 def pinn_losses(problem: FieldProblem, device: str, model: Any) -> tuple[Any, Any]:

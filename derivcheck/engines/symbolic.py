@@ -217,10 +217,7 @@ class SymbolicEngine(Engine):
             return compute_fields(problem, quantities)
         network = problem.network
         compiled = [compile_layer(layer, size) for layer, size in zip(network.layers, network.sizes)]
-        flat_params = []
-        for index, layer in enumerate(network.layers):
-            local = network.layer_params(problem.params, index)
-            flat_params.append([float(v) for name in layer.param_shapes() for v in local[name].ravel()])
+        flat_params = [network.layer_param_vector(problem.params, index) for index in range(len(network.layers))]
 
         kinds = {q.kind for q in quantities}
         # dy/dx alone needs the inputs of every layer, not the network output

@@ -35,14 +35,7 @@ class TorchAutograd(Engine):
         self.device = validate_device(device)
 
     def _model(self, problem: Problem) -> Any:
-        import torch
-
-        dtype = torch.float64 if problem.dtype == "float64" else torch.float32
-        model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers])
-        model = model.to(device=self.device, dtype=dtype)
-        state = {name: torch.as_tensor(value, dtype=dtype, device=self.device) for name, value in problem.params.items()}
-        model.load_state_dict(state, strict=True)
-        return model
+        return problem.network.torch_model(problem.params, problem.dtype, self.device)
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):

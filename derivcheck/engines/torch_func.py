@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import sympy as sp
 
 from ..devices import validate_device
 from ..evaluate import Evaluator
-from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key, pinn_values
+from ..fields import FieldProblem, expand_derivatives, field_derivative_key, pinn_values
 from ..values import EngineResult, EngineValue, Skipped
 from .base import Engine
 
@@ -86,7 +85,7 @@ def _model_and_params(problem: FieldProblem, dtype: Any, device: str) -> tuple[A
     import torch
 
     assert problem.network is not None and problem.params is not None
-    model = torch.nn.Sequential(*[layer.torch_module() for layer in problem.network.layers]).to(device=device, dtype=dtype)
+    model = problem.network.torch_model(problem.params, dtype, device)
     params = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in problem.params.items()}
     return model, params
 

@@ -11,7 +11,6 @@ Network outputs are ``(N, K)``. Targets travel as *target columns* ``(N, T)``:
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import sympy as sp

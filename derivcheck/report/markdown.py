@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..compare import QuantityResult
-from ..runner import CaseResult
+from ..runner import CaseResult, preferred_gradient_norms
 
 ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error"}
 
@@ -66,13 +66,13 @@ def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots
         agreeing = [q for q in case.quantities if q.verdict == "agree"]
         if agreeing:
             lines += ["", f"{len(agreeing)} quantit{'y' if len(agreeing) == 1 else 'ies'} agree: " + ", ".join(q.name for q in agreeing), ""]
-        norms = case.meta.get("gradient_norms")
-        if norms:
-            engine = "torch" if "torch" in norms else next(iter(norms))
-            terms = sorted(norms[engine])
+        preferred = preferred_gradient_norms(case)
+        if preferred:
+            engine, norms = preferred
+            terms = sorted(norms)
             lines += [f"Gradient norm per parameter tensor ({engine}):", "", "| parameter | " + " | ".join(terms) + " |", "|---" * (len(terms) + 1) + "|"]
-            for param in norms[engine][terms[0]]:
-                lines.append(f"| {param} | " + " | ".join(f"{norms[engine][t][param]:.3e}" for t in terms) + " |")
+            for param in norms[terms[0]]:
+                lines.append(f"| {param} | " + " | ".join(f"{norms[t][param]:.3e}" for t in terms) + " |")
             lines.append("")
     if plots:
         lines += ["", "## Plots", ""]

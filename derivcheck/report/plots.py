@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runner import CaseResult
+from ..runner import CaseResult, preferred_gradient_norms
 
 MISSING = "Plots need matplotlib: pip install 'derivcheck[plots]' (or pip install matplotlib)."
 
@@ -72,16 +72,16 @@ def step_study(case: CaseResult) -> bytes | None:
 
 
 def gradient_norms(case: CaseResult) -> bytes | None:
-    norms = case.meta.get("gradient_norms")
-    if not norms:
+    preferred = preferred_gradient_norms(case)
+    if preferred is None:
         return None
-    engine = "torch" if "torch" in norms else next(iter(norms))
-    terms = sorted(norms[engine])
-    params = list(norms[engine][terms[0]])
+    engine, norms = preferred
+    terms = sorted(norms)
+    params = list(norms[terms[0]])
     fig, ax = _figure()
     width = 0.8 / len(terms)
     for i, term in enumerate(terms):
-        ax.bar(np.arange(len(params)) + i * width, [norms[engine][term][p] for p in params], width, label=term)
+        ax.bar(np.arange(len(params)) + i * width, [norms[term][p] for p in params], width, label=term)
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(params)) + 0.4 - width / 2, params, rotation=45, fontsize=7)
     ax.set_ylabel("gradient 2-norm")

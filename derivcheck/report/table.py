@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from ..runner import CaseResult
+from ..runner import CaseResult, preferred_gradient_norms
 
 
 def _fmt(value: float | None) -> str:
@@ -44,14 +44,14 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
                 pair_rows = [[p.a, p.b, "yes" if p.agree else "NO", _fmt(p.max_rel_error), p.failing, p.compared, _fmt(p.rtol)] for p in q.pairs]
                 table = tabulate(pair_rows, headers=["engine", "vs", "agree", "max rel err", "failing", "compared", "rtol"], tablefmt="simple")
                 lines.extend("    " + line for line in table.splitlines())
-        norms = case.meta.get("gradient_norms")
-        if norms and verbose:
-            engine = "torch" if "torch" in norms else next(iter(norms))
-            legend = "; L_r = residual loss, L_b = boundary loss" if "L_r" in norms[engine] else ""
+        preferred = preferred_gradient_norms(case)
+        if preferred and verbose:
+            engine, norms = preferred
+            legend = "; L_r = residual loss, L_b = boundary loss" if "L_r" in norms else ""
             lines.append(f"{case.name}: gradient norm per parameter tensor ({engine}){legend}")
-            params = list(next(iter(norms[engine].values())))
-            rows = [[p] + [f"{norms[engine][t].get(p, float('nan')):.3e}" for t in sorted(norms[engine])] for p in params]
-            table = tabulate(rows, headers=["parameter"] + sorted(norms[engine]), tablefmt="simple")
+            params = list(next(iter(norms.values())))
+            rows = [[p] + [f"{norms[t].get(p, float('nan')):.3e}" for t in sorted(norms)] for p in params]
+            table = tabulate(rows, headers=["parameter"] + sorted(norms), tablefmt="simple")
             lines.extend("    " + line for line in table.splitlines())
         if case.kinks and any(q.verdict == "kink" for q in case.quantities):
             lines.append(f"{case.name}: kinks at " + "; ".join(case.kinks[:5]) + (" ..." if len(case.kinks) > 5 else ""))
