@@ -33,32 +33,44 @@ class ParamRef:
 
 @dataclass
 class Network:
-    """A sequence of layers with known input width; `sizes[i]` is the width after layer i-1
-    (``sizes[0]`` is the input width, ``sizes[-1]`` the output width)."""
+    """A sequence of layers with known per-sample input shape.
+
+    `shapes[i]` is the per-sample shape entering layer i (``shapes[-1]`` is the output
+    shape) and `sizes[i]` its flat size: every engine passes samples flattened, ``(N,
+    sizes[i])``, and a layer that needs its shape (a convolution, a recurrence) learns it
+    from :meth:`Layer.bind`.
+    """
 
     layers: list[Layer]
     sizes: list[int]
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, layers: Sequence[Layer], in_size: int | None = None) -> "Network":
-        """Chain `layers`, checking that consecutive sizes fit.
+    def build(cls, layers: Sequence[Layer], in_size: int | None = None, in_shape: Sequence[int] | None = None) -> "Network":
+        """Chain `layers`, checking that consecutive shapes fit.
 
-        The input width defaults to the first layer's ``in`` option.
-        Raises :class:`ValueError` naming the first layer (0-based) that does not fit.
+        The input shape defaults to ``(in_size,)``, else to the first layer's ``in``
+        option. Raises :class:`ValueError` naming the first layer (0-based) that does not fit.
         """
         if not layers:
             raise ValueError("a network needs at least one layer")
-        if in_size is None:
-            in_size = layers[0].options.get("in")
+        if in_shape is None:
             if in_size is None:
-                raise ValueError("the input width is unknown: start the network with a linear layer or give the input width")
-        sizes = [int(in_size)]
+                in_size = layers[0].options.get("in")
+                if in_size is None:
+                    raise ValueError(
+                        "the input shape is unknown: start the network with a linear layer or give input_shape"
+                    )
+            in_shape = (int(in_size),)
+        shapes = [tuple(int(d) for d in in_shape)]
+        if any(d < 1 for d in shapes[0]):
+            raise ValueError(f"input shape {shapes[0]} must have positive sizes")
         for index, layer in enumerate(layers):
             try:
-                sizes.append(layer.output_size(sizes[-1]))
+                shapes.append(layer.bind(shapes[-1]))
             except ValueError as exc:
                 raise ValueError(f"layer {index} ({layer.describe()}): {exc}") from None
-        return cls(list(layers), sizes)
+        return cls(list(layers), [int(np.prod(s)) for s in shapes], shapes)
 
     @property
     def in_size(self) -> int:
@@ -101,12 +113,32 @@ class Network:
 
         if isinstance(dtype, str):
             dtype = torch.float64 if dtype == "float64" else torch.float32
-        model = torch.nn.Sequential(*[layer.torch_module() for layer in self.layers]).to(device=device, dtype=dtype)
+        modules = []
+        for layer in self.layers:
+            module = layer.torch_module()
+            _adapt_shapes(module, layer)
+            modules.append(module)
+        model = torch.nn.Sequential(*modules).to(device=device, dtype=dtype)
         model.load_state_dict({k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in params.items()}, strict=True)
         return model
 
     def describe(self) -> str:
         return " -> ".join(layer.describe() for layer in self.layers)
+
+
+def _adapt_shapes(module: Any, layer: Layer) -> None:
+    """Let the real torch module see its natural input shape ``(N, *in_shape)`` and hand
+    its output on flat ``(N, out)``, without renaming its parameters: a forward pre-hook
+    reshapes the input, a forward hook picks the tensor (:meth:`Layer.torch_output`) and
+    flattens it."""
+    in_shape = layer.in_shape
+    if len(in_shape) > 1:
+        module.register_forward_pre_hook(lambda _m, args: (args[0].reshape(args[0].shape[0], *in_shape),) + tuple(args[1:]))
+    module.register_forward_hook(lambda _m, _args, out: _flatten(layer.torch_output(out)))
+
+
+def _flatten(tensor: Any) -> Any:
+    return tensor if tensor.dim() == 2 else tensor.reshape(tensor.shape[0], -1)
 
 
 @dataclass

@@ -35,25 +35,11 @@ from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue, Skipped
 from .base import Engine
+from .symbolic_rules import CompiledRule, partials
 
 
 def _compile(args: list[Any], exprs: list[sp.Expr]) -> Callable[..., list[Any]]:
     return sp.lambdify(args, exprs, modules=NUMPY_MODULES, cse=True)
-
-
-def _partials(expr: sp.Expr, wanted: set[sp.Symbol]) -> dict[sp.Symbol, sp.Expr]:
-    """``{s: d expr / d s}`` for every symbol ``s`` of `wanted` that `expr` depends on.
-
-    Differentiation is linear, so for a sum only the terms containing ``s`` are
-    differentiated (SymPy's own ``diff`` of a sum differentiates every term for every
-    symbol: 65x more work for one output of a 64-wide linear layer).
-    """
-    terms = expr.args if isinstance(expr, sp.Add) else (expr,)
-    by_symbol: dict[sp.Symbol, list[sp.Expr]] = {}
-    for term in terms:
-        for sym in term.free_symbols & wanted:
-            by_symbol.setdefault(sym, []).append(term)
-    return {sym: sp.Add(*[sp.diff(term, sym) for term in group]) for sym, group in by_symbol.items()}
 
 
 def _param_symbols(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], list[sp.Symbol]]:
@@ -75,7 +61,8 @@ class CompiledLayer:
 
     def __init__(self, layer: Layer, in_size: int):
         self.in_size = in_size
-        self.out_size = layer.output_size(in_size)
+        bound = bool(layer.in_shape) and layer.in_size == in_size
+        self.out_size = int(np.prod(layer.out_shape)) if bound else layer.output_size(in_size)
         self.shapes = layer.param_shapes()
         inputs = [make_symbol(f"a{j}") for j in range(in_size)]
         param_arrays, param_flat = _param_symbols(self.shapes)
@@ -94,7 +81,7 @@ class CompiledLayer:
         vjp_param_terms: list[list[sp.Expr]] = [[] for _ in param_flat]
         wanted = set(input_index) | set(param_index)
         for k, expr in enumerate(outputs):
-            for sym, derivative in _partials(expr, wanted).items():
+            for sym, derivative in partials(expr, wanted).items():
                 if sym in input_index:
                     j = input_index[sym]
                     jacobian[k * in_size + j] = derivative
@@ -138,7 +125,7 @@ class CompiledLayer:
                 if first == 0:
                     continue
                 k, i = divmod(flat, self.in_size)
-                for sym, second in _partials(first, input_set).items():
+                for sym, second in partials(first, input_set).items():
                     self._hessian_keys.append((k, i, index[sym]))
                     exprs.append(second)
             self._hessian = _compile([self.inputs, self.param_flat], exprs)
@@ -179,21 +166,25 @@ def _stack(results: list[Any], n: int) -> np.ndarray:
     return out
 
 
-_COMPILED: dict[tuple, CompiledLayer] = {}
+_COMPILED: dict[tuple, Any] = {}
 _COMPILED_LOSSES: dict[tuple, CompiledLoss] = {}
 
 
 def _layer_key(layer: Layer, in_size: int) -> tuple:
-    return (type(layer), tuple(sorted(layer.options.items())), in_size)
+    shape = layer.in_shape if layer.in_shape and int(np.prod(layer.in_shape)) == in_size else (in_size,)
+    return (type(layer), repr(sorted(layer.options.items())), shape)
 
 
-def compile_layer(layer: Layer, in_size: int) -> CompiledLayer:
-    """The compiled derivation of `layer` at `in_size` inputs (cached per configuration)."""
+def compile_layer(layer: Layer, in_size: int) -> "CompiledLayer | CompiledRule":
+    """The compiled derivation of `layer` at `in_size` inputs (cached per configuration):
+    a :class:`CompiledRule` when the layer has a local rule, else a whole-layer
+    :class:`CompiledLayer`."""
     key = _layer_key(layer, in_size)
     try:
         return _COMPILED[key]
     except KeyError:
-        compiled = _COMPILED[key] = CompiledLayer(layer, in_size)
+        rule = layer.local_rule() if layer.in_shape and int(np.prod(layer.in_shape)) == in_size else None
+        compiled = _COMPILED[key] = CompiledRule(rule, layer.param_shapes()) if rule is not None else CompiledLayer(layer, in_size)
         return compiled
 
 

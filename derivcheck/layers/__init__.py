@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .base import Layer, Loss, Option
+from .conv import AvgPool2d, Conv1d, Conv2d, Flatten, MaxPool2d
 from .linear import Linear
 from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
 
 LAYERS: dict[str, type[Layer]] = {
-    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU)
+    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU,
+        Conv1d, Conv2d, MaxPool2d, AvgPool2d, Flatten)
 }
 """Layer classes by the name used in case files (``layer = "linear"``)."""
 

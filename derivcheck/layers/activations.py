@@ -17,6 +17,7 @@ class Identity(Layer):
     """``nn.Identity``."""
 
     kind = "identity"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs: list[sp.Expr], params: SymbolArrays) -> list[sp.Expr]:
         return list(inputs)
@@ -40,6 +41,7 @@ class ReLU(Layer):
     """``nn.ReLU``: ``max(0, z)``; non-differentiable at ``z = 0`` (a kink)."""
 
     kind = "relu"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs, params):
         return [sp.Max(0, a) for a in inputs]
@@ -67,6 +69,7 @@ class LeakyReLU(Layer):
     """``nn.LeakyReLU(slope)``: ``z`` for ``z > 0``, ``slope*z`` otherwise; kink at 0."""
 
     kind = "leaky_relu"
+    ELEMENTWISE = True
     OPTIONS = (Option("slope", float, default=0.01, check=_check_slope),)
 
     def sympy_forward(self, inputs, params):
@@ -97,6 +100,7 @@ class Sigmoid(Layer):
     """``nn.Sigmoid``."""
 
     kind = "sigmoid"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs, params):
         return [1 / (1 + sp.exp(-a)) for a in inputs]
@@ -124,6 +128,7 @@ class Tanh(Layer):
     """``nn.Tanh``."""
 
     kind = "tanh"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs, params):
         return [sp.tanh(a) for a in inputs]
@@ -200,6 +205,7 @@ class GELU(Layer):
     """``nn.GELU()`` (exact form): ``x * Phi(x) = x/2 (1 + erf(x / sqrt 2))``."""
 
     kind = "gelu"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs, params):
         return [a / 2 * (1 + sp.erf(a / sp.sqrt(2))) for a in inputs]
@@ -228,6 +234,7 @@ class SiLU(Layer):
     """``nn.SiLU`` (swish): ``x * sigmoid(x)``."""
 
     kind = "silu"
+    ELEMENTWISE = True
 
     def sympy_forward(self, inputs, params):
         return [a / (1 + sp.exp(-a)) for a in inputs]
@@ -261,6 +268,7 @@ class Softplus(Layer):
     where ``beta x > threshold`` (as torch computes it)."""
 
     kind = "softplus"
+    ELEMENTWISE = True
     OPTIONS = (Option("beta", float, default=1.0, check=_check_positive), Option("threshold", float, default=20.0, check=_check_positive))
 
     def sympy_forward(self, inputs, params):
@@ -288,6 +296,7 @@ class ELU(Layer):
     unless ``alpha == 1``."""
 
     kind = "elu"
+    ELEMENTWISE = True
     OPTIONS = (Option("alpha", float, default=1.0, check=_check_positive),)
 
     def sympy_forward(self, inputs, params):

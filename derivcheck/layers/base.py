@@ -25,6 +25,7 @@ import numpy as np
 import sympy as sp
 
 from ..errors import CaseError
+from .rules import LocalRule
 
 Params = Mapping[str, np.ndarray]
 """Parameters of one layer by local name (``"weight"``, ``"bias"``)."""
@@ -114,15 +115,61 @@ class Layer(Configurable):
     """One layer of a feed-forward network acting on a batch ``(N, features)``.
 
     Subclasses define the three independent implementations described in the module
-    docstring. Layers in this family act on each sample independently.
+    docstring. Every engine passes each sample *flattened*: a layer whose input has a
+    shape (``(C, H, W)`` images, ``(T, F)`` sequences) learns it from :meth:`bind`, which
+    :class:`~derivcheck.problem.Network` calls with the shape the previous layer produces,
+    and reshapes internally (row-major, like ``torch.reshape``).
+
+    `ELEMENTWISE` layers act entry by entry and keep any input shape; the others need a
+    flat ``(features,)`` input unless they override :meth:`output_shape`. `per_sample` is
+    false for layers that couple the samples of a batch (batch normalisation in training
+    mode).
     """
 
+    ELEMENTWISE: ClassVar[bool] = False
+    per_sample: bool = True
+    in_shape: tuple[int, ...] = ()
+
+    def bind(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Fix the per-sample input shape; returns the output shape (raises ValueError)."""
+        out = self.output_shape(tuple(int(d) for d in in_shape))
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.out_shape = tuple(int(d) for d in out)
+        return self.out_shape
+
+    @property
+    def in_size(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for `in_shape`; raises :class:`ValueError` with a
+        message when the input does not fit."""
+        if self.ELEMENTWISE:
+            return in_shape
+        if len(in_shape) != 1:
+            raise ValueError(
+                f"{self.kind} expects flat input features but receives shape {in_shape}; "
+                'add { layer = "flatten" } before it'
+            )
+        return (self.output_size(in_shape[0]),)
+
     def output_size(self, in_size: int) -> int:
-        """Number of output features for `in_size` input features.
+        """Number of output features for `in_size` flat input features.
 
         Raises :class:`ValueError` (with a message) when the input size does not fit.
         """
         return in_size
+
+    def local_rule(self) -> "LocalRule | None":
+        """The layer as repeated applications of small cells (convolutions, recurrences,
+        attention), so the symbolic engine derives one cell and applies it everywhere;
+        ``None`` (default) means SymPy differentiates :meth:`sympy_forward` whole.
+        Called after :meth:`bind`."""
+        return None
+
+    def torch_output(self, output: Any) -> Any:
+        """Pick the tensor from what the torch module returns (an LSTM returns a tuple)."""
+        return output
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of this layer's parameters by local name (PyTorch layout)."""
@@ -162,9 +209,16 @@ class Layer(Configurable):
         raise NotImplementedError
 
     def kink_inputs(self, cache: Any) -> np.ndarray | None:
-        """Values whose zeros are non-differentiable points (e.g. ReLU pre-activations),
-        shape ``(N, units)``, or ``None`` for a smooth layer."""
+        """Values whose zeros are non-differentiable points (e.g. ReLU pre-activations,
+        the gap between the two largest entries of a max-pool window), shape
+        ``(N, units)``, or ``None`` for a smooth layer."""
         return None
+
+    def kink_state(self, cache: Any) -> np.ndarray | None:
+        """The discrete branch each unit is on, ``(N, units)``: a finite-difference step
+        that changes it crossed a kink. Default: the sign of :meth:`kink_inputs`."""
+        inputs = self.kink_inputs(cache)
+        return None if inputs is None else inputs > 0
 
 
 def elementwise_jet(value: np.ndarray, first: np.ndarray, second: np.ndarray, jac: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
