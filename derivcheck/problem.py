@@ -119,7 +119,11 @@ class Network:
             _adapt_shapes(module, layer)
             modules.append(module)
         model = torch.nn.Sequential(*modules).to(device=device, dtype=dtype)
-        model.load_state_dict({k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in params.items()}, strict=True)
+        state = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in params.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        named = dict(model.named_parameters())
+        if unexpected or any(key in named for key in missing):
+            raise InvalidArgument(f"parameters do not match the torch modules: missing {missing}, unexpected {unexpected}")
         return model
 
     def describe(self) -> str:
@@ -132,8 +136,7 @@ def _adapt_shapes(module: Any, layer: Layer) -> None:
     reshapes the input, a forward hook picks the tensor (:meth:`Layer.torch_output`) and
     flattens it."""
     in_shape = layer.in_shape
-    if len(in_shape) > 1:
-        module.register_forward_pre_hook(lambda _m, args: (args[0].reshape(args[0].shape[0], *in_shape),) + tuple(args[1:]))
+    module.register_forward_pre_hook(lambda _m, args: (layer.torch_input(args[0].reshape(args[0].shape[0], *in_shape)),) + tuple(args[1:]))
     module.register_forward_hook(lambda _m, _args, out: _flatten(layer.torch_output(out)))
 
 

@@ -101,9 +101,16 @@ def expand_quantities(names: Sequence[str], problem: Problem) -> list[Quantity]:
         elif name.startswith("dL/d") and name[4:] in refs:
             ref = refs[name[4:]]
             add(Quantity(name, "param_grad", ref.shape, param=ref.qualified, group=ALL_PARAMS))
+        elif name in (INPUT_GRAD, JACOBIAN) and not problem.network.layers[0].input_is_differentiable:
+            first = problem.network.layers[0].kind
+            raise ValueError(f"quantity {name!r} does not exist: the inputs of {first} are indices, not differentiable values")
         elif name == INPUT_GRAD:
-            add(Quantity(name, "input_grad", (n, n_in), per_sample=True))
+            coupled = not all(layer.per_sample for layer in problem.network.layers)
+            add(Quantity(name, "input_grad", (n, n_in), per_sample=not coupled))
         elif name == JACOBIAN:
+            coupled = [layer.kind for layer in problem.network.layers if not layer.per_sample]
+            if coupled:
+                raise ValueError(f"quantity 'dy/dx' does not exist per sample: {coupled[0]} couples the samples of the batch (use dL/dx)")
             add(Quantity(name, "jacobian", (n, n_out, n_in), per_sample=True))
         elif name == SGD_STEP:
             if problem.sgd_lr is None:

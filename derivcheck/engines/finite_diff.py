@@ -15,7 +15,8 @@ whose perturbed evaluation flipped the side of a kink (a ReLU pre-activation cha
 sign) are marked as excluded: a difference quotient across a kink measures nothing.
 
 Per-sample quantities (dL/dx, dy/dx) perturb one input feature of every sample at once,
-which is valid because every layer in the catalog acts on samples independently.
+which is valid when every layer acts on samples independently; with a layer that couples
+samples (batch normalisation in training mode) dL/dx is taken one entry at a time.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class FiniteDifferences(Engine):
         signs = []
         for index, layer in enumerate(network.layers):
             h, cache = layer.numpy_forward(h, network.layer_params(params, index))
-            kink = layer.kink_inputs(cache)
-            if kink is not None:
-                signs.append(kink > 0)
+            state = layer.kink_state(cache)
+            if state is not None:
+                signs.append(state)
         per_sample = None
         if problem.loss is not None:
             assert problem.targets is not None
@@ -150,8 +151,10 @@ class FiniteDifferences(Engine):
         self, problem: Problem, base: _Eval, output: Callable[[_Eval], np.ndarray], q: Quantity
     ) -> EngineValue:
         """Perturb feature j of every sample at once; `output(e)` is ``(N, K)``."""
-        if not all(getattr(layer, "per_sample", True) for layer in problem.network.layers):
-            return Skipped("a layer couples samples; per-sample finite differences do not apply")  # type: ignore[return-value]
+        if not all(layer.per_sample for layer in problem.network.layers):
+            if q.kind != "input_grad":
+                return Skipped("a layer couples samples; per-sample finite differences do not apply")  # type: ignore[return-value]
+            return self._entrywise_input_grad(problem, base)
         n, n_in = problem.x.shape
         k = output(base).shape[1]
         values = np.empty((n, k, n_in))
@@ -177,6 +180,32 @@ class FiniteDifferences(Engine):
             values[:, :, j], errors[:, :, j] = self._combine(diffs, h[:, None], scale)
         if q.kind == "input_grad":
             values, errors, excluded = values[:, 0, :], errors[:, 0, :], excluded[:, 0, :]
+        return self._value(values, errors, excluded)
+
+    def _entrywise_input_grad(self, problem: Problem, base: _Eval) -> EngineValue:
+        """dL/dx one input entry at a time (a layer couples the samples, so perturbing
+        feature j of every sample at once would mix their effects)."""
+        assert base.per_sample_loss is not None
+        shape = problem.x.shape
+        values, errors = np.empty(shape), np.empty(shape)
+        excluded = np.zeros(shape, dtype=bool)
+        f0 = float(base.per_sample_loss.mean())
+        for index in np.ndindex(*shape):
+            h = self.step * max(1.0, abs(float(problem.x[index])))
+            diffs, scale = [], abs(f0)
+            for mult in self._steps():
+                sides = []
+                for sign in (1.0, -1.0):
+                    x = problem.x.copy()
+                    x[index] += sign * mult * h
+                    evaluation = self._evaluate(problem, problem.params, x)
+                    assert evaluation.per_sample_loss is not None
+                    sides.append(float(evaluation.per_sample_loss.mean()))
+                    if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
+                        excluded[index] = True
+                scale = max(scale, abs(sides[0]), abs(sides[1]))
+                diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * h)))
+            values[index], errors[index] = self._combine(diffs, h, np.asarray(scale))
         return self._value(values, errors, excluded)
 
     def _value(self, values: np.ndarray, errors: np.ndarray, excluded: np.ndarray) -> EngineValue:

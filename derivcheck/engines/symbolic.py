@@ -35,7 +35,7 @@ from ..problem import Problem
 from ..quantities import Quantity
 from ..values import EngineResult, EngineValue, Skipped
 from .base import Engine
-from .symbolic_rules import CompiledRule, partials
+from .symbolic_rules import BatchCoupledRule, CompiledRule, partials
 
 
 def _compile(args: list[Any], exprs: list[sp.Expr]) -> Callable[..., list[Any]]:
@@ -66,6 +66,12 @@ class CompiledLayer:
         self.shapes = layer.param_shapes()
         inputs = [make_symbol(f"a{j}") for j in range(in_size)]
         param_arrays, param_flat = _param_symbols(self.shapes)
+        # per-sample constants (a dropout mask, an embedding's one-hot indices) are passed
+        # like inputs but never differentiated
+        self.n_constants = layer.n_sample_constants
+        constants = [make_symbol(f"k{j}") for j in range(self.n_constants)]
+        if constants:
+            param_arrays = {**param_arrays, "@constants": np.array(constants, dtype=object)}
         outputs = layer.sympy_forward(inputs, param_arrays)
         cotangent = [make_symbol(f"g{k}") for k in range(self.out_size)]
         self.forward_exprs = outputs
@@ -90,28 +96,34 @@ class CompiledLayer:
                     vjp_param_terms[param_index[sym]].append(cotangent[k] * derivative)
         self.jacobian_exprs = jacobian
         vjp = [sp.Add(*terms) for terms in vjp_input_terms] + [sp.Add(*terms) for terms in vjp_param_terms]
-        self._forward = _compile([inputs, param_flat], outputs)
+        sample = inputs + constants
+        self._forward = _compile([sample, param_flat], outputs)
         # Split the Jacobian: entries that depend on the sample, entries that depend only
         # on parameters (a linear layer's W), and structural zeros (skipped).
-        input_set = set(inputs)
+        input_set = set(inputs) | set(constants)
         self._jac_sample = [i for i, e in enumerate(jacobian) if e.free_symbols & input_set]
         self._jac_fixed = [i for i, e in enumerate(jacobian) if e != 0 and not e.free_symbols & input_set]
-        self._jacobian_sample = _compile([inputs, param_flat], [jacobian[i] for i in self._jac_sample])
+        self._jacobian_sample = _compile([sample, param_flat], [jacobian[i] for i in self._jac_sample])
         self._jacobian_fixed = _compile([param_flat], [jacobian[i] for i in self._jac_fixed])
-        self._vjp = _compile([inputs, param_flat, cotangent], vjp)
+        self._vjp = _compile([sample, param_flat, cotangent], vjp)
 
-    def forward(self, a: np.ndarray, params: list[float]) -> np.ndarray:
-        """``a`` is ``(in, N)``; returns ``(out, N)``."""
-        return _stack(self._forward(list(a), params), a.shape[1])
+    def _sample(self, a: np.ndarray, consts: np.ndarray | None) -> list[Any]:
+        if self.n_constants and (consts is None or len(consts) != self.n_constants):
+            raise ValueError(f"this layer needs {self.n_constants} per-sample constants")
+        return list(a) + (list(consts) if self.n_constants else [])
 
-    def jacobian(self, a: np.ndarray, params: list[float]) -> np.ndarray:
+    def forward(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
+        """``a`` is ``(in, N)`` (per-sample constants `consts` ``(C, N)``); returns ``(out, N)``."""
+        return _stack(self._forward(self._sample(a, consts), params), a.shape[1])
+
+    def jacobian(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
         """Local Jacobian per sample, ``(N, out, in)``."""
         n = a.shape[1]
         flat = np.zeros((n, self.out_size * self.in_size))
         if self._jac_fixed:
             flat[:, self._jac_fixed] = np.asarray(self._jacobian_fixed(params), dtype=np.float64)
         if self._jac_sample:
-            flat[:, self._jac_sample] = _stack(self._jacobian_sample(list(a), params), n).T
+            flat[:, self._jac_sample] = _stack(self._jacobian_sample(self._sample(a, consts), params), n).T
         return flat.reshape(n, self.out_size, self.in_size)
 
     def hessian_entries(self, a: np.ndarray, params: list[float]) -> list[tuple[tuple[int, int, int], np.ndarray]]:
@@ -134,10 +146,10 @@ class CompiledLayer:
         values = _stack(self._hessian(list(a), params), a.shape[1])
         return list(zip(self._hessian_keys, values))
 
-    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
         per-sample parameter cotangents (P, N))``."""
-        stacked = _stack(self._vjp(list(a), params, list(g)), a.shape[1])
+        stacked = _stack(self._vjp(self._sample(a, consts), params, list(g)), a.shape[1])
         return stacked[: self.in_size], stacked[self.in_size :]
 
 
@@ -207,27 +219,34 @@ class SymbolicEngine(Engine):
 
             return compute_fields(problem, quantities)
         network = problem.network
-        compiled = [compile_layer(layer, size) for layer, size in zip(network.layers, network.sizes)]
+        n = problem.batch
+        compiled = [
+            compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n)
+            for layer, size in zip(network.layers, network.sizes)
+        ]
         flat_params = [network.layer_param_vector(problem.params, index) for index in range(len(network.layers))]
 
         kinds = {q.kind for q in quantities}
         # dy/dx alone needs the inputs of every layer, not the network output
         needs_output = bool(kinds & {"loss", "param_grad", "input_grad"})
         activations = [problem.x.T.copy()]
-        for layer, params in zip(compiled if needs_output else compiled[:-1], flat_params):
-            activations.append(layer.forward(activations[-1], params))
+        constants: list[np.ndarray | None] = []
+        for index, (layer, params) in enumerate(zip(compiled, flat_params)):
+            consts = network.layers[index].sample_constants(activations[-1].T)
+            constants.append(None if consts is None else consts.T)
+            if needs_output or index < len(compiled) - 1:
+                activations.append(layer.forward(activations[-1], params, constants[-1]))
 
         result: EngineResult = {}
         if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:
             assert problem.targets is not None
             loss = compile_loss(problem.loss, network.out_size, problem.targets.shape[1])
             per_sample, grad = loss.value_and_grad(activations[-1], problem.targets.T)
-            n = problem.batch
             cotangent = grad / n
             param_grads: dict[str, np.ndarray] = {}
             for index in range(len(compiled) - 1, -1, -1):
                 layer = compiled[index]
-                cotangent, per_sample_params = layer.vjp(activations[index], flat_params[index], cotangent)
+                cotangent, per_sample_params = layer.vjp(activations[index], flat_params[index], cotangent, constants[index])
                 summed = per_sample_params.sum(axis=1)
                 offset = 0
                 for local, shape in layer.shapes.items():
@@ -244,8 +263,8 @@ class SymbolicEngine(Engine):
         for q in quantities:
             if q.kind == "jacobian":
                 total = None
-                for layer, a, params in zip(compiled, activations, flat_params):
-                    local = layer.jacobian(a, params)
+                for layer, a, params, consts in zip(compiled, activations, flat_params, constants):
+                    local = layer.jacobian(a, params, consts)
                     total = local if total is None else np.matmul(local, total)
                 result[q.name] = EngineValue(total)
             elif q.kind == "sgd_step":

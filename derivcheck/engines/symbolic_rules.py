@@ -141,12 +141,12 @@ class CompiledRule:
             values[stage.output_index] = outs
         return values, jacobians
 
-    def forward(self, a: np.ndarray, params: list[float]) -> np.ndarray:
+    def forward(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
         """``a`` is ``(in, N)``; returns ``(out, N)``."""
         values, _ = self._run(a, params, False)
         return values[self.rule.output]
 
-    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
         per-sample parameter cotangents (P, N))``."""
         n = a.shape[1]
@@ -164,7 +164,7 @@ class CompiledRule:
         cot[-1] = 0.0
         return cot[: self.in_size], param_cot[: self.n_params]
 
-    def jacobian(self, a: np.ndarray, params: list[float]) -> np.ndarray:
+    def jacobian(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
         """Local Jacobian per sample, ``(N, out, in)``, by forward accumulation."""
         n = a.shape[1]
         _, jacobians = self._run(a, params, True)
@@ -184,3 +184,27 @@ class CompiledRule:
     def hessian_entries(self, a: np.ndarray, params: list[float]) -> Any:
         raise NotImplementedError("second derivatives through local-rule layers are not derived")
 
+
+
+class BatchCoupledRule:
+    """A layer that couples the samples of a batch (batch normalisation in training mode):
+    its rule indexes the whole batch, value ``n * in_size + i`` being feature ``i`` of
+    sample ``n``, and is evaluated as one "sample" of size ``N * in_size``."""
+
+    def __init__(self, rule: LocalRule, shapes: dict[str, tuple[int, ...]], batch: int):
+        self.inner = CompiledRule(rule, shapes)
+        self.batch = batch
+        self.in_size = rule.in_size // batch
+        self.out_size = rule.out_size // batch
+        self.shapes = shapes
+
+    def forward(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+        out = self.inner.forward(a.T.reshape(-1, 1), params)
+        return out.reshape(self.batch, self.out_size).T
+
+    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        cot_in, cot_params = self.inner.vjp(a.T.reshape(-1, 1), params, g.T.reshape(-1, 1))
+        return cot_in.reshape(self.batch, self.in_size).T, cot_params
+
+    def jacobian(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+        raise ValueError("a layer couples the samples of the batch: there is no per-sample Jacobian")

@@ -3,7 +3,7 @@
 The network is an ``nn.Sequential`` of each layer's ``torch_module()`` with the case's
 parameters loaded through ``load_state_dict`` (names ``"0.weight"``, ...), so the modules
 users actually train with are the ones checked. Gradients come from ``loss.backward()``;
-the per-sample Jacobian from ``torch.func.vmap(torch.func.jacrev(...))``; an SGD step from a
+the per-sample Jacobian from one ``autograd.grad`` per output; an SGD step from a
 real ``torch.optim.SGD``. Runs in the problem's dtype on ``device`` (``"cpu"`` or
 ``"cuda"``).
 """
@@ -68,17 +68,23 @@ class TorchAutograd(Engine):
                     result[q.name] = value(x.grad)
         for q in quantities:
             if q.kind == "jacobian":
-                model = self._model(problem)
-                params = {k: v.detach() for k, v in model.named_parameters()}
-
-                def single(xi: Any) -> Any:
-                    return torch.func.functional_call(model, params, (xi.unsqueeze(0),)).squeeze(0)
-
-                x = torch.as_tensor(problem.x, dtype=dtype, device=self.device)
-                result[q.name] = value(torch.func.vmap(torch.func.jacrev(single))(x))
+                result[q.name] = value(self._jacobian(problem, dtype))
             elif q.kind == "sgd_step":
                 result[q.name] = value(self._sgd_step(problem))
         return result
+
+    def _jacobian(self, problem: Problem, dtype: Any) -> Any:
+        """Per-sample ``dy/dx`` ``(N, out, in)``: one ``autograd.grad`` of ``y[:, i].sum()``
+        per output ``i``. Layers act on samples independently, so that gradient's row n is
+        ``dy_{n,i}/dx_n``. (``vmap(jacrev)`` is not used: PyTorch has no batching rule for
+        the fused LSTM/GRU kernels.)"""
+        import torch
+
+        model = self._model(problem)
+        x = torch.tensor(problem.x, dtype=dtype, device=self.device, requires_grad=True)
+        y = model(x)
+        rows = [torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)[0] for i in range(y.shape[1])]
+        return torch.stack(rows, dim=1)
 
     def _sgd_step(self, problem: Problem) -> Any:
         """``p_after - p_before`` for one real ``torch.optim.SGD`` step, concatenated."""

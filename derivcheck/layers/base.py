@@ -167,6 +167,33 @@ class Layer(Configurable):
         Called after :meth:`bind`."""
         return None
 
+    n_sample_constants: int = 0
+    """How many per-sample constants :meth:`sample_constants` gives (a dropout mask, an
+    embedding's one-hot rows); :meth:`sympy_forward` finds their symbols under the key
+    ``"@constants"`` of its parameter mapping."""
+
+    def sample_constants(self, x: np.ndarray) -> np.ndarray | None:
+        """Per-sample constants ``(N, C)`` for the layer input ``x`` ``(N, in)``: values
+        the forward map uses but that are not differentiated. Default: none."""
+        return None
+
+    def batch_rule(self, batch: int) -> "LocalRule":
+        """For layers with ``per_sample = False``: the local rule over the whole batch
+        (value ``n * in_size + i`` is feature ``i`` of sample ``n``)."""
+        raise NotImplementedError
+
+    input_is_differentiable: ClassVar[bool] = True
+    """False for layers whose inputs are indices (an embedding): dL/dx does not exist."""
+
+    def random_inputs(self, rng: np.random.Generator, n: int) -> np.ndarray | None:
+        """Valid random inputs ``(N, in)`` when the layer constrains them (indices);
+        ``None`` lets the case draw standard normal values."""
+        return None
+
+    def torch_input(self, x: Any) -> Any:
+        """Convert the tensor the torch module receives (indices to ``long``)."""
+        return x
+
     def torch_output(self, output: Any) -> Any:
         """Pick the tensor from what the torch module returns (an LSTM returns a tuple)."""
         return output

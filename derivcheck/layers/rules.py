@@ -93,12 +93,15 @@ class RuleBuilder:
         """Apply `cell` once per row; returns the fresh output indices ``(M, n_outputs)``."""
         inputs = np.asarray(input_index, dtype=np.int64)
         params = np.asarray(param_index, dtype=np.int64)
-        m = inputs.shape[0]
-        if params.ndim == 1 and params.size == 0:
-            params = np.zeros((m, 0), dtype=np.int64)
+        m = len(inputs)
+        inputs = inputs.reshape(m, inputs.size // m if m else 0)
+        params = params.reshape(m, params.size // m if m else 0)
+        cell_def = self.cells[cell]
+        if inputs.shape[1] != cell_def.n_inputs or params.shape[1] != cell_def.n_params:
+            raise ValueError(f"stage of cell {cell_def.key} reads {inputs.shape[1]} inputs and {params.shape[1]} parameters, cell takes {cell_def.n_inputs} and {cell_def.n_params}")
         outputs = np.arange(self.n_values, self.n_values + m * n_outputs, dtype=np.int64).reshape(m, n_outputs)
         self.n_values += m * n_outputs
-        self.stages.append(Stage(cell, inputs.reshape(m, -1), params.reshape(m, -1), outputs))
+        self.stages.append(Stage(cell, inputs, params, outputs))
         return outputs
 
     def build(self, output: Sequence | np.ndarray) -> LocalRule:
