@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
+from .attention import MultiheadAttention, ScaledDotProductAttention, TransformerEncoder
 from .base import Layer, Loss, Option
 from .conv import AvgPool2d, Conv1d, Conv2d, Flatten, MaxPool2d
 from .misc import Dropout, Embedding
@@ -14,7 +15,8 @@ from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
 LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU,
         Conv1d, Conv2d, MaxPool2d, AvgPool2d, Flatten, RNN, LSTM, GRU,
-        LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, Embedding)
+        LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, Embedding,
+        ScaledDotProductAttention, MultiheadAttention, TransformerEncoder)
 }
 """Layer classes by the name used in case files (``layer = "linear"``)."""
 
