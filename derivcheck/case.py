@@ -50,7 +50,7 @@ from .quantities import DEFAULT_QUANTITIES, expand_quantities
 
 TOP_LEVEL_KEYS = (
     "name", "description", "dtype", "seed", "network", "loss", "data", "inputs",
-    "quantities", "engines", "sgd", "tolerance", "finite_diff",
+    "quantities", "engines", "sgd", "clip", "tolerance", "finite_diff", "input_shape",
 )  # fmt: skip
 DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
 INPUT_KEYS = ("batch", "scale", "targets")
@@ -290,8 +290,11 @@ def case_from_dict(
         raise reader.error("must be a non-negative integer", "seed", seed)
 
     layers = _build_layers(table.get("network"), file)
+    in_shape = reader.get("input_shape", list)
+    if in_shape is not None and (not in_shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in in_shape)):
+        raise reader.error("must be a non-empty array of positive integers (the per-sample shape)", "input_shape", in_shape, "[1, 8, 8] for 1x8x8 images, [6, 4] for 6 steps of 4 features")
     try:
-        network = Network.build(layers)
+        network = Network.build(layers, in_shape=in_shape)
     except ValueError as exc:
         raise CaseError(str(exc), file=file, key="network") from None
     loss = _build_loss(table["loss"], file) if "loss" in table else None
@@ -319,7 +322,8 @@ def case_from_dict(
         scale = sub.get("scale", float, 1.0)
         if not (np.isfinite(scale) and scale > 0):
             raise sub.error("must be a positive finite number", "scale", scale)
-        x = rng.standard_normal((batch, network.in_size)) * scale
+        drawn = network.layers[0].random_inputs(rng, batch)
+        x = drawn if drawn is not None else rng.standard_normal((batch, network.in_size)) * scale
         targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None
         if "targets" in inputs:
             targets = _formula_targets(inputs["targets"], x, network, loss, file)
@@ -335,12 +339,31 @@ def case_from_dict(
         if not (np.isfinite(sgd_lr) and sgd_lr > 0):
             raise sub.error("must be a positive finite number", "lr", sgd_lr)
 
-    problem = Problem(network, network.init_params(seed), x, loss, targets, dtype=dtype, sgd_lr=sgd_lr, meta=meta)
+    clip = None
+    if "clip" in table:
+        spec = table["clip"]
+        if not isinstance(spec, dict):
+            raise CaseError("must be a table", file=file, key="clip", value=spec, allowed="{ max_norm = 1.0 }")
+        sub = _Reader(spec, file, "clip.")
+        sub.check_keys(("max_norm",))
+        clip = sub.get("max_norm", float, required=True, what="the max_norm of clip_grad_norm_, a positive number")
+        if not (np.isfinite(clip) and clip > 0):
+            raise sub.error("must be a positive finite number", "max_norm", clip)
+
+    if not network.layers[0].input_is_differentiable:
+        first = network.layers[0]
+        try:
+            first.sample_constants(x)
+        except ValueError as exc:
+            raise CaseError(str(exc), file=file, key="data" if has_data else "inputs") from None
+    problem = Problem(network, network.init_params(seed), x, loss, targets, dtype=dtype, sgd_lr=sgd_lr, clip_max_norm=clip, meta=meta)
     quantities = reader.get("quantities", list, None)
     if quantities is None:
-        quantities = [q for q in DEFAULT_QUANTITIES if loss is not None or q == "dy/dx"]
+        quantities = [q for q in DEFAULT_QUANTITIES if _exists(q, problem)]
         if sgd_lr is not None:
             quantities.append("sgd_step")
+        if clip is not None:
+            quantities.append("clip_grad")
     if not quantities or not all(isinstance(q, str) for q in quantities):
         raise reader.error("must be a non-empty array of strings", "quantities", quantities)
     try:
@@ -353,6 +376,16 @@ def case_from_dict(
     tolerance = _tolerance(table.get("tolerance"), file)
     finite_diff = _finite_diff(table.get("finite_diff"), file)
     return Case(name, problem, list(quantities), list(engines), description, file, seed, tolerance, finite_diff)
+
+
+def _exists(quantity: str, problem: Problem) -> bool:
+    """Whether a default quantity is defined for `problem` (no loss: only dy/dx; index
+    inputs: no input derivatives; batch-coupled layers: no per-sample Jacobian)."""
+    try:
+        expand_quantities([quantity], problem)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_engine_names(engines: Any, *, file: str | None = None, key: str = "engines") -> None:

@@ -155,6 +155,7 @@ class Problem:
     targets: np.ndarray | None = None
     dtype: str = "float64"
     sgd_lr: float | None = None
+    clip_max_norm: float | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

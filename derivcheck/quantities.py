@@ -8,6 +8,9 @@ Quantity names (case-file ``quantities = [...]``):
 - ``"dL/dx"``: gradient of the loss w.r.t. the inputs, shape ``(N, in)``;
 - ``"dy/dx"``: per-sample Jacobian of the network output w.r.t. its input,
   shape ``(N, out, in)``, entry ``[n, i, j] = d y_{n,i} / d x_{n,j}``;
+- ``"clip_grad"``: all parameter gradients concatenated after
+  ``torch.nn.utils.clip_grad_norm_(max_norm)`` (scaled by ``min(1, max_norm / (||g|| +
+  1e-6))``); the torch engine runs the real function;
 - ``"sgd_step"``: one SGD step ``-lr * dL/dparams`` (all parameters concatenated in
   ``state_dict`` order); the torch engine takes it from a real ``torch.optim.SGD`` step.
 """
@@ -26,6 +29,7 @@ ALL_PARAMS = "dL/dparams"
 INPUT_GRAD = "dL/dx"
 JACOBIAN = "dy/dx"
 SGD_STEP = "sgd_step"
+CLIP_GRAD = "clip_grad"
 
 DEFAULT_QUANTITIES = (LOSS_VALUE, ALL_PARAMS, INPUT_GRAD, JACOBIAN)
 
@@ -116,7 +120,11 @@ def expand_quantities(names: Sequence[str], problem: Problem) -> list[Quantity]:
             if problem.sgd_lr is None:
                 raise ValueError("quantity 'sgd_step' needs a learning rate: add sgd = { lr = 0.1 } to the case")
             add(Quantity(name, "sgd_step", (total,)))
+        elif name == CLIP_GRAD:
+            if problem.clip_max_norm is None:
+                raise ValueError("quantity 'clip_grad' needs a norm: add clip = { max_norm = 1.0 } to the case")
+            add(Quantity(name, "clip_grad", (total,)))
         else:
-            allowed = [LOSS_VALUE, ALL_PARAMS, INPUT_GRAD, JACOBIAN, SGD_STEP] + [f"dL/d{p}" for p in refs]
+            allowed = [LOSS_VALUE, ALL_PARAMS, INPUT_GRAD, JACOBIAN, SGD_STEP, CLIP_GRAD] + [f"dL/d{p}" for p in refs]
             raise ValueError(f"unknown quantity {name!r}; allowed: {', '.join(allowed)}")
     return result

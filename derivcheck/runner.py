@@ -20,6 +20,8 @@ from .expr import NUMPY_MODULES
 
 CASE_VERDICTS = ("agree", "disagree", "kink", "error")
 SGD_ENGINE = "torch.optim.SGD"
+CLIP_ENGINE = "torch clip_grad_norm_"
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
 
 if TYPE_CHECKING:
     from .case import Case
@@ -127,6 +129,42 @@ def _sgd_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[st
     return values
 
 
+def _clip_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, EngineValue]:
+    """Each engine's gradients clipped like ``clip_grad_norm_``, plus torch's real call."""
+    assert problem.clip_max_norm is not None
+    names = [f"dL/d{ref.qualified}" for ref in problem.network.params()]
+    values: dict[str, EngineValue] = {}
+    for engine, result in results.items():
+        grads = [result.get(n) for n in names]
+        if all(isinstance(g, EngineValue) for g in grads):
+            flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
+            coefficient = min(1.0, problem.clip_max_norm / (float(np.linalg.norm(flat)) + CLIP_EPS))
+            errors = [g.error_estimate for g in grads]  # type: ignore[union-attr]
+            estimate = None
+            if all(e is not None for e in errors):
+                estimate = 2 * coefficient * np.concatenate([np.ravel(e) for e in errors])  # type: ignore[arg-type]
+            values[f"{engine} (clipped)"] = EngineValue(coefficient * flat, dtype=grads[0].dtype, error_estimate=estimate)  # type: ignore[union-attr]
+        real = result.get("clip_grad")
+        if isinstance(real, EngineValue):
+            values[CLIP_ENGINE] = real
+    return values
+
+
+def time_step_gradient_norms(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """For sequence inputs ``(T, F)``: each engine's ``||dL/dx_t||`` per time step t (over
+    the batch), which shows gradients vanishing or exploding through time."""
+    shape = problem.network.shapes[0] if problem.network.shapes else ()
+    if len(shape) != 2:
+        return {}
+    norms = {}
+    for engine, result in results.items():
+        value = result.get("dL/dx")
+        if isinstance(value, EngineValue):
+            per_step = value.values.reshape(problem.batch, shape[0], shape[1])
+            norms[engine] = [float(v) for v in np.sqrt((per_step**2).sum(axis=(0, 2)))]
+    return norms
+
+
 def run_problem(
     problem: Problem,
     engines: Sequence[Engine],
@@ -145,7 +183,7 @@ def run_problem(
     """
     qs = expand_quantities(quantities, problem)
     wanted = list(qs)
-    if any(q.kind == "sgd_step" for q in qs):
+    if any(q.kind in ("sgd_step", "clip_grad") for q in qs):
         # the manual step needs every engine's parameter gradients
         wanted = expand_quantities(list(quantities) + ["dL/dparams"], problem)
     results, errors, timings = _compute_all(engines, problem, wanted)
@@ -155,13 +193,13 @@ def run_problem(
     group_scale = _group_scales(qs, results)
     compared: list[QuantityResult] = []
     for q in qs:
-        if q.kind == "sgd_step":
-            values = _sgd_values(problem, results)
+        if q.kind in ("sgd_step", "clip_grad"):
+            values = _sgd_values(problem, results) if q.kind == "sgd_step" else _clip_values(problem, results)
             skipped: dict[str, str] = {}
         else:
             values = {e: r[q.name] for e, r in results.items() if isinstance(r.get(q.name), EngineValue)}
             skipped = {e: r[q.name].reason for e, r in results.items() if isinstance(r.get(q.name), Skipped)}
-        label = (lambda index, q=q: q.sgd_label(index[0], problem)) if q.kind == "sgd_step" else q.index_label
+        label = (lambda index, q=q: q.sgd_label(index[0], problem)) if q.kind in ("sgd_step", "clip_grad") else q.index_label
         compared.append(
             compare_quantity(
                 q.name,
@@ -177,6 +215,9 @@ def run_problem(
     norms = gradient_norms(qs, results)
     if norms:
         meta["gradient_norms"] = norms
+    steps = time_step_gradient_norms(problem, results)
+    if steps:
+        meta["time_step_gradient_norms"] = steps
     return CaseResult(
         name=name,
         quantities=compared,
@@ -304,6 +345,9 @@ def run_field_problem(
     norms = gradient_norms(qs, results)
     if norms:
         meta["gradient_norms"] = norms
+    steps = time_step_gradient_norms(problem, results)
+    if steps:
+        meta["time_step_gradient_norms"] = steps
     arrays: dict[str, Any] = {"points": problem.points}
     residual = next((q for q in qs if q.kind == "residual"), None)
     if residual is not None:

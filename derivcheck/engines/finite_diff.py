@@ -115,7 +115,7 @@ class FiniteDifferences(Engine):
             elif q.kind == "jacobian":
                 result[q.name] = self._per_sample(problem, base, lambda e: e.y, q)
             else:
-                result[q.name] = Skipped("an SGD step is derived from this engine's gradients by the runner")
+                result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result
 
     def _param_grad(self, problem: Problem, base: _Eval, name: str | None) -> EngineValue:

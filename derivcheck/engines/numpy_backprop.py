@@ -78,8 +78,8 @@ class NumpyBackprop(Engine):
                     seed[:, i] = 1
                     jac[:, i, :] = backward(seed)[0]
                 result[q.name] = self._value(jac, problem)
-            elif q.kind == "sgd_step":
-                result[q.name] = Skipped("an SGD step is derived from this engine's gradients by the runner")
+            elif q.kind in ("sgd_step", "clip_grad"):
+                result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result
 
     @staticmethod

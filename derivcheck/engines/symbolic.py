@@ -267,6 +267,6 @@ class SymbolicEngine(Engine):
                     local = layer.jacobian(a, params, consts)
                     total = local if total is None else np.matmul(local, total)
                 result[q.name] = EngineValue(total)
-            elif q.kind == "sgd_step":
-                result[q.name] = Skipped("an SGD step is derived from this engine's gradients by the runner")
+            elif q.kind in ("sgd_step", "clip_grad"):
+                result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result

@@ -71,6 +71,8 @@ class TorchAutograd(Engine):
                 result[q.name] = value(self._jacobian(problem, dtype))
             elif q.kind == "sgd_step":
                 result[q.name] = value(self._sgd_step(problem))
+            elif q.kind == "clip_grad":
+                result[q.name] = value(self._clipped_gradients(problem))
         return result
 
     def _jacobian(self, problem: Problem, dtype: Any) -> Any:
@@ -85,6 +87,19 @@ class TorchAutograd(Engine):
         y = model(x)
         rows = [torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)[0] for i in range(y.shape[1])]
         return torch.stack(rows, dim=1)
+
+    def _clipped_gradients(self, problem: Problem) -> Any:
+        """The gradients after a real ``torch.nn.utils.clip_grad_norm_``, concatenated."""
+        import torch
+
+        assert problem.loss is not None and problem.clip_max_norm is not None
+        dtype = torch.float64 if problem.dtype == "float64" else torch.float32
+        model = self._model(problem)
+        x = torch.as_tensor(problem.x, dtype=dtype, device=self.device)
+        targets = torch.as_tensor(problem.targets, dtype=dtype, device=self.device)
+        problem.loss.torch_loss(model(x), targets).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=problem.clip_max_norm)
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
     def _sgd_step(self, problem: Problem) -> Any:
         """``p_after - p_before`` for one real ``torch.optim.SGD`` step, concatenated."""

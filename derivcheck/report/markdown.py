@@ -74,6 +74,12 @@ def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots
             for param in norms[terms[0]]:
                 lines.append(f"| {param} | " + " | ".join(f"{norms[t][param]:.3e}" for t in terms) + " |")
             lines.append("")
+        steps = case.meta.get("time_step_gradient_norms")
+        if steps:
+            engines = list(steps)
+            lines += ["Gradient norm per time step, ||dL/dx_t||:", "", "| t | " + " | ".join(engines) + " |", "|---" * (len(engines) + 1) + "|"]
+            lines += [f"| {t + 1} | " + " | ".join(f"{steps[e][t]:.3e}" for e in engines) + " |" for t in range(len(steps[engines[0]]))]
+            lines.append("")
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{title}]({name})" for title, name in plots.items()]

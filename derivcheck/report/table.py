@@ -53,6 +53,12 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
             rows = [[p] + [f"{norms[t].get(p, float('nan')):.3e}" for t in sorted(norms)] for p in params]
             table = tabulate(rows, headers=["parameter"] + sorted(norms), tablefmt="simple")
             lines.extend("    " + line for line in table.splitlines())
+        steps = case.meta.get("time_step_gradient_norms")
+        if steps and verbose:
+            lines.append(f"{case.name}: ||dL/dx_t|| per time step (t = 1 is the first step)")
+            engines = list(steps)
+            rows = [[t + 1] + [f"{steps[e][t]:.3e}" for e in engines] for t in range(len(steps[engines[0]]))]
+            lines.extend("    " + line for line in tabulate(rows, headers=["t"] + engines, tablefmt="simple").splitlines())
         if case.kinks and any(q.verdict == "kink" for q in case.quantities):
             lines.append(f"{case.name}: kinks at " + "; ".join(case.kinks[:5]) + (" ..." if len(case.kinks) > 5 else ""))
     return "\n".join(lines)
