@@ -272,6 +272,10 @@ def case_from_dict(
     """
     if not isinstance(table, Mapping):
         raise CaseError("a case must be a table", file=file, value=table)
+    if "generator" in table or "discriminator" in table:
+        from .gan import load_gan_case
+
+        return load_gan_case(table, file=file, overrides=overrides or {})  # type: ignore[return-value]
     if "pde" in table or "variables" in table:
         from .pde_case import load_pde_case
 
