@@ -37,7 +37,7 @@ CHECK_RTOL = 1e-10
 
 
 class ExplainTooLarge(DerivcheckError, ValueError):
-    """The case is too large to print as a derivation."""
+    """The case is too large (or of a kind not covered) to print as a derivation."""
 
 
 @dataclass
@@ -149,10 +149,19 @@ def explain(case: Any) -> Explanation:
 
     **Raises:** :class:`ExplainTooLarge` with a hint when a network case is too large.
     """
+    from .gan import GanCase
     from .pde_case import FieldCase
 
     if isinstance(case, FieldCase):
         return _explain_pde(case)
+    if isinstance(case, GanCase):
+        raise ExplainTooLarge(f"case {case.name!r} is a GAN step: explain covers single networks; `derivcheck run` checks it")
+    unsupported = sorted({layer.kind for layer in case.problem.network.layers if layer.kind not in _LOCAL})
+    if unsupported:
+        raise ExplainTooLarge(
+            f"case {case.name!r} uses {', '.join(unsupported)}: explain prints derivations of MLP layers "
+            f"({', '.join(_LOCAL)}); `derivcheck run` checks every layer"
+        )
     return _explain_network(case)
 
 

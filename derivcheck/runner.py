@@ -345,9 +345,6 @@ def run_field_problem(
     norms = gradient_norms(qs, results)
     if norms:
         meta["gradient_norms"] = norms
-    steps = time_step_gradient_norms(problem, results)
-    if steps:
-        meta["time_step_gradient_norms"] = steps
     arrays: dict[str, Any] = {"points": problem.points}
     residual = next((q for q in qs if q.kind == "residual"), None)
     if residual is not None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from derivcheck import find_kinks, load_case, run_case, run_problem
+from derivcheck import find_kinks, load_case, run_any, run_case, run_problem
 from derivcheck.engines import NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
 from derivcheck.errors import InvalidArgument
 from derivcheck.quantities import expand_quantities
@@ -20,14 +20,17 @@ SHIPPED = sorted(CASES.glob("*.toml"))
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_case_agrees(path):
-    result = run_case(load_case(path))
+    result = run_any(load_case(path))[0]
     assert result.verdict == "agree", [q.message for q in result.quantities if q.verdict != "agree"]
     for q in result.quantities:
-        assert set(q.engines) >= set(NETWORK_ENGINES) or q.name == "sgd_step"
+        assert set(q.engines) >= set(NETWORK_ENGINES) or q.name in ("sgd_step", "clip_grad") or path.stem == "gan-step"
         # exact float64 engines agree to ~1e-12 relative
         assert q.max_rel_error_exact is not None and q.max_rel_error_exact < 1e-12, (q.name, q.max_rel_error_exact)
         if q.max_rel_error_approx is not None:
-            assert q.max_rel_error_approx < 1e-7, (q.name, q.max_rel_error_approx)
+            # deep-sigmoid-10's input gradient has vanished to ~1e-10: finite differences
+            # resolve it only to ~1e-4 relative (still within their own error estimate)
+            bound = 1e-3 if path.stem == "deep-sigmoid-10" else 1e-7
+            assert q.max_rel_error_approx < bound, (q.name, q.max_rel_error_approx)
 
 
 def test_engines_return_every_quantity():

@@ -118,7 +118,7 @@ class Embedding(Layer):
         index = np.rint(x)
         if not np.all(np.abs(x - index) == 0) or index.min(initial=0) < 0 or index.max(initial=0) >= self.vocab:
             bad = x[(np.abs(x - index) != 0) | (index < 0) | (index >= self.vocab)].ravel()[:1]
-            raise ValueError(f"embedding inputs must be integer indices in 0..{self.vocab - 1}, got {bad[0]!r}")
+            raise ValueError(f"embedding inputs must be integer indices in 0..{self.vocab - 1}, got {float(bad[0])!r}")
         return index.astype(np.int64)
 
     @property
