@@ -94,6 +94,13 @@ BAD = [
     ('network = [{ layer = "linear", in = 4, out = 3 }]\nloss = "cross_entropy"\ndata = { csv = "data.csv", target = "kind" }', ["data.target", "not in the CSV header"]),
     ('network = [{ layer = "linear", in = 3, out = 3 }]\nloss = "cross_entropy"\ndata = { csv = "data.csv", target = "species" }', ["data.features", "takes 3 input features but 4"]),
     ("name = [unclosed", ["not valid TOML"]),
+    ('input_shape = [1, 0]\nnetwork = [{ layer = "flatten" }]\ninputs = {batch=1}', ["key 'input_shape'", "positive integers", "[1, 8, 8]"]),
+    ('input_shape = [1, 5, 5]\nnetwork = [{ layer = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 7 }]\ninputs = {batch=1}', ["key 'network'", "layer 0", "does not fit"]),
+    ('network = [{ layer = "conv2d", in_channels = 1, out_channels = 2, kernel_size = 3 }]\ninputs = {batch=1}', ["input shape is unknown", "input_shape"]),
+    ('input_shape = [4, 3]\nnetwork = [{ layer = "lstm", input_size = 3, hidden_size = 2, output = "all" }]\ninputs = {batch=1}', ["network[0]", "option 'output'", "'last' or 'sequence'"]),
+    (GOOD + "clip = { max_norm = 0 }\n", ["clip.max_norm", "positive"]),
+    (GOOD + 'quantities = ["clip_grad"]\n', ["needs a norm", "clip = { max_norm = 1.0 }"]),
+    ('input_shape = [3]\nnetwork = [{ layer = "embedding", num_embeddings = 4, embedding_dim = 2 }, { layer = "flatten" }]\nloss = "mse"\ninputs = {batch=2}\nquantities = ["dL/dx"]', ["key 'quantities'", "inputs of embedding are indices"]),
 ]
 
 
@@ -129,3 +136,14 @@ def test_case_from_dict_without_file():
     assert case.name == "case"
     with pytest.raises(CaseError, match="key 'network'"):
         case_from_dict({"network": [], "inputs": {"batch": 2}})
+
+
+def test_shaped_case_defaults(tmp_path):
+    """Default quantities leave out what does not exist: no dL/dx or dy/dx through an
+    embedding's indices, no per-sample dy/dx through training-mode batch norm."""
+    path = write(tmp_path, 'input_shape = [3]\nnetwork = [{ layer = "embedding", num_embeddings = 4, embedding_dim = 2 }, { layer = "flatten" }]\nloss = "mse"\ninputs = {batch=2}')
+    case = load_case(path)
+    assert case.quantities == ["L", "dL/dparams"]
+    assert set(np.unique(case.problem.x)) <= {0.0, 1.0, 2.0, 3.0}
+    path = write(tmp_path, 'network = [{ layer = "linear", in = 2, out = 3 }, { layer = "batch_norm1d", num_features = 3 }]\nloss = "mse"\ninputs = {batch=4}\nclip = { max_norm = 0.5 }')
+    assert load_case(path).quantities == ["L", "dL/dparams", "dL/dx", "clip_grad"]

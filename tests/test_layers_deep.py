@@ -266,3 +266,28 @@ def test_mutation_attention_without_scale(monkeypatch):
     original = attention.attention_backward
     monkeypatch.setattr(attention, "attention_backward", unscaled_backward)
     _assert_numpy_blamed([("multihead_attention", dict(embed_dim=4, num_heads=2)), ("flatten", {})], (3, 4))
+
+
+def test_symbolic_engine_skips_networks_beyond_its_limits_and_says_why():
+    problem = make_problem([("linear", {"in": 120, "out": 100}), ("tanh", {})], batch=2)
+    result = run_problem(problem, make_engines(["symbolic", "numpy", "torch"]), ["L", "dL/dparams"])
+    assert result.verdict == "agree"
+    for q in result.quantities:
+        assert "100x120 local Jacobian" in q.skipped["symbolic"] and "other engines still run" in q.skipped["symbolic"]
+        assert set(q.engines) == {"numpy", "torch"}
+
+
+def test_local_rule_vjp_and_jacobian_are_consistent():
+    """The symbolic local rule's reverse (VJP) and forward (Jacobian) accumulations agree."""
+    from derivcheck.engines.symbolic import compile_layer
+
+    lstm = layer("lstm", input_size=2, hidden_size=3, output="sequence")
+    lstm.bind((4, 2))
+    compiled = compile_layer(lstm, 8)
+    rng = np.random.default_rng(0)
+    params = [float(v) for v in rng.standard_normal(sum(int(np.prod(s)) for s in lstm.param_shapes().values()))]
+    a = rng.standard_normal((8, 5))
+    g = rng.standard_normal((12, 5))
+    jac = compiled.jacobian(a, params)  # (N, out, in)
+    cot_in, _ = compiled.vjp(a, params, g)
+    np.testing.assert_allclose(cot_in.T, np.einsum("nk,nkj->nj", g.T, jac), rtol=1e-12, atol=1e-14)

@@ -208,8 +208,45 @@ def compile_loss(loss: Loss, out_size: int, target_size: int) -> CompiledLoss:
     return _COMPILED_LOSSES[key]
 
 
+MAX_WHOLE_LAYER_ENTRIES = 10_000
+"""Largest ``in x out`` local Jacobian derived as one expression per entry (a 100x100
+linear layer derives and compiles in ~10 s; the cost grows with the entry count)."""
+
+MAX_CELL_SYMBOLS = 2_000
+"""Largest cell (inputs + parameters) of a local rule; an LSTM unit with F inputs and H
+hidden units has ``F + H + 1 + 4 (F + H + 2)`` symbols."""
+
+MAX_RULE_VALUES = 2_000_000
+"""Largest value space (intermediate values x samples) a local rule is evaluated on."""
+
+
+def size_problem(network: Any, batch: int) -> str | None:
+    """Why the symbolic engine will not derive `network`, or ``None`` when it will."""
+    for index, layer in enumerate(network.layers):
+        where = f"layer {index} ({layer.kind})"
+        rule = layer.local_rule() if layer.per_sample else None
+        if not layer.per_sample:
+            size = batch * layer.in_size
+            if size * 4 > MAX_RULE_VALUES:
+                return f"{where} couples {batch} samples of {layer.in_size} values: too large for the symbolic batch rule"
+            continue
+        if rule is None:
+            entries = layer.in_size * int(np.prod(layer.out_shape))
+            if entries > MAX_WHOLE_LAYER_ENTRIES:
+                return (f"{where} has a {int(np.prod(layer.out_shape))}x{layer.in_size} local Jacobian ({entries} entries); "
+                        f"the symbolic engine derives up to {MAX_WHOLE_LAYER_ENTRIES} (about 10 s), the other engines still run")  # fmt: skip
+            continue
+        largest = max(cell.n_inputs + cell.n_params for cell in rule.cells)
+        if largest > MAX_CELL_SYMBOLS:
+            return f"{where}: one application of its local rule has {largest} symbols (limit {MAX_CELL_SYMBOLS}); the other engines still run"
+        if rule.n_values * batch > MAX_RULE_VALUES:
+            return f"{where}: its local rule holds {rule.n_values} values per sample x {batch} samples (limit {MAX_RULE_VALUES}); the other engines still run"
+    return None
+
+
 class SymbolicEngine(Engine):
-    """Reference derivatives derived by SymPy (see the module docstring)."""
+    """Reference derivatives derived by SymPy (see the module docstring). Networks beyond
+    the limits of :func:`size_problem` are skipped with the reason."""
 
     name = "symbolic"
 
@@ -220,6 +257,9 @@ class SymbolicEngine(Engine):
             return compute_fields(problem, quantities)
         network = problem.network
         n = problem.batch
+        too_large = size_problem(network, n)
+        if too_large:
+            return {q.name: Skipped(too_large) for q in quantities}
         compiled = [
             compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n)
             for layer, size in zip(network.layers, network.sizes)
