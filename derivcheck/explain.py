@@ -255,7 +255,7 @@ def _explain_network(case: Any) -> Explanation:
     t_named = dict(model.named_parameters())
 
     # symbolic: compiled, SymPy-derived forward and local Jacobians
-    compiled = [compile_layer(layer, size) for layer, size in zip(layers, network.sizes)]
+    compiled = [compile_layer(layer, size, whole=True) for layer, size in zip(layers, network.sizes)]
     flat = [network.layer_param_vector(sample.params, i) for i in range(len(layers))]
     sym_values = []
     a = x.T.copy()

@@ -78,7 +78,7 @@ def symbolic_jets(problem: FieldProblem) -> tuple[np.ndarray, np.ndarray, np.nda
     jac = np.broadcast_to(np.eye(d), (p, d, d)).copy()
     hess = np.zeros((p, d, d, d))
     for index, (layer, size) in enumerate(zip(network.layers, network.sizes)):
-        compiled = compile_layer(layer, size)
+        compiled = compile_layer(layer, size, whole=True)
         flat = network.layer_param_vector(params, index)
         j_loc = compiled.jacobian(a, flat)  # (P, out, in)
         new_hess = np.einsum("poi,pide->pode", j_loc, hess)

@@ -163,8 +163,11 @@ class Layer(Configurable):
     def local_rule(self) -> "LocalRule | None":
         """The layer as repeated applications of small cells (convolutions, recurrences,
         attention), so the symbolic engine derives one cell and applies it everywhere;
-        ``None`` (default) means SymPy differentiates :meth:`sympy_forward` whole.
-        Called after :meth:`bind`."""
+        ``None`` means SymPy differentiates :meth:`sympy_forward` whole. Default: one
+        cell per entry for parameter-free elementwise layers, else ``None``. Called
+        after :meth:`bind`."""
+        if self.ELEMENTWISE and not self.param_shapes() and not self.n_sample_constants:
+            return elementwise_rule(self)
         return None
 
     n_sample_constants: int = 0
@@ -246,6 +249,17 @@ class Layer(Configurable):
         that changes it crossed a kink. Default: the sign of :meth:`kink_inputs`."""
         inputs = self.kink_inputs(cache)
         return None if inputs is None else inputs > 0
+
+
+def elementwise_rule(layer: Layer) -> "LocalRule":
+    """A parameter-free layer whose output entry i depends on input entry i only:
+    :meth:`Layer.sympy_forward` of one symbol is the cell, applied to every entry."""
+    from .rules import RuleBuilder
+
+    builder = RuleBuilder(layer.in_size)
+    cell = builder.cell(lambda ins, _p: layer.sympy_forward(ins, {}), 1, 0, ("elementwise", type(layer).__name__, repr(sorted(layer.options.items()))))
+    out = builder.stage(cell, np.arange(layer.in_size)[:, None], np.zeros((layer.in_size, 0)), 1)
+    return builder.build(out[:, 0])
 
 
 def elementwise_jet(value: np.ndarray, first: np.ndarray, second: np.ndarray, jac: np.ndarray, hess: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

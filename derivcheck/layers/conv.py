@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .base import Layer, Option, Params, positive_int
+from .base import Layer, Option, Params, elementwise_rule, positive_int
 from .rules import LocalRule, RuleBuilder, dot_cell, param_offsets
 
 
@@ -424,6 +424,9 @@ class Flatten(Layer):
 
     def sympy_forward(self, inputs, params):
         return list(inputs)
+
+    def local_rule(self):
+        return elementwise_rule(self)
 
     def numpy_forward(self, x, params):
         return x, None
