@@ -14,7 +14,6 @@ Run: ``python benchmarks/bench_layers.py`` (about a minute). Not a test.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ from derivcheck.layers import LAYERS, LOSSES  # noqa: E402
 from derivcheck.problem import Network, Problem  # noqa: E402
 from derivcheck.quantities import expand_quantities  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mlp import timed  # noqa: E402
+
 # (title, layer specs, input shape at the shipped size, input shape at 4x)
 CONFIGS = [
     ("conv2d 1->4 k3 p1 (LeNet layer 1)", [("conv2d", dict(in_channels=1, out_channels=4, kernel_size=3, padding=1)), ("tanh", {})], (1, 8, 8), (1, 16, 16)),
@@ -40,16 +42,6 @@ CONFIGS = [
     ("batch_norm2d C=4 (train)", [("batch_norm2d", dict(num_features=4))], (4, 4, 4), (4, 8, 8)),
     ("transformer_encoder D=4 h=2 ff=8", [("transformer_encoder", dict(embed_dim=4, num_heads=2, dim_feedforward=8))], (4, 4), (16, 4)),
 ]
-
-
-def timed(fn, repeat: int = 3) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def problem(specs, in_shape, batch: int = 8) -> Problem:

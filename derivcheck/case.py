@@ -332,27 +332,8 @@ def case_from_dict(
         if "targets" in inputs:
             targets = _formula_targets(inputs["targets"], x, network, loss, file)
 
-    sgd_lr = None
-    if "sgd" in table:
-        sgd = table["sgd"]
-        if not isinstance(sgd, dict):
-            raise CaseError("must be a table", file=file, key="sgd", value=sgd, allowed="{ lr = 0.1 }")
-        sub = _Reader(sgd, file, "sgd.")
-        sub.check_keys(("lr",))
-        sgd_lr = sub.get("lr", float, required=True, what="learning rate, a positive number")
-        if not (np.isfinite(sgd_lr) and sgd_lr > 0):
-            raise sub.error("must be a positive finite number", "lr", sgd_lr)
-
-    clip = None
-    if "clip" in table:
-        spec = table["clip"]
-        if not isinstance(spec, dict):
-            raise CaseError("must be a table", file=file, key="clip", value=spec, allowed="{ max_norm = 1.0 }")
-        sub = _Reader(spec, file, "clip.")
-        sub.check_keys(("max_norm",))
-        clip = sub.get("max_norm", float, required=True, what="the max_norm of clip_grad_norm_, a positive number")
-        if not (np.isfinite(clip) and clip > 0):
-            raise sub.error("must be a positive finite number", "max_norm", clip)
+    sgd_lr = _positive_option(table, "sgd", "lr", "learning rate, a positive number", "{ lr = 0.1 }", file)
+    clip = _positive_option(table, "clip", "max_norm", "the max_norm of clip_grad_norm_, a positive number", "{ max_norm = 1.0 }", file)
 
     if not network.layers[0].input_is_differentiable:
         first = network.layers[0]
@@ -380,6 +361,22 @@ def case_from_dict(
     tolerance = _tolerance(table.get("tolerance"), file)
     finite_diff = _finite_diff(table.get("finite_diff"), file)
     return Case(name, problem, list(quantities), list(engines), description, file, seed, tolerance, finite_diff)
+
+
+def _positive_option(table: Mapping[str, Any], key: str, name: str, what: str, example: str, file: str | None) -> float | None:
+    """``table[key][name]``, a positive finite number, from a one-entry table such as
+    ``sgd = { lr = 0.1 }``; ``None`` when `key` is absent."""
+    if key not in table:
+        return None
+    spec = table[key]
+    if not isinstance(spec, dict):
+        raise CaseError("must be a table", file=file, key=key, value=spec, allowed=example)
+    sub = _Reader(spec, file, f"{key}.")
+    sub.check_keys((name,))
+    value = sub.get(name, float, required=True, what=what)
+    if not (np.isfinite(value) and value > 0):
+        raise sub.error("must be a positive finite number", name, value)
+    return float(value)
 
 
 def _exists(quantity: str, problem: Problem) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,45 +109,53 @@ def _kink_mask(q: Quantity, kinky_samples: np.ndarray) -> np.ndarray | None:
     return np.ones(q.shape, dtype=bool)
 
 
-def _sgd_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, EngineValue]:
-    """Manual step ``-lr * grad`` from each engine's gradients, plus torch's real optimizer."""
-    assert problem.sgd_lr is not None
-    names = [f"dL/d{ref.qualified}" for ref in problem.network.params()]
+def _flat_gradients(problem: Problem, result: dict[str, Any]) -> EngineValue | None:
+    """One engine's parameter gradients concatenated in ``state_dict`` order (with their
+    error estimates when it has them), or ``None`` when some gradient is missing."""
+    grads = [result.get(f"dL/d{ref.qualified}") for ref in problem.network.params()]
+    if not all(isinstance(g, EngineValue) for g in grads):
+        return None
+    errors = [g.error_estimate for g in grads]  # type: ignore[union-attr]
+    estimate = np.concatenate([np.ravel(e) for e in errors]) if all(e is not None for e in errors) else None  # type: ignore[arg-type]
+    flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
+    return EngineValue(flat, dtype=grads[0].dtype, error_estimate=estimate)  # type: ignore[union-attr]
+
+
+def _derived_from_gradients(
+    problem: Problem, results: dict[str, dict[str, Any]], suffix: str, transform: Callable[[np.ndarray], tuple[float, np.ndarray]], real_name: str, real_label: str
+) -> dict[str, EngineValue]:
+    """``transform(g) -> (error factor, value)`` applied to each engine's flat gradients
+    (labelled ``"<engine> <suffix>"``), plus torch's real result of `real_name`."""
     values: dict[str, EngineValue] = {}
     for engine, result in results.items():
-        grads = [result.get(n) for n in names]
-        if all(isinstance(g, EngineValue) for g in grads):
-            flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
-            errors = [g.error_estimate for g in grads]  # type: ignore[union-attr]
-            estimate = None
-            if all(e is not None for e in errors):
-                estimate = problem.sgd_lr * np.concatenate([np.ravel(e) for e in errors])  # type: ignore[arg-type]
-            values[f"{engine} (w - lr*grad)"] = EngineValue(-problem.sgd_lr * flat, dtype=grads[0].dtype, error_estimate=estimate)  # type: ignore[union-attr]
-        real = result.get("sgd_step")
+        flat = _flat_gradients(problem, result)
+        if flat is not None:
+            factor, value = transform(flat.values)
+            estimate = None if flat.error_estimate is None else factor * flat.error_estimate
+            values[f"{engine} {suffix}"] = EngineValue(value, dtype=flat.dtype, error_estimate=estimate)
+        real = result.get(real_name)
         if isinstance(real, EngineValue):
-            values[SGD_ENGINE] = real
+            values[real_label] = real
     return values
+
+
+def _sgd_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, EngineValue]:
+    """Manual step ``-lr * grad`` from each engine's gradients, plus torch's real optimizer."""
+    lr = problem.sgd_lr
+    assert lr is not None
+    return _derived_from_gradients(problem, results, "(w - lr*grad)", lambda g: (lr, -lr * g), "sgd_step", SGD_ENGINE)
 
 
 def _clip_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, EngineValue]:
     """Each engine's gradients clipped like ``clip_grad_norm_``, plus torch's real call."""
-    assert problem.clip_max_norm is not None
-    names = [f"dL/d{ref.qualified}" for ref in problem.network.params()]
-    values: dict[str, EngineValue] = {}
-    for engine, result in results.items():
-        grads = [result.get(n) for n in names]
-        if all(isinstance(g, EngineValue) for g in grads):
-            flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
-            coefficient = min(1.0, problem.clip_max_norm / (float(np.linalg.norm(flat)) + CLIP_EPS))
-            errors = [g.error_estimate for g in grads]  # type: ignore[union-attr]
-            estimate = None
-            if all(e is not None for e in errors):
-                estimate = 2 * coefficient * np.concatenate([np.ravel(e) for e in errors])  # type: ignore[arg-type]
-            values[f"{engine} (clipped)"] = EngineValue(coefficient * flat, dtype=grads[0].dtype, error_estimate=estimate)  # type: ignore[union-attr]
-        real = result.get("clip_grad")
-        if isinstance(real, EngineValue):
-            values[CLIP_ENGINE] = real
-    return values
+    max_norm = problem.clip_max_norm
+    assert max_norm is not None
+
+    def clip(g: np.ndarray) -> tuple[float, np.ndarray]:
+        coefficient = min(1.0, max_norm / (float(np.linalg.norm(g)) + CLIP_EPS))
+        return 2 * coefficient, coefficient * g  # the norm's own error at most doubles it
+
+    return _derived_from_gradients(problem, results, "(clipped)", clip, "clip_grad", CLIP_ENGINE)
 
 
 def time_step_gradient_norms(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[str, list[float]]:

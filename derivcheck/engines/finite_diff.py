@@ -119,24 +119,36 @@ class FiniteDifferences(Engine):
         return result
 
     def _param_grad(self, problem: Problem, base: _Eval, name: str | None) -> EngineValue:
-        assert name is not None and base.per_sample_loss is not None
+        assert name is not None
         original = problem.params[name]
-        values = np.empty(original.shape)
-        errors = np.empty(original.shape)
-        excluded = np.zeros(original.shape, dtype=bool)
+
+        def perturbed(index: tuple[int, ...], delta: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            value = original.copy()
+            value[index] += delta
+            return {**problem.params, name: value}, problem.x
+
+        return self._entrywise(problem, base, original, perturbed)
+
+    def _entrywise(
+        self,
+        problem: Problem,
+        base: _Eval,
+        center: np.ndarray,
+        perturbed: Callable[[tuple[int, ...], float], tuple[dict[str, np.ndarray], np.ndarray]],
+    ) -> EngineValue:
+        """d L / d `center`, one entry at a time; ``perturbed(index, delta)`` gives the
+        parameters and inputs with that entry moved by delta."""
+        assert base.per_sample_loss is not None
+        values, errors = np.empty(center.shape), np.empty(center.shape)
+        excluded = np.zeros(center.shape, dtype=bool)
         f0 = float(base.per_sample_loss.mean())
-        params = dict(problem.params)
-        for index in np.ndindex(*original.shape):
-            h = self.step * max(1.0, abs(float(original[index])))
-            diffs = []
-            scale = abs(f0)
+        for index in np.ndindex(*center.shape):
+            h = self.step * max(1.0, abs(float(center[index])))
+            diffs, scale = [], abs(f0)
             for mult in self._steps():
                 sides = []
                 for sign in (1.0, -1.0):
-                    perturbed = original.copy()
-                    perturbed[index] += sign * mult * h
-                    params[name] = perturbed
-                    evaluation = self._evaluate(problem, params, problem.x)
+                    evaluation = self._evaluate(problem, *perturbed(index, sign * mult * h))
                     assert evaluation.per_sample_loss is not None
                     sides.append(float(evaluation.per_sample_loss.mean()))
                     if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
@@ -144,7 +156,6 @@ class FiniteDifferences(Engine):
                 scale = max(scale, abs(sides[0]), abs(sides[1]))
                 diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * h)))
             values[index], errors[index] = self._combine(diffs, h, np.asarray(scale))
-        params[name] = original
         return self._value(values, errors, excluded)
 
     def _per_sample(
@@ -185,28 +196,13 @@ class FiniteDifferences(Engine):
     def _entrywise_input_grad(self, problem: Problem, base: _Eval) -> EngineValue:
         """dL/dx one input entry at a time (a layer couples the samples, so perturbing
         feature j of every sample at once would mix their effects)."""
-        assert base.per_sample_loss is not None
-        shape = problem.x.shape
-        values, errors = np.empty(shape), np.empty(shape)
-        excluded = np.zeros(shape, dtype=bool)
-        f0 = float(base.per_sample_loss.mean())
-        for index in np.ndindex(*shape):
-            h = self.step * max(1.0, abs(float(problem.x[index])))
-            diffs, scale = [], abs(f0)
-            for mult in self._steps():
-                sides = []
-                for sign in (1.0, -1.0):
-                    x = problem.x.copy()
-                    x[index] += sign * mult * h
-                    evaluation = self._evaluate(problem, problem.params, x)
-                    assert evaluation.per_sample_loss is not None
-                    sides.append(float(evaluation.per_sample_loss.mean()))
-                    if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
-                        excluded[index] = True
-                scale = max(scale, abs(sides[0]), abs(sides[1]))
-                diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * h)))
-            values[index], errors[index] = self._combine(diffs, h, np.asarray(scale))
-        return self._value(values, errors, excluded)
+
+        def perturbed(index: tuple[int, ...], delta: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            x = problem.x.copy()
+            x[index] += delta
+            return problem.params, x
+
+        return self._entrywise(problem, base, problem.x, perturbed)
 
     def _value(self, values: np.ndarray, errors: np.ndarray, excluded: np.ndarray) -> EngineValue:
         return EngineValue(

@@ -51,7 +51,9 @@ class CompiledCell:
     def __init__(self, cell: Cell):
         inputs = [make_symbol(f"c{k}") for k in range(cell.n_inputs)]
         params = [make_symbol(f"w{k}") for k in range(cell.n_params)]
-        outputs = [sp.sympify(o) for o in cell.fn(inputs, params)]
+        # safe: cell outputs are SymPy expressions or numbers built in code, never text
+        # (strict=True refuses strings)
+        outputs = [sp.sympify(o, strict=True) for o in cell.fn(inputs, params)]
         self.n_outputs = len(outputs)
         in_index = {s: k for k, s in enumerate(inputs)}
         param_index = {s: k for k, s in enumerate(params)}
