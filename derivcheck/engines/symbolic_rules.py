@@ -51,9 +51,8 @@ class CompiledCell:
     def __init__(self, cell: Cell):
         inputs = [make_symbol(f"c{k}") for k in range(cell.n_inputs)]
         params = [make_symbol(f"w{k}") for k in range(cell.n_params)]
-        # safe: cell outputs are SymPy expressions or numbers built in code, never text
-        # (strict=True refuses strings)
-        outputs = [sp.sympify(o, strict=True) for o in cell.fn(inputs, params)]
+        # cell outputs are SymPy expressions or numbers built in code, never text
+        outputs = [sp.sympify(o, strict=True) for o in cell.fn(inputs, params)]  # safe: strict=True refuses strings
         self.n_outputs = len(outputs)
         in_index = {s: k for k, s in enumerate(inputs)}
         param_index = {s: k for k, s in enumerate(params)}

@@ -30,7 +30,7 @@ import numpy as np
 import sympy as sp
 
 from .base import Layer, Option, positive_int
-from .norm import _add_normalization
+from .norm import _add_normalization, normalize, normalize_backward
 from .rules import LocalRule, RuleBuilder, dot_cell, param_offsets
 
 
@@ -92,16 +92,13 @@ def mha_backward(grad_y: np.ndarray, cache: Any, p: dict[str, np.ndarray], heads
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> tuple[np.ndarray, Any]:
-    mean = x.mean(axis=-1, keepdims=True)
-    inv = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
-    x_hat = (x - mean) * inv
+    x_hat, inv = normalize(x, eps, -1)
     return x_hat * weight + bias, (x_hat, inv)
 
 
 def _layer_norm_backward(grad_y: np.ndarray, cache: Any, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x_hat, inv = cache
-    d_hat = grad_y * weight
-    dx = inv * (d_hat - d_hat.mean(axis=-1, keepdims=True) - x_hat * (d_hat * x_hat).mean(axis=-1, keepdims=True))
+    dx = normalize_backward(grad_y * weight, x_hat, inv, -1)
     return dx, (grad_y * x_hat).sum(axis=(0, 1)), grad_y.sum(axis=(0, 1))
 
 

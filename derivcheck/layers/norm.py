@@ -32,6 +32,18 @@ def _positive_float(value: Any) -> str | None:
     return None if value > 0 and np.isfinite(value) else "a finite number > 0"
 
 
+def normalize(x: np.ndarray, eps: float, axes: int | tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_hat, 1/sqrt(var + eps))`` with mean and biased variance over `axes`."""
+    mean = x.mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    return (x - mean) * inv, inv
+
+
+def normalize_backward(d_hat: np.ndarray, x_hat: np.ndarray, inv: np.ndarray, axes: int | tuple[int, ...]) -> np.ndarray:
+    """Hand-written backward of :func:`normalize`: ``dL/dx`` from ``dL/dx_hat``."""
+    return inv * (d_hat - d_hat.mean(axis=axes, keepdims=True) - x_hat * (d_hat * x_hat).mean(axis=axes, keepdims=True))
+
+
 def _mean_cell(k: int) -> Any:
     return lambda ins, _params: [sp.Add(*ins) / k]
 
@@ -132,10 +144,7 @@ class LayerNorm(Layer):
     def numpy_forward(self, x, params):
         n = x.shape[0]
         xs = x.reshape(n, -1, self.group_size)
-        mean = xs.mean(axis=-1, keepdims=True)
-        var = ((xs - mean) ** 2).mean(axis=-1, keepdims=True)
-        inv = 1.0 / np.sqrt(var + self.options["eps"])
-        x_hat = (xs - mean) * inv
+        x_hat, inv = normalize(xs, self.options["eps"], -1)
         y = x_hat * params["weight"].ravel() + params["bias"].ravel() if "weight" in params else x_hat
         return y.reshape(n, -1), (x_hat, inv)
 
@@ -144,7 +153,7 @@ class LayerNorm(Layer):
         n = grad_y.shape[0]
         gy = grad_y.reshape(x_hat.shape)
         d_hat = gy * params["weight"].ravel() if "weight" in params else gy
-        dx = inv * (d_hat - d_hat.mean(axis=-1, keepdims=True) - x_hat * (d_hat * x_hat).mean(axis=-1, keepdims=True))
+        dx = normalize_backward(d_hat, x_hat, inv, -1)
         grads = {}
         if "weight" in params:
             grads = {
@@ -251,13 +260,11 @@ class _BatchNorm(Layer):
     def numpy_forward(self, x, params):
         xs = self._view(x)
         if self.options["mode"] == "train":
-            mean = xs.mean(axis=(0, 2), keepdims=True)
-            var = ((xs - mean) ** 2).mean(axis=(0, 2), keepdims=True)
+            x_hat, inv = normalize(xs, self.options["eps"], (0, 2))
         else:
             rm, rv = self.running_stats()
-            mean, var = rm.reshape(1, -1, 1).astype(x.dtype), rv.reshape(1, -1, 1).astype(x.dtype)
-        inv = 1.0 / np.sqrt(var + self.options["eps"])
-        x_hat = (xs - mean) * inv
+            inv = 1.0 / np.sqrt(rv.reshape(1, -1, 1).astype(x.dtype) + self.options["eps"])
+            x_hat = (xs - rm.reshape(1, -1, 1).astype(x.dtype)) * inv
         y = x_hat * params["weight"].reshape(1, -1, 1) + params["bias"].reshape(1, -1, 1)
         return y.reshape(x.shape[0], -1), (x_hat, inv)
 
@@ -266,7 +273,7 @@ class _BatchNorm(Layer):
         gy = self._view(grad_y)
         d_hat = gy * params["weight"].reshape(1, -1, 1)
         if self.options["mode"] == "train":
-            dx = inv * (d_hat - d_hat.mean(axis=(0, 2), keepdims=True) - x_hat * (d_hat * x_hat).mean(axis=(0, 2), keepdims=True))
+            dx = normalize_backward(d_hat, x_hat, inv, (0, 2))
         else:
             dx = inv * d_hat
         grads = {"weight": (gy * x_hat).sum(axis=(0, 2)), "bias": gy.sum(axis=(0, 2))}

@@ -200,6 +200,17 @@ class _Recurrent(Layer):
             "bias_ih_l0": np.zeros(g * h, dtype=dtype), "bias_hh_l0": np.zeros(g * h, dtype=dtype),
         }  # fmt: skip
 
+    @staticmethod
+    def _step_back(grads: dict[str, np.ndarray], params: Params, d_input: np.ndarray, d_hidden: np.ndarray, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One BPTT step through ``W_ih x_t + b_ih`` (pre-activation gradient `d_input`)
+        and ``W_hh h_{t-1} + b_hh`` (`d_hidden`): accumulates the weight and bias
+        gradients, returns ``(dL/dx_t, dL/dh_{t-1} through W_hh)``."""
+        grads["weight_ih_l0"] += d_input.T @ x_t
+        grads["weight_hh_l0"] += d_hidden.T @ h_prev
+        grads["bias_ih_l0"] += d_input.sum(axis=0)
+        grads["bias_hh_l0"] += d_hidden.sum(axis=0)
+        return d_input @ params["weight_ih_l0"], d_hidden @ params["weight_hh_l0"]
+
     def _output_grads(self, grad_y: np.ndarray) -> np.ndarray:
         """``dL/dh_t`` from outside the layer, ``(T, N, H)`` (zeros except at T for "last")."""
         n = grad_y.shape[0]
@@ -287,12 +298,7 @@ class RNN(_Recurrent):
         for t in range(self.steps - 1, -1, -1):
             dh = dh + direct[t]
             da = dh * (1 - hs[t + 1] ** 2)
-            grads["weight_ih_l0"] += da.T @ xs[:, t]
-            grads["weight_hh_l0"] += da.T @ hs[t]
-            grads["bias_ih_l0"] += da.sum(axis=0)
-            grads["bias_hh_l0"] += da.sum(axis=0)
-            dx[:, t] = da @ params["weight_ih_l0"]
-            dh = da @ params["weight_hh_l0"]
+            dx[:, t], dh = self._step_back(grads, params, da, da, xs[:, t], hs[t])
         return dx.reshape(xs.shape[0], -1), self._finish(grads, params, dh, None)
 
 
@@ -345,12 +351,7 @@ class LSTM(_Recurrent):
             dc = dc + dh * o * (1 - tanh_c**2)
             dz = np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f), dc * i * (1 - g**2), do * o * (1 - o)], axis=1)
             dc = dc * f
-            grads["weight_ih_l0"] += dz.T @ xs[:, t]
-            grads["weight_hh_l0"] += dz.T @ hs[t]
-            grads["bias_ih_l0"] += dz.sum(axis=0)
-            grads["bias_hh_l0"] += dz.sum(axis=0)
-            dx[:, t] = dz @ params["weight_ih_l0"]
-            dh = dz @ params["weight_hh_l0"]
+            dx[:, t], dh = self._step_back(grads, params, dz, dz, xs[:, t], hs[t])
         return dx.reshape(xs.shape[0], -1), self._finish(grads, params, dh, dc)
 
 
@@ -403,10 +404,6 @@ class GRU(_Recurrent):
             da_z = dz * z * (1 - z)
             d_input = np.concatenate([da_r, da_z, dan], axis=1)
             d_hidden = np.concatenate([da_r, da_z, dan * r], axis=1)
-            grads["weight_ih_l0"] += d_input.T @ xs[:, t]
-            grads["weight_hh_l0"] += d_hidden.T @ hs[t]
-            grads["bias_ih_l0"] += d_input.sum(axis=0)
-            grads["bias_hh_l0"] += d_hidden.sum(axis=0)
-            dx[:, t] = d_input @ params["weight_ih_l0"]
-            dh = dh * z + d_hidden @ params["weight_hh_l0"]
+            dx[:, t], through_w = self._step_back(grads, params, d_input, d_hidden, xs[:, t], hs[t])
+            dh = dh * z + through_w
         return dx.reshape(xs.shape[0], -1), self._finish(grads, params, dh, None)
