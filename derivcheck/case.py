@@ -16,6 +16,8 @@ A case is a TOML file (read with the standard library's ``tomllib``)::
     # or random inputs instead of data:  inputs = { batch = 8, scale = 1.0 }
     # optionally with targets as formulas of the inputs x0, x1, ... (one per output):
     #   inputs = { batch = 8, targets = ["sin(pi*x0) * x1", "x2**2"] }
+    # or from a 2-D toy distribution, with the noise of a leading ddpm_noise layer as target:
+    #   inputs = { batch = 16, distribution = "two_moons", noise = 0.05, targets = "noise" }
     quantities = ["L", "dL/dparams", "dL/dx", "dy/dx"]
     engines = ["symbolic", "finite_diff", "numpy", "torch"]   # optional subset (>= 2)
     sgd = { lr = 0.1 }                # enables the "sgd_step" quantity
@@ -47,13 +49,14 @@ from .expr import NUMPY_MODULES, make_symbol, parse_expression
 from .layers import LAYERS, LOSSES, Layer, Loss
 from .problem import DTYPES, Network, Problem
 from .quantities import DEFAULT_QUANTITIES, expand_quantities
+from .toy_data import DISTRIBUTIONS, sample_points
 
 TOP_LEVEL_KEYS = (
     "name", "description", "dtype", "seed", "network", "loss", "data", "inputs",
     "quantities", "engines", "sgd", "clip", "tolerance", "finite_diff", "input_shape",
 )  # fmt: skip
 DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
-INPUT_KEYS = ("batch", "scale", "targets")
+INPUT_KEYS = ("batch", "scale", "targets", "distribution", "noise")
 MAX_BATCH = 100_000
 MAX_CASE_BYTES = 1_000_000
 
@@ -234,6 +237,39 @@ def _raw_targets(columns: list[list[str]], loss: Loss) -> tuple[np.ndarray, list
         return np.array([index[v] for v in columns[0]], dtype=float), classes
 
 
+def _random_inputs(sub: "_Reader", rng: np.random.Generator, batch: int, network: Network, scale: float) -> np.ndarray:
+    """Inputs drawn as ``inputs.distribution`` says (the first layer's own draw for index
+    inputs)."""
+    distribution = sub.get("distribution", str, "normal")
+    noise = sub.get("noise", float, 0.05)
+    if not (np.isfinite(noise) and noise >= 0):
+        raise sub.error("must be a finite number >= 0", "noise", noise)
+    drawn = network.layers[0].random_inputs(rng, batch)
+    if drawn is not None and distribution == "normal":
+        return drawn
+    if drawn is not None:
+        raise sub.error(f"the first layer ({network.layers[0].kind}) draws its own inputs", "distribution", distribution, "normal")
+    try:
+        return sample_points(distribution, rng, batch, network.in_size, scale=scale, noise=noise)
+    except ValueError as exc:
+        raise sub.error(str(exc), "distribution", distribution, ", ".join(DISTRIBUTIONS)) from None
+
+
+def _noise_targets(network: Network, loss: Loss | None, batch: int, file: str | None) -> np.ndarray:
+    """``targets = "noise"``: the noise drawn by a leading ``ddpm_noise`` layer (what the
+    denoiser learns to predict)."""
+    from .layers.diffusion import DdpmNoise
+
+    first, key = network.layers[0], "inputs.targets"
+    if not isinstance(first, DdpmNoise):
+        raise CaseError('targets = "noise" needs a network that starts with a ddpm_noise layer', file=file, key=key, value="noise")
+    if loss is None or loss.kind != "mse":
+        raise CaseError('targets = "noise" is for the noise-prediction loss: use loss = "mse"', file=file, key="loss", value=getattr(loss, "kind", None), allowed="mse")
+    if network.out_size != first.features:
+        raise CaseError(f"the denoiser must output {first.features} values (one per noise component), it outputs {network.out_size}", file=file, key="network", value=network.out_size)
+    return first.draws(batch)[0]
+
+
 def _formula_targets(spec: Any, x: np.ndarray, network: Network, loss: Loss | None, file: str | None) -> np.ndarray:
     """Targets computed from formulas of the inputs ``x0, x1, ...`` (safe parser only)."""
     key = "inputs.targets"
@@ -276,6 +312,10 @@ def case_from_dict(
         from .gan import load_gan_case
 
         return load_gan_case(table, file=file, overrides=overrides or {})  # type: ignore[return-value]
+    if "density" in table:
+        from .score_case import load_score_case
+
+        return load_score_case(table, file=file, overrides=overrides or {})  # type: ignore[return-value]
     if "pde" in table or "variables" in table:
         from .pde_case import load_pde_case
 
@@ -326,10 +366,11 @@ def case_from_dict(
         scale = sub.get("scale", float, 1.0)
         if not (np.isfinite(scale) and scale > 0):
             raise sub.error("must be a positive finite number", "scale", scale)
-        drawn = network.layers[0].random_inputs(rng, batch)
-        x = drawn if drawn is not None else rng.standard_normal((batch, network.in_size)) * scale
+        x = _random_inputs(sub, rng, batch, network, scale)
         targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None
-        if "targets" in inputs:
+        if inputs.get("targets") == "noise":
+            targets = _noise_targets(network, loss, batch, file)
+        elif "targets" in inputs:
             targets = _formula_targets(inputs["targets"], x, network, loss, file)
 
     sgd_lr = _positive_option(table, "sgd", "lr", "learning rate, a positive number", "{ lr = 0.1 }", file)

@@ -420,13 +420,16 @@ def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult
 
 
 def run_any(case: Any, *, device: str = "cpu") -> list[CaseResult]:
-    """Run a network :class:`~derivcheck.case.Case` or a PDE
-    :class:`~derivcheck.pde_case.FieldCase`; always a list of results."""
+    """Run a network :class:`~derivcheck.case.Case`, a PDE
+    :class:`~derivcheck.pde_case.FieldCase`, a GAN or a score case; always a list of results."""
     from .gan import GanCase, run_gan_problem
     from .pde_case import FieldCase
+    from .score_case import ScoreCase, run_score_case
 
     if isinstance(case, FieldCase):
         return run_field_case(case, device=device)
+    if isinstance(case, ScoreCase):
+        return run_score_case(case, device=device)
     if isinstance(case, GanCase):
         return [run_gan_problem(case.problem, case.engines, name=case.name, tolerance=case.tolerance, device=device, file=case.file, description=case.description, finite_diff=case.finite_diff)]
     return [run_case(case, device=device)]

@@ -136,4 +136,34 @@ def points(domain: Mapping[str, Sequence[float]], *, min_count: int = 1, max_cou
     return st.lists(coordinate, min_size=min_count, max_size=max_count).map(lambda rows: np.array(rows, dtype=np.float64).reshape(len(rows), len(bounds)))
 
 
+
+@st.composite
+def gaussian_mixtures(draw: Any, max_dim: int = 3, max_components: int = 3, max_condition: float = 20.0) -> Any:
+    """Well-conditioned :class:`~derivcheck.score.Mixture` s: weights bounded away from 0,
+    means in ``[-2, 2]``, covariances ``Q diag(lambda) Q^T`` with a drawn rotation ``Q``
+    and eigenvalues in ``[0.1, 0.1 * max_condition]`` (condition number <= `max_condition`)."""
+    from .score import Mixture
+
+    _check_bounds("max_dim/max_components", 1, min(max_dim, max_components))
+    d = draw(st.integers(1, max_dim))
+    k = draw(st.integers(1, max_components))
+    unit = st.floats(-1.0, 1.0, allow_nan=False)
+    raw_weights = np.array(draw(st.lists(st.floats(0.2, 1.0), min_size=k, max_size=k)))
+    means = np.array(draw(st.lists(st.lists(st.floats(-2.0, 2.0), min_size=d, max_size=d), min_size=k, max_size=k)))
+    covariances = []
+    for _ in range(k):
+        basis = np.array(draw(st.lists(st.lists(unit, min_size=d, max_size=d), min_size=d, max_size=d))) + 3 * np.eye(d)
+        q = np.linalg.qr(basis)[0]
+        eig = np.array(draw(st.lists(st.floats(0.1, 0.1 * max_condition), min_size=d, max_size=d)))
+        cov = (q * eig) @ q.T
+        covariances.append((cov + cov.T) / 2)
+    return Mixture(raw_weights / raw_weights.sum(), means, np.array(covariances))
+
+
+def diffusion_times(steps: int = 1000) -> st.SearchStrategy[int]:
+    """Timesteps ``1..steps`` of a DDPM schedule, shrinking toward 1."""
+    _check_bounds("steps", 1, steps)
+    return st.integers(1, steps)
+
+
 register_profiles()

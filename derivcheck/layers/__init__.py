@@ -5,6 +5,7 @@ from __future__ import annotations
 from .activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
 from .attention import MultiheadAttention, ScaledDotProductAttention, TransformerEncoder
 from .base import Layer, Loss, Option
+from .diffusion import DdpmNoise, TimeEmbedding
 from .conv import AvgPool2d, Conv1d, Conv2d, Flatten, MaxPool2d
 from .misc import Dropout, Embedding
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
@@ -16,7 +17,7 @@ LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU,
         Conv1d, Conv2d, MaxPool2d, AvgPool2d, Flatten, RNN, LSTM, GRU,
         LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, Embedding,
-        ScaledDotProductAttention, MultiheadAttention, TransformerEncoder)
+        ScaledDotProductAttention, MultiheadAttention, TransformerEncoder, DdpmNoise, TimeEmbedding)
 }
 """Layer classes by the name used in case files (``layer = "linear"``)."""
 

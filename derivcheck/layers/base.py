@@ -103,7 +103,10 @@ class Configurable(ABC):
                 if opt.required:
                     raise CaseError(f"{cls.kind} needs option {opt.name!r} ({opt.help or _type_name(opt.kind)})", file=file, key=key)
                 values[opt.name] = opt.default
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:  # options that are fine alone but not together
+            raise CaseError(f"{cls.kind}: {exc}", file=file, key=key) from None
 
     def describe(self) -> str:
         """A short text such as ``linear(in=4, out=8)``."""
