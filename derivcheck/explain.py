@@ -31,7 +31,7 @@ import sympy as sp
 
 from .errors import DerivcheckError
 
-MAX_PARAMS = 400
+MAX_PARAMS = 600
 MAX_WIDTH = 32
 CHECK_RTOL = 1e-10
 
@@ -152,8 +152,14 @@ def explain(case: Any) -> Explanation:
     from .gan import GanCase
     from .pde_case import FieldCase
 
+    from .score_case import ScoreCase
+
     if isinstance(case, FieldCase):
         return _explain_pde(case)
+    if isinstance(case, ScoreCase):
+        from .explain_score import explain_score
+
+        return explain_score(case)
     if isinstance(case, GanCase):
         raise ExplainTooLarge(f"case {case.name!r} is a GAN step: explain covers single networks; `derivcheck run` checks it")
     unsupported = sorted({layer.kind for layer in case.problem.network.layers if layer.kind not in _LOCAL})
@@ -176,13 +182,25 @@ _LOCAL = {
     "softmax": ("d{out}/d{inp} = diag(p) - p p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(p) - p p^\top"),
     "log_softmax": ("d{out}/d{inp} = I - 1 p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = I - \mathbf{{1}} p^\top"),
     "identity": ("d{out}/d{inp} = I", r"\frac{{\partial {out}}}{{\partial {inp}}} = I"),
+    "silu": ("d{out}/d{inp} = diag(sigma({inp}) (1 + {inp} (1 - sigma({inp}))))", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\sigma({inp})\odot(1 + {inp}\odot(1-\sigma({inp}))))"),
+    "ddpm_noise": (
+        "d{out}/d{inp} = [sqrt(abar_t) I ; 0]  (eps and t are constants of the sample: d{out}[:d]/d{inp} = sqrt(abar_t) I, dt/d{inp} = 0)",
+        r"\frac{{\partial {out}}}{{\partial {inp}}} = \begin{{bmatrix}} \sqrt{{\bar\alpha_t}}\, I \\ 0 \end{{bmatrix}}",
+    ),
+    "time_embedding": (
+        "d{out}/d{inp} = [I 0 ; 0 w cos(t w) ; 0 -w sin(t w)]  (the features pass through; only t is embedded)",
+        r"\frac{{\partial {out}}}{{\partial {inp}}} = \begin{{bmatrix}} I & 0 \\ 0 & \omega \odot \cos(t\omega) \\ 0 & -\omega \odot \sin(t\omega) \end{{bmatrix}}",
+    ),
 }
 
+_FIXED_NAMES = {"ddpm_noise": "xt", "time_embedding": "u"}
+_CONSTANTS = {"ddpm_noise": "eps_0.., t, abar_t"}
+
 _LOSS = {
-    "cross_entropy": ("dL/d{y} = softmax({y}) - t  (t one-hot)", r"\frac{{\partial L}}{{\partial {y}}} = \operatorname{{softmax}}({y}) - t"),
-    "mse": ("dL/d{y} = 2 ({y} - t) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{2}}{{K}}({y} - t)"),
-    "bce": ("dL/d{y} = ({y} - t) / ({y} (1 - {y})) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}\frac{{{y} - t}}{{{y}(1-{y})}}"),
-    "bce_with_logits": ("dL/d{y} = (sigma({y}) - t) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}(\sigma({y}) - t)"),
+    "cross_entropy": ("dL/d{y} = softmax({y}) - {t}  ({t} one-hot)", r"\frac{{\partial L}}{{\partial {y}}} = \operatorname{{softmax}}({y}) - {t}"),
+    "mse": ("dL/d{y} = 2 ({y} - {t}) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{2}}{{K}}({y} - {t})"),
+    "bce": ("dL/d{y} = ({y} - {t}) / ({y} (1 - {y})) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}\frac{{{y} - {t}}}{{{y}(1-{y})}}"),
+    "bce_with_logits": ("dL/d{y} = (sigma({y}) - {t}) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}(\sigma({y}) - {t})"),
 }
 
 
@@ -190,7 +208,10 @@ def _names(layers: list[Any]) -> tuple[list[str], list[str]]:
     """Output names per layer (z1, a1, z2, ...) and weight names (W1, W2) per linear."""
     names, weights, k = [], [], 0
     for layer in layers:
-        if layer.kind == "linear":
+        if layer.kind in _FIXED_NAMES:
+            names.append(_FIXED_NAMES[layer.kind])
+            weights.append("")
+        elif layer.kind == "linear":
             k += 1
             names.append(f"z{k}")
             weights.append(f"W{k}")
@@ -221,6 +242,8 @@ def _explain_network(case: Any) -> Explanation:
     names, weights = _names(layers)
     inputs = ["x"] + names[:-1]
     x = sample.x
+    # the target: the noise eps in a DDPM training step (t is its timestep there)
+    target, target_tex = ("eps", r"\epsilon") if layers[0].kind == "ddpm_noise" else ("t", "t")
     steps: list[Step] = []
     intro = f"Network {network.describe()} with loss {problem.loss.kind}, at the case's first sample (x = {np.round(x[0], 4).tolist()}). Shapes follow PyTorch: W is (out, in)."
 
@@ -259,8 +282,11 @@ def _explain_network(case: Any) -> Explanation:
     flat = [network.layer_param_vector(sample.params, i) for i in range(len(layers))]
     sym_values = []
     a = x.T.copy()
-    for layer, params in zip(compiled, flat):
-        a = layer.forward(a, params)
+    constants = []  # per-sample constants (the ddpm noise, t and abar_t), (C, 1) or None
+    for layer, comp, params in zip(layers, compiled, flat):
+        consts = layer.sample_constants(a.T)
+        constants.append(None if consts is None else consts.T)
+        a = comp.forward(a, params, constants[-1])
         sym_values.append(a.T.copy())
 
     # 1. forward
@@ -271,12 +297,14 @@ def _explain_network(case: Any) -> Explanation:
             bias = f" + b{weights[index][1:]}" if layer.options.get("bias", True) else ""
             forward.text.append(f"{out} = {weights[index]} {inp}{bias}    shape {shape} = ({network.sizes[index + 1]}, {network.sizes[index]}) @ ({network.sizes[index]},)")
             forward.latex.append(f"{out[0]}_{{{out[1:]}}} = W_{{{weights[index][1:]}}} {_tex(inp)}" + (f" + b_{{{weights[index][1:]}}}" if bias else ""))
+        elif layer.kind in _FIXED_NAMES:
+            _diffusion_forward(forward, layer, out, inp, shape)
         else:
             forward.text.append(f"{out} = {layer.kind}({inp})    shape {shape}")
             forward.latex.append(f"{_tex(out)} = \\operatorname{{{layer.kind.replace('_', ' ')}}}({_tex(inp)})")
         forward.checks.append(_compare(f"{out} = {np.round(np_values[index][0], 4).tolist()}", {"symbolic": sym_values[index], "numpy": np_values[index], "torch": t_values[index].detach().numpy()}))
-    forward.text.append(f"L = {problem.loss.kind}({names[-1]}, t) = {float(per_sample[0]):.6g}")
-    forward.latex.append(f"L = \\operatorname{{{problem.loss.kind.replace('_', ' ')}}}({_tex(names[-1])}, t)")
+    forward.text.append(f"L = {problem.loss.kind}({names[-1]}, {target}) = {float(per_sample[0]):.6g}" + (" : the noise-prediction loss ||eps - eps_theta(x_t, t)||^2 / d" if target == "eps" else ""))
+    forward.latex.append(f"L = \\operatorname{{{problem.loss.kind.replace('_', ' ')}}}({_tex(names[-1])}, {target_tex})")
     loss_sym = compile_loss(problem.loss, network.out_size, sample.targets.shape[1])
     sym_loss, sym_dl = loss_sym.value_and_grad(sym_values[-1].T, sample.targets.T)
     forward.checks.append(_compare("L", {"symbolic": sym_loss, "numpy": per_sample, "torch": np.array([t_loss.item()])}))
@@ -292,20 +320,21 @@ def _explain_network(case: Any) -> Explanation:
         local.text.append(text.format(out=out, inp=inp, W=weights[index] or "W"))
         local.latex.append(tex.format(out=_tex(out), inp=_tex(inp), W=f"W_{{{weights[index][1:]}}}" if weights[index] else "W"))
         entry = comp.jacobian_exprs[0]
-        local.text.append(f"SymPy, one entry: d{out}[0]/d{inp}[0] = {entry}   (SymPy's local symbols: a_j = {inp}[j], weight_i_j = {weights[index] or 'W'}[i, j])")
+        constants_note = f", k_j = the sample's constants ({_CONSTANTS.get(layer.kind, 'not differentiated')})" if layer.n_sample_constants else ""
+        local.text.append(f"SymPy, one entry: d{out}[0]/d{inp}[0] = {entry}   (SymPy's local symbols: a_j = {inp}[j], weight_i_j = {weights[index] or 'W'}[i, j]{constants_note})")
         local.latex.append(f"\\frac{{\\partial {_tex(out)}[0]}}{{\\partial {_tex(inp)}[0]}} = {sp.latex(entry)}")
-        jac = comp.jacobian(a, flat[index])[0]
+        jac = comp.jacobian(a, flat[index], constants[index])[0]
         sym_jacobians.append(jac)
         hand = np.stack(
             [layer.numpy_backward(np.eye(network.sizes[index + 1])[k : k + 1], caches[index], network.layer_params(sample.params, index))[0][0] for k in range(network.sizes[index + 1])]
         )
         local.checks.append(_compare(f"d{out}/d{inp} ({jac.shape[0]}x{jac.shape[1]})", {"symbolic": jac, "numpy (hand-written rule)": hand}))
-        a = comp.forward(a, flat[index])
+        a = comp.forward(a, flat[index], constants[index])
         steps.append(local)
     loss_step = Step(f"Local derivative of the loss ({problem.loss.kind})")
     text, tex = _LOSS[problem.loss.kind]
-    loss_step.text.append(text.format(y=names[-1]))
-    loss_step.latex.append(tex.format(y=_tex(names[-1])))
+    loss_step.text.append(text.format(y=names[-1], t=target))
+    loss_step.latex.append(tex.format(y=_tex(names[-1]), t=target_tex))
     loss_step.text.append(f"SymPy: dL/d{names[-1]}[0] = {_first_loss_entry(loss_sym)}")
     loss_step.checks.append(_compare(f"dL/d{names[-1]}", {"symbolic": sym_dl.T, "numpy (hand-written rule)": problem.loss.numpy_backward(loss_cache)}))
     steps.append(loss_step)
@@ -327,6 +356,10 @@ def _explain_network(case: Any) -> Explanation:
             )
         )
     chain.checks.append(_compare("dL/dx", {"symbolic chain": delta, "torch x.grad": t_x.grad.numpy()[0], "numpy backward": g[0]}))
+    if layers[0].kind == "ddpm_noise":
+        root = float(np.asarray(caches[0]).ravel()[0])  # the numpy forward caches sqrt(abar_t)
+        chain.text.append(f"through the forward process: dL/dx0 = sqrt(abar_t) * dL/dxt[:{x.shape[1]}] = {root:.6g} * dL/dxt[:{x.shape[1]}] (eps and t do not depend on x0)")
+        chain.checks.append(_compare("dL/dx0 = sqrt(abar_t) dL/dxt", {"sqrt(abar_t) * delta_xt": root * sym_deltas[0][: x.shape[1]], "torch x.grad": t_x.grad.numpy()[0]}))
     steps.append(chain)
 
     # 4. total derivative of every weight
@@ -352,6 +385,28 @@ def _explain_network(case: Any) -> Explanation:
     total.latex.append(r"\frac{\partial L}{\partial W_1} = \Big(J_L^\top \cdots J_2^\top \frac{\partial L}{\partial z_L}\Big)\, x^\top")
     steps.append(total)
     return Explanation(case.name, intro, steps)
+
+
+def _diffusion_forward(forward: Step, layer: Any, out: str, inp: str, shape: tuple[int, ...]) -> None:
+    """Forward-pass lines of the diffusion layers (the sample's t, noise and schedule)."""
+    if layer.kind == "ddpm_noise":
+        from .schedules import numpy_schedule, sympy_schedule, torch_schedule
+
+        eps, t = layer.draws(1)
+        step = int(t[0])
+        abar = float(numpy_schedule(layer.schedule)[1][step])
+        forward.text.append(f"{out} = [sqrt(abar_t) {inp} + sqrt(1 - abar_t) eps, t]    shape {shape}: the forward process q(x_t | x_0)")
+        forward.text.append(f"   t = {step}, eps = {np.round(eps[0], 4).tolist()}, abar_t = prod_(s<=t) (1 - beta_s) = {abar:.6g} ({layer.schedule.describe()})")
+        forward.latex.append(f"x_t = \\sqrt{{\\bar\\alpha_t}}\\, {_tex(inp)} + \\sqrt{{1-\\bar\\alpha_t}}\\,\\epsilon, \\quad \\bar\\alpha_t = \\prod_{{s \\le t}} (1-\\beta_s)")
+        forward.checks.append(_compare(f"abar_{step} from three schedules", {
+            "SymPy (40 digits)": np.array([float(sympy_schedule(layer.schedule)[1][step])]),
+            "numpy cumprod": np.array([abar]),
+            "torch cumprod": torch_schedule(layer.schedule)[1][step : step + 1].numpy(),
+        }))  # fmt: skip
+    else:
+        half = layer.half
+        forward.text.append(f"{out} = [{inp}[:-1], sin(t w), cos(t w)] with w_j = {layer.options['max_period']:g}^(-j/{half}), j < {half}    shape {shape}: sinusoidal time embedding")
+        forward.latex.append(f"{_tex(out)} = [\\,{_tex(inp)}_{{:-1}},\\ \\sin(t\\omega),\\ \\cos(t\\omega)\\,], \\quad \\omega_j = P^{{-j/{half}}}")
 
 
 def _first_loss_entry(loss: Any) -> str:

@@ -83,3 +83,35 @@ def test_cli_formats(capsys):
     assert capsys.readouterr().out.startswith("# derivcheck explain: iris-mlp")
     assert cli.main(["explain", str(CASES / "pde" / "heat-1d.toml"), "--format", "latex"]) == 0
     assert r"\section*{derivcheck explain: heat-1d}" in capsys.readouterr().out
+
+
+def test_ddpm_case_explains_the_forward_process_and_noise_loss():
+    result = explain(load_case(CASES / "diffusion-ddpm-step.toml"))
+    assert result.ok, result.failing_steps()
+    text = result.to_text()
+    for fragment in ("the forward process q(x_t | x_0)", "from three schedules", "sinusoidal time embedding", "noise-prediction loss", "dL/dx0 = sqrt(abar_t)"):
+        assert fragment in text
+    assert "\\bar\\alpha_t" in result.to_markdown()
+
+
+def test_score_case_derives_the_score_step_by_step():
+    result = explain(load_case(CASES / "score-gaussian-mixture.toml"))
+    assert result.ok, result.failing_steps()
+    titles = [s.title for s in result.steps]
+    assert titles[0] == "The density and its log" and "The score, derived" in titles
+    assert any("optimal noise predictor" in t for t in titles) and any("Divergence" in t for t in titles)
+    assert "Hutchinson, 256 vectors" in result.to_text()
+
+
+def test_score_explanation_flags_a_wrong_hand_formula(monkeypatch):
+    from derivcheck.engines import score_numpy
+
+    def no_inverse(problem, abar, x):
+        score, hessian, r, covs = original(problem, abar, x)
+        return score * 2.0, hessian, r, covs
+
+    original = score_numpy.mixture_score
+    monkeypatch.setattr(score_numpy, "mixture_score", no_inverse)
+    result = explain(load_case(CASES / "score-gaussian-mixture.toml"))
+    assert not result.ok
+    assert "The score, derived" in result.failing_steps()

@@ -31,18 +31,22 @@ def _float(value: float) -> sp.Float:
     return sp.Float(repr(float(value)), _DIGITS)
 
 
+def component_terms(mixture: Mixture, k: int, abar: sp.Expr, x: list[sp.Symbol]) -> tuple[sp.Expr, sp.Expr]:
+    """``(exponent, normaliser)`` of component `k` of the noised mixture:
+    ``-(x - m)^T C^-1 (x - m) / 2`` and ``(2 pi)^(-d/2) det(C)^(-1/2)``."""
+    d = mixture.dim
+    sigma = sp.Matrix(d, d, [_float(v) for v in mixture.covariances[k].ravel()])
+    cov = abar * sigma + (1 - abar) * sp.eye(d)
+    diff = sp.Matrix(x) - sp.sqrt(abar) * sp.Matrix([_float(v) for v in mixture.means[k]])
+    return -(diff.T * cov.inv() * diff)[0, 0] / 2, (2 * sp.pi) ** sp.Rational(-d, 2) / sp.sqrt(cov.det())
+
+
 def log_density_expr(mixture: Mixture, abar: sp.Expr, x: list[sp.Symbol]) -> sp.Expr:
     """SymPy's ``log p_t(x)`` of the mixture noised with `abar`."""
-    d = mixture.dim
-    a = sp.sqrt(abar)
     terms = []
     for k in range(mixture.components):
-        sigma = sp.Matrix(d, d, [_float(v) for v in mixture.covariances[k].ravel()])
-        cov = abar * sigma + (1 - abar) * sp.eye(d)
-        diff = sp.Matrix(x) - a * sp.Matrix([_float(v) for v in mixture.means[k]])
-        quad = (diff.T * cov.inv() * diff)[0, 0]
-        norm = (2 * sp.pi) ** sp.Rational(-d, 2) / sp.sqrt(cov.det())
-        terms.append(_float(mixture.weights[k]) * norm * sp.exp(-quad / 2))
+        exponent, norm = component_terms(mixture, k, abar, x)
+        terms.append(_float(mixture.weights[k]) * norm * sp.exp(exponent))
     return sp.log(sp.Add(*terms))
 
 
