@@ -478,11 +478,8 @@ def _finite_diff(spec: Any, file: str | None) -> dict[str, Any]:
     return result
 
 
-def load_case(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Case:
-    """Read and validate one case file.
-
-    **Raises:** :class:`~derivcheck.errors.CaseError` (exit code 4 on the command line).
-    """
+def read_table(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a case or suite file (size-limited; errors as :class:`CaseError`)."""
     path = Path(path)
     file = str(path)
     try:
@@ -497,12 +494,58 @@ def load_case(path: str | Path, overrides: Mapping[str, Any] | None = None) -> C
         raise CaseError(f"not valid TOML: {exc}", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"case file could not be read: {exc}", file=file) from None
+    return table
+
+
+def load_case(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Case:
+    """Read and validate one case file.
+
+    **Raises:** :class:`~derivcheck.errors.CaseError` (exit code 4 on the command line).
+    """
+    from .suite import is_suite
+
+    table = read_table(path)
+    if is_suite(table):
+        raise CaseError("this is a suite file (a [grid] and a [template]): run it with `derivcheck run`, or expand it with `derivcheck generate`", file=str(path))
+    return _validated(table, Path(path), overrides)
+
+
+def _validated(table: Mapping[str, Any], path: Path, overrides: Mapping[str, Any] | None) -> Case:
+    file = str(path)
     try:
         return case_from_dict(table, file=file, base_dir=path.parent, overrides=overrides)
     except InvalidArgument as exc:
         if isinstance(exc, CaseError):
             raise
         raise CaseError(str(exc), file=file) from None
+
+
+def case_count(path: str | Path) -> int:
+    """How many cases a file holds (1, or a suite's grid size)."""
+    from .suite import expand_suite, is_suite
+
+    table = read_table(path)
+    return len(expand_suite(table, str(path))) if is_suite(table) else 1
+
+
+def load_case_at(path: str | Path, index: int, overrides: Mapping[str, Any] | None = None) -> Case:
+    """Case `index` of a file: the file's case (index 0), or the index-th case of a suite."""
+    from .suite import expand_suite, is_suite
+
+    table = read_table(path)
+    if not is_suite(table):
+        return _validated(table, Path(path), overrides)
+    return _validated(expand_suite(table, str(path))[index], Path(path), overrides)
+
+
+def load_cases(path: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Case]:
+    """Every case of a file: one for a case file, the whole grid for a suite file."""
+    from .suite import expand_suite, is_suite
+
+    table = read_table(path)
+    if not is_suite(table):
+        return [_validated(table, Path(path), overrides)]
+    return [_validated(case, Path(path), overrides) for case in expand_suite(table, str(path))]
 
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Command line: ``derivcheck run`` and ``derivcheck list``.
+"""Command line: ``derivcheck run``, ``report``, ``list``, ``explain``, ``generate`` and ``cache``.
 
 Exit codes follow pytest: 0 every case agrees (kinks allowed), 1 some disagreement or
 non-finite value, 2 interrupted, 3 internal error (an engine crashed), 4 usage error or
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed for parameters and random inputs (overrides the case)")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engine (default cpu)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every engine pair, also for agreeing quantities")
+    _scale_options(run)
     run.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
 
     rep = sub.add_parser("report", help="write Markdown, HTML and JSON reports with plots", description="Run case files and write report.md, index.html, report.json and plots/ (atomically).")
@@ -53,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, help="seed for parameters and random inputs")
     rep.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engines")
     rep.add_argument("--no-plots", action="store_true", help="skip the plots (they need matplotlib)")
+    _scale_options(rep)
+
+    gen = sub.add_parser("generate", help="expand a suite file (a [grid] and a [template]) into case files", description="Write one case file per combination of a suite's grid.")
+    gen.add_argument("suite", help="a suite file")
+    gen.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the generated case files")
+
+    cache = sub.add_parser("cache", help="show or clear the compile cache", description="The on-disk cache of SymPy derivations compiled with lambdify.")
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $DERIVCHECK_CACHE_DIR or the platform's user cache folder)")
 
     exp = sub.add_parser("explain", help="a step-by-step derivation of a small case, every step checked", description="Print the derivation of a case: forward pass, local derivatives, vector chain rule, total derivative (or, for PDE cases, the operators, the manufactured forcing and the autograd graph), each step checked numerically.")
     exp.add_argument("path", help="one case file")
@@ -64,10 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
-    from .case import discover, load_case
+def _scale_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-j", "--jobs", default="1", metavar="N", help="run cases in N worker processes ('auto': one per CPU); output is the same for every N")
+    command.add_argument("--dask", metavar="ADDRESS", help="shard cases over a Dask cluster: a scheduler address (tcp://host:8786) or 'local' for a LocalCluster (needs derivcheck[dask])")
+    command.add_argument("--dask-workers", type=int, default=2, metavar="N", help="worker processes of --dask local (default 2)")
+    command.add_argument("--cache-dir", metavar="DIR", help="compile cache folder (default: $DERIVCHECK_CACHE_DIR or the platform's user cache folder)")
+    command.add_argument("--no-cache", action="store_true", help="derive everything afresh (do not read or write the compile cache)")
 
-    return [load_case(path, overrides) for path in discover(paths)]
+
+def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
+    from .case import discover, load_cases
+
+    return [case for path in discover(paths) for case in load_cases(path, overrides)]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -119,10 +137,35 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     if not cases:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
-    results = []
-    for case in cases:
-        results.extend(run_any(case, device=args.device))
-    return results
+    from . import compile_cache
+    from .parallel import case_refs, parse_jobs, run_on_dask, run_refs, single_threaded_torch
+
+    compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
+    if args.cache_dir:  # worker processes (and Dask workers on this machine) read it from the environment
+        import os
+
+        os.environ[compile_cache.ENV_DIR] = args.cache_dir
+    if args.no_cache:
+        import os
+
+        os.environ[compile_cache.ENV_SWITCH] = "off"
+    jobs = parse_jobs(args.jobs)
+    refs = case_refs(args.paths, overrides)
+    quiet = getattr(args, "quiet", False)
+
+    def progress(done: int, total: int, finished: list[Any]) -> None:
+        if not quiet:
+            for result in finished:
+                print(f"[{done}/{total}] {result.name}: {result.verdict}", file=sys.stderr, flush=True)
+
+    if args.dask:
+        if args.dask_workers < 1:
+            raise DerivcheckError("--dask-workers must be at least 1")
+        return run_on_dask(refs, args.dask, device=args.device, workers=args.dask_workers, progress=progress)
+    if jobs == 1:
+        single_threaded_torch()  # as in the workers: the same numbers whatever -j is
+        return [r for case in cases for r in run_any(case, device=args.device)]
+    return run_refs(refs, device=args.device, jobs=jobs, progress=progress)
 
 
 def _exit_code(results: Sequence[Any]) -> int:
@@ -142,6 +185,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     print(f"wrote {len(written)} file(s) to {args.output}/: " + ", ".join(sorted(p.name for p in written if p.parent.name != "plots")) + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)")
     return _exit_code(results)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .case import read_table
+    from .suite import write_suite
+
+    written = write_suite(read_table(args.suite), args.output, args.suite)
+    print(f"wrote {len(written)} case file(s) to {args.output}/")
+    return EXIT_OK
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from . import compile_cache
+
+    compile_cache.configure(args.cache_dir)
+    if args.action == "clear":
+        print(f"removed {compile_cache.clear()} entr(ies) from {compile_cache.cache_dir()}")
+        return EXIT_OK
+    info = compile_cache.info()
+    print(f"directory: {info['directory']}")
+    print(f"enabled:   {info['enabled']}")
+    print(f"entries:   {info['entries']} ({info['bytes'] / 1e6:.2f} MB)")
+    print("key:       " + ", ".join(f"{k} {v[:12]}" for k, v in info["versions"].items()))
+    return EXIT_OK
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -189,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "explain":
             return _cmd_explain(args)
+        if args.command == "generate":
+            return _cmd_generate(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
         return _cmd_run(args)
     except KeyboardInterrupt:
         print("\nderivcheck: interrupted", file=sys.stderr)

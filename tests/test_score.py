@@ -251,3 +251,11 @@ def test_bad_score_cases_name_the_key(change, fragment):
         case_from_dict({**BASE, **change}, file="bad.toml")
     assert fragment in str(info.value)
     assert "bad.toml" in str(info.value)
+
+
+@pytest.mark.skipif(not __import__("derivcheck.engines", fromlist=["cuda_available"]).cuda_available(), reason="needs a CUDA GPU")
+def test_score_quantities_on_cuda_agree_with_cpu():
+    problem = problem_at(300)
+    result = run_score_problem(problem, ENGINES, SCORE_QUANTITIES, device="cuda")
+    assert result.verdict == "agree"
+    assert result.meta["device"] == "cuda"

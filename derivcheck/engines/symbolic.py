@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import sympy as sp
 
+from .. import compile_cache
 from ..expr import NUMPY_MODULES, make_symbol
 from ..layers import Layer, Loss
 from ..fields import FieldProblem
@@ -107,6 +108,40 @@ class CompiledLayer:
         self._jacobian_fixed = _compile([param_flat], [jacobian[i] for i in self._jac_fixed])
         self._vjp = _compile([sample, param_flat, cotangent], vjp)
 
+    _LAZY = ("forward_exprs", "jacobian_exprs", "inputs", "param_flat")
+
+    def to_record(self) -> dict[str, Any]:
+        """What :meth:`from_record` needs, for the on-disk compile cache."""
+        functions = {"forward": self._forward, "jacobian_sample": self._jacobian_sample, "jacobian_fixed": self._jacobian_fixed, "vjp": self._vjp}
+        return {
+            "functions": {name: compile_cache.function_source(fn) for name, fn in functions.items()},
+            "in_size": self.in_size, "out_size": self.out_size, "n_constants": self.n_constants,
+            "jac_sample": list(self._jac_sample), "jac_fixed": list(self._jac_fixed),
+        }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, layer: Layer, record: dict[str, Any]) -> "CompiledLayer":
+        """A compiled layer restored from the cache; its SymPy expressions are derived
+        again only if someone asks for them (explain, second derivatives)."""
+        self = cls.__new__(cls)
+        self._origin = layer
+        self.in_size, self.out_size, self.n_constants = record["in_size"], record["out_size"], record["n_constants"]
+        self.shapes = layer.param_shapes()
+        self._jac_sample, self._jac_fixed = list(record["jac_sample"]), list(record["jac_fixed"])
+        functions = {name: compile_cache.load_function(src) for name, src in record["functions"].items()}
+        self._forward, self._jacobian_sample = functions["forward"], functions["jacobian_sample"]
+        self._jacobian_fixed, self._vjp = functions["jacobian_fixed"], functions["vjp"]
+        self._hessian, self._hessian_keys = None, []
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        if name in CompiledLayer._LAZY and "_origin" in self.__dict__:
+            fresh = CompiledLayer(self.__dict__["_origin"], self.in_size)
+            for attr in CompiledLayer._LAZY:
+                setattr(self, attr, getattr(fresh, attr))
+            return getattr(self, name)
+        raise AttributeError(name)
+
     def _sample(self, a: np.ndarray, consts: np.ndarray | None) -> list[Any]:
         if self.n_constants and (consts is None or len(consts) != self.n_constants):
             raise ValueError(f"this layer needs {self.n_constants} per-sample constants")
@@ -168,6 +203,23 @@ class CompiledLoss:
         self.expr = per_sample
         self._fn = _compile([outputs, targets], [per_sample] + gradient)
 
+    def to_record(self) -> dict[str, Any]:
+        return {"functions": {"loss": compile_cache.function_source(self._fn)}}
+
+    @classmethod
+    def from_record(cls, loss: Loss, out_size: int, target_size: int, record: dict[str, Any]) -> "CompiledLoss":
+        self = cls.__new__(cls)
+        self._origin = (loss, out_size, target_size)
+        self._fn = compile_cache.load_function(record["functions"]["loss"])
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "expr" and "_origin" in self.__dict__:
+            loss, out_size, target_size = self.__dict__["_origin"]
+            self.expr = loss.sympy_per_sample([make_symbol(f"y{k}") for k in range(out_size)], [make_symbol(f"t{k}") for k in range(target_size)])
+            return self.expr
+        raise AttributeError(name)
+
     def value_and_grad(self, y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``y`` ``(out, N)``, ``t`` ``(T, N)`` -> per-sample loss ``(N,)`` and ``dl/dy`` ``(out, N)``."""
         stacked = _stack(self._fn(list(y), list(t)), y.shape[1])
@@ -202,7 +254,17 @@ def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledL
     except KeyError:
         bound = bool(layer.in_shape) and int(np.prod(layer.in_shape)) == in_size
         rule = layer.local_rule() if bound and not whole else None
-        compiled = _COMPILED[key] = CompiledRule(rule, layer.param_shapes()) if rule is not None else CompiledLayer(layer, in_size)
+        if rule is not None:  # its cells are cached one by one
+            compiled: Any = CompiledRule(rule, layer.param_shapes())
+        else:
+            content = repr((type(layer).__module__, type(layer).__qualname__, key[1:], in_size))
+            record = compile_cache.load("layer", content)
+            if record is not None:
+                compiled = CompiledLayer.from_record(layer, record)
+            else:
+                compiled = CompiledLayer(layer, in_size)
+                compile_cache.store("layer", content, compiled.to_record())
+        _COMPILED[key] = compiled
         return compiled
 
 
@@ -210,7 +272,13 @@ def compile_loss(loss: Loss, out_size: int, target_size: int) -> CompiledLoss:
     """The compiled derivation of `loss` (cached per configuration)."""
     key = (type(loss), tuple(sorted(loss.options.items())), out_size, target_size)
     if key not in _COMPILED_LOSSES:
-        _COMPILED_LOSSES[key] = CompiledLoss(loss, out_size, target_size)
+        content = repr((type(loss).__module__, type(loss).__qualname__, key[1:]))
+        record = compile_cache.load("loss", content)
+        if record is not None:
+            _COMPILED_LOSSES[key] = CompiledLoss.from_record(loss, out_size, target_size, record)
+        else:
+            _COMPILED_LOSSES[key] = compiled = CompiledLoss(loss, out_size, target_size)
+            compile_cache.store("loss", content, compiled.to_record())
     return _COMPILED_LOSSES[key]
 
 

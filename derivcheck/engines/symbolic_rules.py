@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from .. import compile_cache
 from ..expr import NUMPY_MODULES, make_symbol
 from ..layers.rules import Cell, LocalRule
 
@@ -79,6 +80,24 @@ class CompiledCell:
         self._forward = sp.lambdify([inputs, params], outputs, modules=NUMPY_MODULES, cse=True)
         self._full = sp.lambdify([inputs, params], outputs + in_exprs + param_exprs, modules=NUMPY_MODULES, cse=True)
 
+    def to_record(self) -> dict[str, Any]:
+        """What :meth:`from_record` needs, for the on-disk compile cache."""
+        return {
+            "functions": {"forward": compile_cache.function_source(self._forward), "full": compile_cache.function_source(self._full)},
+            "n_outputs": self.n_outputs, "in_q": self.in_q.tolist(), "in_k": self.in_k.tolist(),
+            "param_q": self.param_q.tolist(), "param_k": self.param_k.tolist(),
+        }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "CompiledCell":
+        self = cls.__new__(cls)
+        self.n_outputs = int(record["n_outputs"])
+        for name in ("in_q", "in_k", "param_q", "param_k"):
+            setattr(self, name, np.array(record[name], dtype=np.int64))
+        self._forward = compile_cache.load_function(record["functions"]["forward"])
+        self._full = compile_cache.load_function(record["functions"]["full"])
+        return self
+
     @staticmethod
     def _args(ins: np.ndarray, ps: np.ndarray) -> tuple[list[Any], list[Any]]:
         return [ins[:, k, :] for k in range(ins.shape[1])], [ps[:, k, None] for k in range(ps.shape[1])]
@@ -106,9 +125,16 @@ _CELLS: dict[tuple, CompiledCell] = {}
 
 
 def compile_cell(cell: Cell) -> CompiledCell:
-    """The compiled cell for `cell.key` (cached: a cell is derived once per process)."""
+    """The compiled cell for `cell.key` (cached: a cell is derived once per process, and
+    stored in the on-disk :mod:`~derivcheck.compile_cache`)."""
     if cell.key not in _CELLS:
-        _CELLS[cell.key] = CompiledCell(cell)
+        content = repr((cell.key, cell.n_inputs, cell.n_params))
+        record = compile_cache.load("cell", content)
+        if record is not None:
+            _CELLS[cell.key] = CompiledCell.from_record(record)
+        else:
+            _CELLS[cell.key] = compiled = CompiledCell(cell)
+            compile_cache.store("cell", content, compiled.to_record())
     return _CELLS[cell.key]
 
 

@@ -1,0 +1,277 @@
+"""On-disk cache of the symbolic engine's compiled derivations.
+
+Deriving a layer with SymPy and compiling it with ``lambdify(cse=True)`` dominates a run;
+the result -- the generated Python source of each compiled function plus a few index
+arrays -- is stored so that the next run (or another process of the same run) loads it
+instead of deriving again.
+
+**Keys.** ``sha256`` of what was derived (the layer's class and options, its input shape,
+the cell or loss description) together with the versions of derivcheck, SymPy, numpy and
+Python, a fingerprint of derivcheck's own source files and :data:`FORMAT`: a changed case,
+an upgrade or an edited layer never meets an old entry.
+
+**Location.** ``--cache-dir``, else ``$DERIVCHECK_CACHE_DIR``, else the platform's user
+cache folder (``platformdirs.user_cache_dir("derivcheck")``: ``~/.cache/derivcheck`` on
+Linux). ``DERIVCHECK_CACHE=off`` (or ``--no-cache``) disables it.
+
+**Safety.** Entries are JSON, written to a temporary file and renamed into place (readers
+see the old entry or the new one, never a torn file; concurrent writers of the same key
+leave one valid entry). Each entry carries an HMAC-SHA256 of its content under a random
+key created once per cache folder (file ``key``, mode 0600): an entry whose MAC does not
+verify -- edited, truncated, copied from elsewhere -- is deleted and rebuilt, and its source
+is never executed. Verified source is additionally parsed and checked against a whitelist
+of syntax (no imports, no attribute access, no dunder names) before it is executed in the
+same namespace ``lambdify`` uses.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+ENV_DIR = "DERIVCHECK_CACHE_DIR"
+ENV_SWITCH = "DERIVCHECK_CACHE"
+_SUFFIX = ".json"
+
+_settings: dict[str, Any] = {"directory": None, "enabled": None}
+_stats = {"hits": 0, "misses": 0, "rejected": 0, "writes": 0}
+
+
+def configure(directory: str | Path | None = None, *, enabled: bool | None = None) -> None:
+    """Set the cache folder and/or switch the cache on or off for this process (the CLI's
+    ``--cache-dir`` / ``--no-cache``); ``None`` leaves the environment's choice."""
+    if directory is not None:
+        _settings["directory"] = Path(directory)
+    if enabled is not None:
+        _settings["enabled"] = enabled
+
+
+def cache_dir() -> Path:
+    """The folder in use (see the module docstring)."""
+    if _settings["directory"] is not None:
+        return Path(_settings["directory"])
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        return Path.home() / ".cache" / "derivcheck"
+    return Path(user_cache_dir("derivcheck", appauthor=False))
+
+
+def enabled() -> bool:
+    if _settings["enabled"] is not None:
+        return bool(_settings["enabled"])
+    return os.environ.get(ENV_SWITCH, "on").lower() not in ("off", "0", "false", "no")
+
+
+def stats() -> dict[str, int]:
+    """Hits, misses, rejected (tampered or unreadable) entries and writes in this process."""
+    return dict(_stats)
+
+
+_fingerprint: str | None = None
+
+
+def _source_fingerprint() -> str:
+    global _fingerprint
+    if _fingerprint is None:
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+        _fingerprint = digest.hexdigest()
+    return _fingerprint
+
+
+def versions() -> dict[str, str]:
+    """Everything besides the content that an entry depends on."""
+    import numpy
+    import sympy
+
+    from . import __version__
+
+    return {
+        "format": str(FORMAT), "derivcheck": __version__, "sympy": sympy.__version__, "numpy": numpy.__version__,
+        "python": "%d.%d" % sys.version_info[:2], "source": _source_fingerprint(),
+    }  # fmt: skip
+
+
+def entry_key(kind: str, content: str) -> str:
+    """The file name stem of an entry: sha256 of kind, content and :func:`versions`."""
+    text = json.dumps({"kind": kind, "content": content, "versions": versions()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _secret(directory: Path) -> bytes:
+    path = directory / "key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".key-")
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+        os.close(fd)
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # atomic and exclusive: the first writer's key wins
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _mac(secret: bytes, payload: str) -> str:
+    return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def load(kind: str, content: str) -> dict[str, Any] | None:
+    """The stored record for `content`, or ``None`` (disabled, missing, or rejected:
+    a rejected entry is deleted so that the caller's rebuild replaces it)."""
+    if not enabled():
+        return None
+    directory = cache_dir()
+    path = directory / (entry_key(kind, content) + _SUFFIX)
+    try:
+        raw = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        _stats["misses"] += 1
+        return None
+    except OSError:
+        _stats["misses"] += 1
+        return None
+    try:
+        wrapper = json.loads(raw)
+        payload = wrapper["payload"]
+        if not hmac.compare_digest(str(wrapper["mac"]), _mac(_secret(directory), payload)):
+            raise ValueError("MAC mismatch")
+        record = json.loads(payload)
+        if record.get("kind") != kind or record.get("content") != content:
+            raise ValueError("entry for different content")
+        for source in record.get("functions", {}).values():
+            check_source(source)
+    except (ValueError, KeyError, TypeError, SyntaxError):
+        _stats["rejected"] += 1
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    _stats["hits"] += 1
+    return record
+
+
+def store(kind: str, content: str, record: dict[str, Any]) -> None:
+    """Write `record` (JSON-serialisable; ``functions`` maps names to generated source)
+    atomically. Failures to write (read-only folder, full disk) are ignored: the cache is
+    an optimisation."""
+    if not enabled():
+        return
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({**record, "kind": kind, "content": content}, sort_keys=True)
+        text = json.dumps({"payload": payload, "mac": _mac(_secret(directory), payload)})
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".entry-", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, directory / (entry_key(kind, content) + _SUFFIX))
+        _stats["writes"] += 1
+    except OSError:
+        return
+
+
+def info() -> dict[str, Any]:
+    """Folder, entry count and size (for ``derivcheck cache info``)."""
+    directory = cache_dir()
+    entries = list(directory.glob("*" + _SUFFIX)) if directory.is_dir() else []
+    return {
+        "directory": str(directory), "enabled": enabled(), "entries": len(entries),
+        "bytes": sum(p.stat().st_size for p in entries), "versions": versions(),
+    }  # fmt: skip
+
+
+def clear() -> int:
+    """Delete every entry (and the key); returns how many entries were removed."""
+    directory = cache_dir()
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for path in list(directory.glob("*" + _SUFFIX)) + list(directory.glob(".entry-*.tmp")) + [directory / "key"]:
+        try:
+            path.unlink()
+            removed += path.suffix == _SUFFIX
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+# -- generated source ------------------------------------------------------------------------
+
+_ALLOWED_NODES = (
+    ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Assign, ast.Name, ast.Load, ast.Store,
+    ast.Call, ast.BinOp, ast.UnaryOp, ast.Constant, ast.List, ast.Tuple, ast.Subscript, ast.Slice, ast.Expr,
+    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd, ast.Mod, ast.FloorDiv,
+    ast.Compare, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.BoolOp, ast.And, ast.Or, ast.Not,
+    ast.IfExp, ast.keyword,
+)  # fmt: skip
+
+
+def check_source(source: str) -> None:
+    """Raise :class:`ValueError` unless `source` is one plain function of the shape
+    ``lambdify`` generates (names, arithmetic, calls of names, subscripts, literals)."""
+    tree = ast.parse(source)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef) or tree.body[0].decorator_list:
+        raise ValueError("not a single plain function")
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise ValueError(f"syntax not allowed in cached code: {type(node).__name__}")
+        if isinstance(node, ast.Name) and node.id.startswith("__"):
+            raise ValueError(f"name not allowed in cached code: {node.id}")
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name):
+            raise ValueError("only calls of plain names are allowed in cached code")
+
+
+def function_source(fn: Callable[..., Any]) -> str:
+    """The source ``lambdify`` generated for `fn`."""
+    import inspect
+
+    return inspect.getsource(fn)
+
+
+_namespace: dict[str, Any] | None = None
+
+
+def load_function(source: str) -> Callable[..., Any]:
+    """Compile verified `source` in a copy of the namespace ``lambdify`` gives its
+    functions for derivcheck's modules (numpy plus the vectorised ``erf``)."""
+    global _namespace
+    import sympy as sp
+
+    from .expr import NUMPY_MODULES
+
+    check_source(source)
+    if _namespace is None:
+        import functools
+
+        # what lambdify's printer may import besides the modules: functools.reduce (Max/Min)
+        _namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
+    namespace = dict(_namespace)
+    tree = ast.parse(source)
+    name = tree.body[0].name  # type: ignore[attr-defined]
+    exec(compile(tree, "<derivcheck-cache>", "exec"), namespace)  # safe: MAC-verified source we wrote, syntax-whitelisted above
+    return namespace[name]

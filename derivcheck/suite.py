@@ -1,0 +1,149 @@
+"""Suite files: one case template expanded over a grid (``derivcheck generate``, or run directly).
+
+::
+
+    [grid]                                  # every combination becomes one case
+    width = [4, 8, 16]
+    depth = [1, 2, 3]
+    activation = ["tanh", "sigmoid", "relu"]
+    dtype = ["float64", "float32"]
+
+    [template]                              # an ordinary case table with {placeholders}
+    name = "mlp-{activation}-w{width}-d{depth}-{dtype}"
+    dtype = "{dtype}"
+    network = { mlp = { in = 4, hidden = "{width}", depth = "{depth}", activation = "{activation}", out = 3 } }
+    loss = "cross_entropy"
+    inputs = { batch = 8 }
+
+A string that is exactly ``"{key}"`` becomes the grid value with its type (``"{width}"`` ->
+``8``); placeholders inside longer strings are replaced by the value's text. ``network = {
+mlp = { in, hidden, depth, activation, out, bias } }`` is shorthand for ``depth`` hidden
+linear layers of width ``hidden`` each followed by the activation, then a linear read-out.
+Grid order is the order of the keys, the last varying fastest; names must be unique.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import CaseError
+
+MAX_CASES = 10_000
+SUITE_KEYS = ("grid", "template", "description")
+MLP_KEYS = ("in", "hidden", "depth", "activation", "out", "bias")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def is_suite(table: Mapping[str, Any]) -> bool:
+    return "grid" in table or "template" in table
+
+
+def _substitute(value: Any, point: Mapping[str, Any], file: str | None, key: str) -> Any:
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        names = _PLACEHOLDER.findall(value)
+        for name in names:
+            if name not in point:
+                raise CaseError(f"unknown placeholder {{{name}}}", file=file, key=key, value=value, allowed=", ".join("{" + k + "}" for k in point))
+        if whole:
+            return point[whole.group(1)]
+        return _PLACEHOLDER.sub(lambda m: str(point[m.group(1)]), value)
+    if isinstance(value, list):
+        return [_substitute(v, point, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, point, file, f"{key}.{k}" if key else k) for k, v in value.items()}
+    return value
+
+
+def _mlp(spec: Any, file: str | None) -> list[dict[str, Any]]:
+    if not isinstance(spec, dict) or set(spec) - set(MLP_KEYS) or not {"in", "hidden", "depth", "out"} <= set(spec):
+        raise CaseError("an mlp shorthand needs in, hidden, depth, out (and optionally activation, bias)", file=file, key="network.mlp", value=spec, allowed=", ".join(MLP_KEYS))
+    for name in ("in", "hidden", "depth", "out"):
+        if not isinstance(spec[name], int) or isinstance(spec[name], bool) or spec[name] < (0 if name == "depth" else 1):
+            raise CaseError("must be a positive integer", file=file, key=f"network.mlp.{name}", value=spec[name])
+    bias = spec.get("bias", True)
+    layers: list[dict[str, Any]] = []
+    width = spec["in"]
+    for _ in range(spec["depth"]):
+        layers += [{"layer": "linear", "in": width, "out": spec["hidden"], "bias": bias}, {"layer": spec.get("activation", "tanh")}]
+        width = spec["hidden"]
+    return layers + [{"layer": "linear", "in": width, "out": spec["out"], "bias": bias}]
+
+
+def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict[str, Any]]:
+    """The case tables of a suite (see the module docstring), in grid order.
+
+    **Raises:** :class:`~derivcheck.errors.CaseError` for a malformed grid or template.
+    """
+    unknown = set(table) - set(SUITE_KEYS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise CaseError("unknown key in a suite file", file=file, key=name, value=table[name], allowed=", ".join(SUITE_KEYS))
+    grid, template = table.get("grid"), table.get("template")
+    if not isinstance(grid, dict) or not grid:
+        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", value=grid, allowed="width = [4, 8], activation = [\"tanh\", \"relu\"]")
+    if not isinstance(template, dict):
+        raise CaseError("a suite needs a [template] case table", file=file, key="template", value=template)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CaseError("must be a non-empty array of values", file=file, key=f"grid.{key}", value=values)
+    count = 1
+    for values in grid.values():
+        count *= len(values)
+    if count > MAX_CASES:
+        raise CaseError(f"the grid makes {count} cases", file=file, key="grid", allowed=f"at most {MAX_CASES}")
+    tables, names = [], set()
+    for combination in itertools.product(*grid.values()):
+        point = dict(zip(grid, combination))
+        case = _substitute(dict(template), point, file, "")
+        network = case.get("network")
+        if isinstance(network, dict) and set(network) == {"mlp"}:
+            case["network"] = _mlp(network["mlp"], file)
+        name = case.get("name")
+        if not isinstance(name, str) or name in names:
+            raise CaseError("every generated case needs a unique name: put the grid keys in template.name", file=file, key="template.name", value=name, allowed='"mlp-{activation}-w{width}"')
+        names.add(name)
+        tables.append(case)
+    return tables
+
+
+def to_toml(table: Mapping[str, Any]) -> str:
+    """A case table as TOML (top-level keys; nested tables inline, as case files write them)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if isinstance(v, list):
+            if v and all(isinstance(item, dict) for item in v):
+                return "[\n" + "".join(f"  {value(item)},\n" for item in v) + "]"
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{_key(k)} = {value(item)}" for k, item in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    return "".join(f"{_key(k)} = {value(v)}\n" for k, v in table.items())
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name + '"'
+
+
+def write_suite(table: Mapping[str, Any], output: str | Path, file: str | None = None) -> list[Path]:
+    """Expand a suite and write one ``<name>.toml`` per case into `output`."""
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case in expand_suite(table, file):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", case["name"])
+        path = folder / f"{stem}.toml"
+        path.write_text(to_toml(case))
+        written.append(path)
+    return written
