@@ -19,17 +19,20 @@ see the old entry or the new one, never a torn file; concurrent writers of the s
 leave one valid entry). Each entry carries an HMAC-SHA256 of its content under a random
 key created once per cache folder (file ``key``, mode 0600): an entry whose MAC does not
 verify -- edited, truncated, copied from elsewhere -- is deleted and rebuilt, and its source
-is never executed. Verified source is additionally parsed and checked against a whitelist
-of syntax (no imports, no attribute access, no dunder names) before it is executed in the
-same namespace ``lambdify`` uses.
+is never executed. Before anything is stored its source is checked against a whitelist
+of syntax (the shape ``lambdify`` generates: no imports, no attribute access, no dunder
+names) and compiled; the signed entry holds that code object (``marshal``, which is why
+the Python version is part of the key), so a warm load neither parses nor compiles.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import hmac
 import json
+import marshal
 import os
 import secrets
 import sys
@@ -162,8 +165,8 @@ def load(kind: str, content: str) -> dict[str, Any] | None:
         record = json.loads(payload)
         if record.get("kind") != kind or record.get("content") != content:
             raise ValueError("entry for different content")
-        for source in record.get("functions", {}).values():
-            check_source(source)
+        if set(record.get("code", {})) != set(record.get("functions", {})):
+            raise ValueError("compiled code missing")
     except (ValueError, KeyError, TypeError, SyntaxError):
         _stats["rejected"] += 1
         try:
@@ -182,9 +185,13 @@ def store(kind: str, content: str, record: dict[str, Any]) -> None:
     if not enabled():
         return
     directory = cache_dir()
+    code = {}
+    for name, source in record.get("functions", {}).items():
+        check_source(source)  # only code of the shape lambdify generates is ever stored
+        code[name] = base64.b64encode(marshal.dumps(compile(source, "<derivcheck-cache>", "exec"))).decode()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({**record, "kind": kind, "content": content}, sort_keys=True)
+        payload = json.dumps({**record, "code": code, "kind": kind, "content": content}, sort_keys=True)
         text = json.dumps({"payload": payload, "mac": _mac(_secret(directory), payload)})
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".entry-", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
@@ -256,22 +263,36 @@ def function_source(fn: Callable[..., Any]) -> str:
 _namespace: dict[str, Any] | None = None
 
 
-def load_function(source: str) -> Callable[..., Any]:
-    """Compile verified `source` in a copy of the namespace ``lambdify`` gives its
-    functions for derivcheck's modules (numpy plus the vectorised ``erf``)."""
+def _fresh_namespace() -> dict[str, Any]:
+    """A copy of the namespace ``lambdify`` gives its functions for derivcheck's modules
+    (numpy plus the vectorised ``erf``)."""
     global _namespace
-    import sympy as sp
-
-    from .expr import NUMPY_MODULES
-
-    check_source(source)
     if _namespace is None:
         import functools
 
+        import sympy as sp
+
+        from .expr import NUMPY_MODULES
+
         # what lambdify's printer may import besides the modules: functools.reduce (Max/Min)
         _namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
-    namespace = dict(_namespace)
-    tree = ast.parse(source)
-    name = tree.body[0].name  # type: ignore[attr-defined]
-    exec(compile(tree, "<derivcheck-cache>", "exec"), namespace)  # safe: MAC-verified source we wrote, syntax-whitelisted above
+    return dict(_namespace)
+
+
+def _defined(code: Any, namespace: dict[str, Any], source: str) -> Callable[..., Any]:
+    name = ast.parse(source).body[0].name if code is None else code.co_names[0]  # type: ignore[attr-defined]
+    exec(code if code is not None else compile(source, "<derivcheck-cache>", "exec"), namespace)  # safe: whitelisted source, or code we compiled and signed
     return namespace[name]
+
+
+def load_function(source: str) -> Callable[..., Any]:
+    """Compile `source` after checking it against the whitelist (:func:`check_source`)."""
+    check_source(source)
+    return _defined(None, _fresh_namespace(), source)
+
+
+def restore(record: dict[str, Any], name: str) -> Callable[..., Any]:
+    """Function `name` of a record returned by :func:`load` (MAC-verified, so the code
+    object it holds is the one :func:`store` compiled from whitelisted source)."""
+    code = marshal.loads(base64.b64decode(record["code"][name]))
+    return _defined(code, _fresh_namespace(), record["functions"][name])

@@ -55,24 +55,42 @@ def pytest_collect_file(file_path: Path, parent: Any) -> Any:
 
 
 class DerivcheckFile(pytest.File):
-    """A case file: one item."""
+    """A case file: one item; a suite file: one item per generated case (so ``pytest -n``
+    through pytest-xdist spreads a suite's cases over its workers)."""
 
     def collect(self) -> Any:
-        yield DerivcheckItem.from_parent(self, name=self.path.stem)
+        from .case import read_table
+        from .errors import DerivcheckError
+        from .suite import expand_suite, is_suite
+
+        try:
+            table = read_table(self.path)
+            names = [c.get("name", str(i)) for i, c in enumerate(expand_suite(table, str(self.path)))] if is_suite(table) else None
+        except DerivcheckError:
+            names = None  # the item reports the error when it runs
+        if names is None:
+            yield DerivcheckItem.from_parent(self, name=self.path.stem)
+            return
+        for index, name in enumerate(names):
+            item = DerivcheckItem.from_parent(self, name=str(name))
+            item.case_index = index
+            yield item
 
 
 class DerivcheckItem(pytest.Item):
     """Runs one case file and fails with the agreement table unless every engine agrees."""
 
+    case_index: int | None = None
+
     def runtest(self) -> None:
-        from .case import load_case
+        from .case import load_case, load_case_at
         from .errors import DerivcheckError
         from .report.junit import max_rel_error
         from .report.table import details, summary_table
         from .runner import run_any
 
         try:
-            case = load_case(self.path)
+            case = load_case(self.path) if self.case_index is None else load_case_at(self.path, self.case_index)
         except DerivcheckError as exc:
             self.user_properties.append(("verdict", "error"))
             raise DerivcheckFailure(f"invalid case file: {exc}") from None

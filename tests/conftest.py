@@ -8,6 +8,7 @@ explicitly with ``pytest --hypothesis-profile=ci``.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +20,9 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# a compile cache of this test session only (subprocesses inherit it), never the user's
+os.environ["DERIVCHECK_CACHE_DIR"] = tempfile.mkdtemp(prefix="derivcheck-test-cache-")
 
 
 @pytest.fixture

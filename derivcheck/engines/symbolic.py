@@ -128,7 +128,7 @@ class CompiledLayer:
         self.in_size, self.out_size, self.n_constants = record["in_size"], record["out_size"], record["n_constants"]
         self.shapes = layer.param_shapes()
         self._jac_sample, self._jac_fixed = list(record["jac_sample"]), list(record["jac_fixed"])
-        functions = {name: compile_cache.load_function(src) for name, src in record["functions"].items()}
+        functions = {name: compile_cache.restore(record, name) for name in record["functions"]}
         self._forward, self._jacobian_sample = functions["forward"], functions["jacobian_sample"]
         self._jacobian_fixed, self._vjp = functions["jacobian_fixed"], functions["vjp"]
         self._hessian, self._hessian_keys = None, []
@@ -210,7 +210,7 @@ class CompiledLoss:
     def from_record(cls, loss: Loss, out_size: int, target_size: int, record: dict[str, Any]) -> "CompiledLoss":
         self = cls.__new__(cls)
         self._origin = (loss, out_size, target_size)
-        self._fn = compile_cache.load_function(record["functions"]["loss"])
+        self._fn = compile_cache.restore(record, "loss")
         return self
 
     def __getattr__(self, name: str) -> Any:

@@ -94,8 +94,8 @@ class CompiledCell:
         self.n_outputs = int(record["n_outputs"])
         for name in ("in_q", "in_k", "param_q", "param_k"):
             setattr(self, name, np.array(record[name], dtype=np.int64))
-        self._forward = compile_cache.load_function(record["functions"]["forward"])
-        self._full = compile_cache.load_function(record["functions"]["full"])
+        self._forward = compile_cache.restore(record, "forward")
+        self._full = compile_cache.restore(record, "full")
         return self
 
     @staticmethod

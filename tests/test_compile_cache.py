@@ -1,0 +1,193 @@
+"""The on-disk compile cache: hits, invalidation, tampering, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+
+import numpy as np
+import pytest
+
+from derivcheck import compile_cache
+from derivcheck.cli import main
+from derivcheck.engines import symbolic, symbolic_rules
+from derivcheck.problem import Network
+from helpers import CASES, layer
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache folder and empty in-process caches (so derivations hit the disk)."""
+    monkeypatch.setitem(compile_cache._settings, "directory", tmp_path / "cache")
+    monkeypatch.setitem(compile_cache._settings, "enabled", True)
+    saved = [dict(t) for t in (symbolic._COMPILED, symbolic._COMPILED_LOSSES, symbolic_rules._CELLS)]
+    for t in (symbolic._COMPILED, symbolic._COMPILED_LOSSES, symbolic_rules._CELLS):
+        t.clear()
+    yield tmp_path / "cache"
+    for t, old in zip((symbolic._COMPILED, symbolic._COMPILED_LOSSES, symbolic_rules._CELLS), saved):
+        t.clear()
+        t.update(old)
+
+
+def _forget():
+    for t in (symbolic._COMPILED, symbolic._COMPILED_LOSSES, symbolic_rules._CELLS):
+        t.clear()
+
+
+def _linear(n_in=3, n_out=2, **options):
+    lin = layer("linear", **{"in": n_in, "out": n_out, **options})
+    Network.build([lin])
+    return lin
+
+
+def _entries(folder):
+    return sorted(folder.glob("*.json"))
+
+
+def test_restored_layer_computes_the_same_as_a_fresh_derivation(cache):
+    lin = _linear(4, 3)
+    fresh = symbolic.compile_layer(lin, 4)
+    assert len(_entries(cache)) == 1
+    _forget()
+    before = compile_cache.stats()["hits"]
+    restored = symbolic.compile_layer(lin, 4)
+    assert compile_cache.stats()["hits"] == before + 1
+    assert type(restored) is type(fresh) and restored is not fresh
+    rng = np.random.default_rng(0)
+    a, params, g = rng.standard_normal((4, 5)), list(rng.standard_normal(15)), rng.standard_normal((3, 5))
+    np.testing.assert_array_equal(restored.forward(a, params), fresh.forward(a, params))
+    np.testing.assert_array_equal(restored.jacobian(a, params), fresh.jacobian(a, params))
+    for x, y in zip(restored.vjp(a, params, g), fresh.vjp(a, params, g)):
+        np.testing.assert_array_equal(x, y)
+    assert restored.jacobian_exprs == fresh.jacobian_exprs  # derived again on demand
+
+
+def test_cells_and_losses_are_cached_and_warm_runs_derive_nothing(cache):
+    from derivcheck.case import load_case
+    from derivcheck.runner import run_any
+
+    case = load_case(CASES / "lstm-classifier.toml")
+    (cold,) = run_any(case)
+    written = len(_entries(cache))
+    assert written >= 3  # cells of the LSTM, the linear read-out, the loss
+    _forget()
+    writes = compile_cache.stats()["writes"]
+    (warm,) = run_any(load_case(CASES / "lstm-classifier.toml"))
+    assert compile_cache.stats()["writes"] == writes and len(_entries(cache)) == written
+    assert warm.to_dict() == cold.to_dict()
+
+
+def test_changed_case_misses(cache):
+    symbolic.compile_layer(_linear(3, 2), 3)
+    symbolic.compile_layer(_linear(3, 2, bias=False), 3)
+    symbolic.compile_layer(_linear(3, 4), 3)
+    assert len(_entries(cache)) == 3
+
+
+def test_changed_version_misses(cache, monkeypatch):
+    lin = _linear()
+    symbolic.compile_layer(lin, 3)
+    _forget()
+    real = compile_cache.versions()
+    monkeypatch.setattr(compile_cache, "versions", lambda: {**real, "sympy": "99.0"})
+    misses = compile_cache.stats()["misses"]
+    symbolic.compile_layer(lin, 3)
+    assert compile_cache.stats()["misses"] == misses + 1
+    assert len(_entries(cache)) == 2
+
+
+def test_tampered_entry_is_rejected_rebuilt_and_never_executed(cache, tmp_path):
+    lin = _linear()
+    symbolic.compile_layer(lin, 3)
+    (entry,) = _entries(cache)
+    wrapper = json.loads(entry.read_text())
+    payload = json.loads(wrapper["payload"])
+    marker = tmp_path / "pwned"
+    payload["functions"]["forward"] = payload["functions"]["forward"].replace("return", f"open({str(marker)!r}, 'w')\n    return", 1)
+    wrapper["payload"] = json.dumps(payload, sort_keys=True)
+    entry.write_text(json.dumps(wrapper))
+    _forget()
+    rejected = compile_cache.stats()["rejected"]
+    compiled = symbolic.compile_layer(lin, 3)
+    assert compile_cache.stats()["rejected"] == rejected + 1
+    assert not marker.exists()
+    assert compiled.forward(np.ones((3, 2)), [0.5] * 8).shape == (2, 2)
+    _forget()
+    hits = compile_cache.stats()["hits"]
+    symbolic.compile_layer(lin, 3)  # the rebuilt entry is valid again
+    assert compile_cache.stats()["hits"] == hits + 1
+
+
+def test_foreign_or_truncated_files_are_rejected(cache):
+    lin = _linear()
+    symbolic.compile_layer(lin, 3)
+    (entry,) = _entries(cache)
+    text = entry.read_text()
+    for broken in (text[: len(text) // 2], "not json", json.dumps({"payload": json.loads(text)["payload"], "mac": "0" * 64})):
+        entry.write_text(broken)
+        _forget()
+        rejected = compile_cache.stats()["rejected"]
+        symbolic.compile_layer(lin, 3)
+        assert compile_cache.stats()["rejected"] == rejected + 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\ndef f(x):\n    return x",
+        "def f(x):\n    return x.__class__",
+        "def f(x):\n    return __import__('os')",
+        "def f(x):\n    return open('x')()",
+        "def f(x):\n    return x\ndef g(y):\n    return y",
+        "@decorate\ndef f(x):\n    return x",
+    ],
+)
+def test_source_outside_the_lambdify_shape_is_refused(source):
+    with pytest.raises(ValueError):
+        compile_cache.check_source(source)
+
+
+def _write_same_entry(folder: str, rounds: int) -> None:
+    compile_cache.configure(folder, enabled=True)
+    record = {"functions": {"f": "def f(x):\n    return [x*2]\n"}, "padding": "x" * 200_000}
+    for _ in range(rounds):
+        compile_cache.store("test", "same-content", record)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses fork")
+def test_two_processes_writing_one_entry_leave_one_valid_entry(cache):
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_same_entry, args=(str(cache), 30)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    assert len(_entries(cache)) == 1 and not list(cache.glob(".entry-*")) and not list(cache.glob(".key-*"))
+    record = compile_cache.load("test", "same-content")
+    assert record is not None and compile_cache.load_function(record["functions"]["f"])(3) == [6]
+
+
+def test_disabled_cache_neither_reads_nor_writes(cache, monkeypatch):
+    monkeypatch.setitem(compile_cache._settings, "enabled", False)
+    symbolic.compile_layer(_linear(), 3)
+    assert not cache.exists() or not _entries(cache)
+
+
+def test_cache_command_info_and_clear(cache, capsys):
+    symbolic.compile_layer(_linear(), 3)
+    assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "entries:   1" in out and str(cache) in out
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert not _entries(cache)
+
+
+def test_environment_variable_sets_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setitem(compile_cache._settings, "directory", None)
+    monkeypatch.setenv(compile_cache.ENV_DIR, str(tmp_path / "elsewhere"))
+    assert compile_cache.cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv(compile_cache.ENV_DIR)
+    assert "derivcheck" in str(compile_cache.cache_dir())

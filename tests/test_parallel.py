@@ -1,0 +1,192 @@
+"""Parallel runs (-j N), Dask (--dask local) and suite files: same results as a serial run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from derivcheck.case import case_from_dict, load_case, load_cases
+from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
+from derivcheck.errors import CaseError, DerivcheckError
+from derivcheck.parallel import CaseRef, case_refs, parse_jobs, run_on_dask, run_ref, run_refs
+from derivcheck.suite import expand_suite, to_toml
+from helpers import CASES
+
+SUITE = """
+description = "tiny grid"
+[grid]
+width = [2, 3]
+activation = ["tanh", "sigmoid"]
+[template]
+name = "mlp-{activation}-w{width}"
+description = "width {width}"
+network = { mlp = { in = 2, hidden = "{width}", depth = 1, activation = "{activation}", out = 2 } }
+loss = "mse"
+inputs = { batch = 3 }
+"""
+
+
+@pytest.fixture
+def suite_dir(tmp_path):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name in ("iris-mlp", "sigmoid-bce", "gan-step"):
+        shutil.copy(CASES / f"{name}.toml", folder)
+    shutil.copytree(CASES / "data", folder / "data")
+    (folder / "grid.toml").write_text(SUITE)
+    return folder
+
+
+def _json(tmp_path, name, args):
+    out = tmp_path / name
+    assert main(["run", *args, "-q", "--json", str(out)]) == EXIT_OK
+    return out.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork-based pool timing")
+def test_jobs_two_gives_byte_identical_json(suite_dir, tmp_path):
+    serial = _json(tmp_path, "j1.json", [str(suite_dir)])
+    parallel = _json(tmp_path, "j2.json", [str(suite_dir), "-j", "2"])
+    assert serial == parallel
+    assert serial.count(b'"name": "mlp-') >= 4
+
+
+def test_suite_expands_in_grid_order_with_typed_values():
+    import tomllib
+
+    cases = expand_suite(tomllib.loads(SUITE))
+    assert [c["name"] for c in cases] == ["mlp-tanh-w2", "mlp-sigmoid-w2", "mlp-tanh-w3", "mlp-sigmoid-w3"]
+    assert cases[2]["network"] == [
+        {"layer": "linear", "in": 2, "out": 3, "bias": True}, {"layer": "tanh"}, {"layer": "linear", "in": 3, "out": 2, "bias": True},
+    ]  # fmt: skip
+    assert cases[0]["description"] == "width 2"
+    assert tomllib.loads(to_toml(cases[0])) == cases[0]
+
+
+def test_generate_writes_loadable_cases(suite_dir, tmp_path):
+    out = tmp_path / "generated"
+    assert main(["generate", str(suite_dir / "grid.toml"), "-o", str(out)]) == EXIT_OK
+    files = sorted(out.glob("*.toml"))
+    assert [f.stem for f in files] == ["mlp-sigmoid-w2", "mlp-sigmoid-w3", "mlp-tanh-w2", "mlp-tanh-w3"]
+    generated = load_case(out / "mlp-tanh-w3.toml")
+    from_suite = load_cases(suite_dir / "grid.toml")[2]
+    assert generated.problem.network.describe() == from_suite.problem.network.describe()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[grid]\nw = [1]\n[template]\nname = "x-{v}"', "unknown placeholder {v}"),
+        ('[grid]\nw = [1, 2]\n[template]\nname = "same"', "unique name"),
+        ('[grid]\nw = []\n[template]\nname = "x"', "non-empty array"),
+        ('[template]\nname = "x"', "[grid]"),
+        ('[grid]\nw = [1]\n[template]\nname = "x-{w}"\nnetwork = { mlp = { in = 2 } }', "mlp shorthand"),
+    ],
+)
+def test_bad_suites_say_why(tmp_path, text, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(CaseError, match="bad.toml") as info:
+        load_cases(path)
+    assert fragment in str(info.value)
+
+
+def test_explain_refuses_a_suite_with_a_hint(suite_dir, capsys):
+    assert main(["explain", str(suite_dir / "grid.toml")]) == EXIT_USAGE
+    assert "suite file" in capsys.readouterr().err
+
+
+def test_parse_jobs():
+    assert parse_jobs("3") == 3 and parse_jobs("auto") >= 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(DerivcheckError):
+            parse_jobs(bad)
+
+
+def _crash_on_sigmoid(ref: CaseRef, device: str = "cpu"):
+    if "sigmoid-bce" in ref.path:
+        os._exit(3)
+    return run_ref(ref, device)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork-based pool")
+def test_a_case_that_kills_its_worker_is_an_error_and_the_rest_completes(suite_dir):
+    refs = case_refs([str(suite_dir)], {})
+    results = run_refs(refs, jobs=2, task=_crash_on_sigmoid)
+    by_name = {r.name: r for r in results}
+    crashed = [r for r in results if r.errors]
+    assert len(crashed) == 1 and "sigmoid-bce" in crashed[0].name and "died" in crashed[0].errors[0]
+    assert all(r.verdict == "agree" for r in results if not r.errors)
+    assert "iris-mlp" in by_name and sum(n.startswith("mlp-") for n in by_name) == 4
+
+
+def test_a_case_that_raises_is_an_error_result(tmp_path):
+    path = tmp_path / "gone.toml"
+    (result,) = run_ref(CaseRef(str(path)))
+    assert result.verdict == "error" and "case failed" in result.errors[0]
+
+
+def test_dask_missing_says_what_to_install(monkeypatch, suite_dir):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(DerivcheckError, match=r"derivcheck\[dask\]"):
+        run_on_dask(case_refs([str(suite_dir)], {}), "local")
+
+
+def _die_once(ref: CaseRef, device: str = "cpu"):
+    """Kill the worker the first time the iris case runs (a lost worker mid-run)."""
+    marker = Path(os.environ["DERIVCHECK_TEST_MARKER"])
+    if "iris-mlp" in ref.path and not marker.exists():
+        marker.write_text("died once")
+        os._exit(1)
+    return run_ref(ref, device)
+
+
+def _always_die(ref: CaseRef, device: str = "cpu"):
+    if "gan-step" in ref.path:
+        os._exit(1)
+    return run_ref(ref, device)
+
+
+@pytest.fixture
+def dask_available():
+    pytest.importorskip("distributed")
+
+
+@pytest.mark.usefixtures("dask_available")
+def test_dask_local_gives_byte_identical_json(suite_dir, tmp_path):
+    serial = _json(tmp_path, "j1.json", [str(suite_dir)])
+    sharded = _json(tmp_path, "dask.json", [str(suite_dir), "--dask", "local"])
+    assert serial == sharded
+
+
+@pytest.mark.usefixtures("dask_available")
+def test_dask_worker_lost_mid_run_is_retried_and_a_killer_case_is_an_error(suite_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DERIVCHECK_TEST_MARKER", str(tmp_path / "marker"))
+    refs = case_refs([str(suite_dir)], {})
+    results = run_on_dask(refs, "local", task=_die_once)
+    assert (tmp_path / "marker").exists()
+    assert len(results) == len(refs) and all(r.verdict == "agree" for r in results)
+    results = run_on_dask(refs, "local", task=_always_die)
+    errors = [r for r in results if r.errors]
+    assert len(errors) == 1 and "gan-step" in errors[0].name
+    assert sum(1 for r in results if r.verdict == "agree") == len(refs) - 1
+
+
+def test_pytest_plugin_spreads_a_suite_over_xdist_workers(pytester_suite):
+    result = pytester_suite
+    assert result.ret == 0
+    assert "4 passed" in result.stdout.str()
+
+
+@pytest.fixture
+def pytester_suite(pytester):
+    pytest.importorskip("xdist")
+    (pytester.path / "grid.toml").write_text(SUITE)
+    return pytester.runpytest_subprocess("--derivcheck", "grid.toml", "-n", "2", "-p", "no:cacheprovider")
+
+
+pytest_plugins = ["pytester"]
