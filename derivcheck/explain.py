@@ -387,10 +387,21 @@ def _explain_network(case: Any) -> Explanation:
     return Explanation(case.name, intro, steps)
 
 
+def schedule_check(schedule: Any, t: int) -> Check:
+    """``abar_t`` from the three independent schedule implementations, compared."""
+    from .schedules import numpy_schedule, sympy_schedule, torch_schedule
+
+    return _compare(f"abar_{t} from three schedules", {
+        "SymPy (40 digits)": np.array([float(sympy_schedule(schedule)[1][t])]),
+        "numpy cumprod": numpy_schedule(schedule)[1][t : t + 1],
+        "torch cumprod": torch_schedule(schedule)[1][t : t + 1].numpy(),
+    })  # fmt: skip
+
+
 def _diffusion_forward(forward: Step, layer: Any, out: str, inp: str, shape: tuple[int, ...]) -> None:
     """Forward-pass lines of the diffusion layers (the sample's t, noise and schedule)."""
     if layer.kind == "ddpm_noise":
-        from .schedules import numpy_schedule, sympy_schedule, torch_schedule
+        from .schedules import numpy_schedule
 
         eps, t = layer.draws(1)
         step = int(t[0])
@@ -398,11 +409,7 @@ def _diffusion_forward(forward: Step, layer: Any, out: str, inp: str, shape: tup
         forward.text.append(f"{out} = [sqrt(abar_t) {inp} + sqrt(1 - abar_t) eps, t]    shape {shape}: the forward process q(x_t | x_0)")
         forward.text.append(f"   t = {step}, eps = {np.round(eps[0], 4).tolist()}, abar_t = prod_(s<=t) (1 - beta_s) = {abar:.6g} ({layer.schedule.describe()})")
         forward.latex.append(f"x_t = \\sqrt{{\\bar\\alpha_t}}\\, {_tex(inp)} + \\sqrt{{1-\\bar\\alpha_t}}\\,\\epsilon, \\quad \\bar\\alpha_t = \\prod_{{s \\le t}} (1-\\beta_s)")
-        forward.checks.append(_compare(f"abar_{step} from three schedules", {
-            "SymPy (40 digits)": np.array([float(sympy_schedule(layer.schedule)[1][step])]),
-            "numpy cumprod": np.array([abar]),
-            "torch cumprod": torch_schedule(layer.schedule)[1][step : step + 1].numpy(),
-        }))  # fmt: skip
+        forward.checks.append(schedule_check(layer.schedule, step))
     else:
         half = layer.half
         forward.text.append(f"{out} = [{inp}[:-1], sin(t w), cos(t w)] with w_j = {layer.options['max_period']:g}^(-j/{half}), j < {half}    shape {shape}: sinusoidal time embedding")

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .explain import Check, Explanation, Step, _compare
+from .explain import Check, Explanation, Step, _compare, schedule_check
 
 
 def explain_score(case: Any) -> Explanation:
     """The derivation of a :class:`~derivcheck.score_case.ScoreCase` (module docstring)."""
     from .engines import score_fd, score_numpy, score_symbolic, score_torch
     from .expr import make_symbol
-    from .schedules import numpy_schedule, sympy_schedule, torch_schedule
+    from .schedules import numpy_schedule
     from .score import DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES
 
     problems = case.problems()
@@ -84,11 +84,7 @@ def explain_score(case: Any) -> Explanation:
     noised.text.append("p_t(x) = sum_k pi_k N(x; a mu_k, a^2 Sigma_k + b^2 I)")
     noised.text.append(f"abar_{t} = {abar:.6g}, beta_{t} = {beta:.6g}")
     noised.latex.append(r"p_t(x) = \sum_k \pi_k\, \mathcal{N}\big(x;\ \sqrt{\bar\alpha_t}\,\mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big)")
-    noised.checks.append(_compare(f"abar_{t} from three schedules", {
-        "SymPy (40 digits)": np.array([float(sympy_schedule(problem.schedule)[1][t])]),
-        "numpy cumprod": np.array([abar]),
-        "torch cumprod": torch_schedule(problem.schedule)[1][t : t + 1].numpy(),
-    }))  # fmt: skip
+    noised.checks.append(schedule_check(problem.schedule, t))
     noised.checks.append(check(f"log p_t(x) = {float(values['numpy formula'][LOG_P].values[0]):.6g}", LOG_P))
     steps.append(noised)
 
