@@ -13,7 +13,7 @@ from typing import Any
 
 from . import operators
 from .api import assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
-from .case import Case, case_from_dict, discover, load_case
+from .case import Case, case_from_dict, discover, load_case, load_cases
 from .compare import QuantityResult, Tolerance, compare_quantity
 from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
 from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
@@ -25,9 +25,24 @@ from .problem import Network, Problem
 from .pde_case import FIELD_ENGINES, FieldCase
 from .check_result import CheckResult, DerivativeMismatch
 from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
+from .schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
+from .score import Mixture, ScoreProblem
+from .score_case import ScoreCase, run_score_case, run_score_problem
+from .suite import expand_suite
 from .values import EngineValue, Skipped
 
 __all__ = [
+    "Mixture",
+    "Schedule",
+    "ScoreCase",
+    "ScoreProblem",
+    "expand_suite",
+    "load_cases",
+    "numpy_schedule",
+    "run_score_case",
+    "run_score_problem",
+    "sympy_schedule",
+    "torch_schedule",
     "CheckResult",
     "DerivativeMismatch",
     "assert_numpy",
