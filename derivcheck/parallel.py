@@ -171,12 +171,23 @@ def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", w
                     client.run(single_threaded_torch)
                 futures = [client.submit(task, ref, device, key=f"derivcheck-case-{i}", pure=False, retries=1) for i, ref in enumerate(refs)]
                 index = {future.key: i for i, future in enumerate(futures)}
+                suspects = []
                 for future in as_completed(futures):
                     i = index[future.key]
                     try:
                         done[i] = future.result()
-                    except Exception as exc:  # KilledWorker and friends
-                        done[i] = [error_result(refs[i], f"the case could not run on the cluster: {type(exc).__name__}: {exc}")]
+                    except Exception:  # KilledWorker: this case, or one that shared its workers, kills them
+                        suspects.append(i)
+                        continue
+                    if progress:
+                        progress(sum(d is not None for d in done), len(refs), done[i])  # type: ignore[arg-type]
+                # a case queued on a worker that another case killed is blamed too: run each
+                # suspect alone, so only the case that really kills workers is an error
+                for i in sorted(suspects):
+                    try:
+                        done[i] = client.submit(task, refs[i], device, key=f"derivcheck-case-{i}-alone", pure=False).result()
+                    except Exception as exc:
+                        done[i] = [error_result(refs[i], f"the case could not run on the cluster (its worker died each time): {type(exc).__name__}: {exc}")]
                     if progress:
                         progress(sum(d is not None for d in done), len(refs), done[i])  # type: ignore[arg-type]
         finally:
