@@ -318,3 +318,9 @@ class ELU(Layer):
 
     def kink_inputs(self, cache):
         return None if self.options["alpha"] == 1.0 else cache
+
+    def kink_state(self, cache):
+        # with alpha = 1 ELU is differentiable at 0 but its second derivative jumps there:
+        # a finite-difference step across 0 breaks the Richardson error estimate, so the
+        # branch is tracked (and such steps excluded) even when 0 is not a kink
+        return cache > 0
