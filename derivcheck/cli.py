@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -141,13 +142,10 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     from .parallel import case_refs, parse_jobs, run_on_dask, run_refs, single_threaded_torch
 
     compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
-    if args.cache_dir:  # worker processes (and Dask workers on this machine) read it from the environment
-        import os
-
+    # worker processes (and Dask workers on this machine) read the settings from the environment
+    if args.cache_dir:
         os.environ[compile_cache.ENV_DIR] = args.cache_dir
     if args.no_cache:
-        import os
-
         os.environ[compile_cache.ENV_SWITCH] = "off"
     jobs = parse_jobs(args.jobs)
     refs = case_refs(args.paths, overrides)

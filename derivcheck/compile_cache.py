@@ -151,10 +151,7 @@ def load(kind: str, content: str) -> dict[str, Any] | None:
     path = directory / (entry_key(kind, content) + _SUFFIX)
     try:
         raw = path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        _stats["misses"] += 1
-        return None
-    except OSError:
+    except OSError:  # missing (or unreadable): derive afresh
         _stats["misses"] += 1
         return None
     try:
