@@ -23,6 +23,11 @@ is never executed. Before anything is stored its source is checked against a whi
 of syntax (the shape ``lambdify`` generates: no imports, no attribute access, no dunder
 names) and compiled; the signed entry holds that code object (``marshal``, which is why
 the Python version is part of the key), so a warm load neither parses nor compiles.
+
+**Concurrent builders.** :func:`cached` takes an exclusive lock on the entry's key
+(``fcntl.flock`` on a ``.lock`` file beside it, where the platform has it) before deriving:
+with ``-j N`` or Dask workers sharing the folder, a layer that several cases need is
+derived by one process while the others wait and then load it, instead of all deriving it.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import os
 import secrets
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 FORMAT = 1
 ENV_DIR = "DERIVCHECK_CACHE_DIR"
@@ -142,7 +148,56 @@ def _mac(secret: bytes, payload: str) -> str:
     return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
 
 
-def load(kind: str, content: str) -> dict[str, Any] | None:
+class Storable(Protocol):
+    def to_record(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=Storable)
+
+
+def cached(kind: str, content: str, build: Callable[[], S], restore: Callable[[dict[str, Any]], S]) -> S:
+    """The object for `content`: restored from its entry (``restore(record)``), else built
+    (``build()``) and its ``to_record()`` stored. Only one process at a time builds a given
+    entry; the others wait for it and load what it stored."""
+    record = load(kind, content)
+    if record is not None:
+        return restore(record)
+    if not enabled():
+        return build()
+    with _building(entry_key(kind, content)):
+        record = load(kind, content, count_miss=False)  # built by another process meanwhile?
+        if record is not None:
+            return restore(record)
+        built = build()
+        store(kind, content, built.to_record())
+        return built
+
+
+@contextmanager
+def _building(key: str) -> Iterator[None]:
+    """Hold the exclusive build lock of entry `key` (no lock where ``fcntl`` is missing or
+    the folder is not writable: the entry is then possibly built twice, which is safe)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / f".{key}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def load(kind: str, content: str, *, count_miss: bool = True) -> dict[str, Any] | None:
     """The stored record for `content`, or ``None`` (disabled, missing, or rejected:
     a rejected entry is deleted so that the caller's rebuild replaces it)."""
     if not enabled():
@@ -152,7 +207,7 @@ def load(kind: str, content: str) -> dict[str, Any] | None:
     try:
         raw = path.read_text()
     except OSError:  # missing (or unreadable): derive afresh
-        _stats["misses"] += 1
+        _stats["misses"] += count_miss
         return None
     try:
         wrapper = json.loads(raw)
@@ -215,7 +270,8 @@ def clear() -> int:
     if not directory.is_dir():
         return 0
     removed = 0
-    for path in list(directory.glob("*" + _SUFFIX)) + list(directory.glob(".entry-*.tmp")) + [directory / "key"]:
+    leftovers = list(directory.glob(".entry-*.tmp")) + list(directory.glob(".*.lock")) + [directory / "key"]
+    for path in list(directory.glob("*" + _SUFFIX)) + leftovers:
         try:
             path.unlink()
             removed += path.suffix == _SUFFIX

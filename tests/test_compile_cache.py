@@ -169,6 +169,43 @@ def test_two_processes_writing_one_entry_leave_one_valid_entry(cache):
     assert record is not None and compile_cache.load_function(record["functions"]["f"])(3) == [6]
 
 
+class _Doubler:
+    """A stand-in for a compiled derivation: building it is logged and slow."""
+
+    def __init__(self, log: str | None = None) -> None:
+        if log is not None:
+            with open(log, "a") as handle:
+                handle.write("built\n")
+            import time
+
+            time.sleep(0.5)
+        self.fn = compile_cache.load_function("def f(x):\n    return [x*2]\n")
+
+    def to_record(self) -> dict:
+        return {"functions": {"f": "def f(x):\n    return [x*2]\n"}}
+
+
+def _build_or_load(folder: str, log: str, results) -> None:
+    compile_cache.configure(folder, enabled=True)
+    built = compile_cache.cached("test", "shared-derivation", lambda: _Doubler(log), lambda record: _Doubler())
+    results.put(built.fn(5))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses fork")
+def test_concurrent_builders_of_one_entry_derive_it_once(cache, tmp_path):
+    context = multiprocessing.get_context("fork")
+    log, results = tmp_path / "builds.log", context.Queue()
+    workers = [context.Process(target=_build_or_load, args=(str(cache), str(log), results)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    assert log.read_text() == "built\n"  # one process derived it, the other two waited and loaded
+    assert sorted(results.get(timeout=5) for _ in workers) == [[10]] * 3
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0 and not list(cache.glob(".*.lock"))
+
+
 def test_disabled_cache_neither_reads_nor_writes(cache, monkeypatch):
     monkeypatch.setitem(compile_cache._settings, "enabled", False)
     symbolic.compile_layer(_linear(), 3)

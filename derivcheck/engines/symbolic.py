@@ -258,12 +258,7 @@ def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledL
             compiled: Any = CompiledRule(rule, layer.param_shapes())
         else:
             content = repr((type(layer).__module__, type(layer).__qualname__, key[1:], in_size))
-            record = compile_cache.load("layer", content)
-            if record is not None:
-                compiled = CompiledLayer.from_record(layer, record)
-            else:
-                compiled = CompiledLayer(layer, in_size)
-                compile_cache.store("layer", content, compiled.to_record())
+            compiled = compile_cache.cached("layer", content, lambda: CompiledLayer(layer, in_size), lambda record: CompiledLayer.from_record(layer, record))
         _COMPILED[key] = compiled
         return compiled
 
@@ -273,12 +268,9 @@ def compile_loss(loss: Loss, out_size: int, target_size: int) -> CompiledLoss:
     key = (type(loss), tuple(sorted(loss.options.items())), out_size, target_size)
     if key not in _COMPILED_LOSSES:
         content = repr((type(loss).__module__, type(loss).__qualname__, key[1:]))
-        record = compile_cache.load("loss", content)
-        if record is not None:
-            _COMPILED_LOSSES[key] = CompiledLoss.from_record(loss, out_size, target_size, record)
-        else:
-            _COMPILED_LOSSES[key] = compiled = CompiledLoss(loss, out_size, target_size)
-            compile_cache.store("loss", content, compiled.to_record())
+        _COMPILED_LOSSES[key] = compile_cache.cached(
+            "loss", content, lambda: CompiledLoss(loss, out_size, target_size), lambda record: CompiledLoss.from_record(loss, out_size, target_size, record)
+        )
     return _COMPILED_LOSSES[key]
 
 

@@ -129,12 +129,7 @@ def compile_cell(cell: Cell) -> CompiledCell:
     stored in the on-disk :mod:`~derivcheck.compile_cache`)."""
     if cell.key not in _CELLS:
         content = repr((cell.key, cell.n_inputs, cell.n_params))
-        record = compile_cache.load("cell", content)
-        if record is not None:
-            _CELLS[cell.key] = CompiledCell.from_record(record)
-        else:
-            _CELLS[cell.key] = compiled = CompiledCell(cell)
-            compile_cache.store("cell", content, compiled.to_record())
+        _CELLS[cell.key] = compile_cache.cached("cell", content, lambda: CompiledCell(cell), CompiledCell.from_record)
     return _CELLS[cell.key]
 
 
