@@ -32,6 +32,7 @@ the file, the key, the offending value and what is allowed.
 from __future__ import annotations
 
 import csv
+import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -535,7 +536,24 @@ def load_case_at(path: str | Path, index: int, overrides: Mapping[str, Any] | No
     table = read_table(path)
     if not is_suite(table):
         return _validated(table, Path(path), overrides)
-    return _validated(expand_suite(table, str(path))[index], Path(path), overrides)
+    return _validated(_expanded_suite(path, table)[index], Path(path), overrides)
+
+
+_SUITES: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+
+
+def _expanded_suite(path: str | Path, table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The expanded grid of the suite file `path`, expanded once per process (a worker
+    loads case after case of the same suite) and again if the file changes."""
+    from .suite import expand_suite
+
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _SUITES:
+        if len(_SUITES) >= 8:
+            _SUITES.pop(next(iter(_SUITES)))
+        _SUITES[key] = expand_suite(table, str(path))
+    return _SUITES[key]
 
 
 def load_cases(path: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Case]:

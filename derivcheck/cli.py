@@ -139,7 +139,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
     from . import compile_cache
-    from .parallel import case_refs, parse_jobs, run_on_dask, run_refs, single_threaded_torch
+    from .parallel import case_refs, inherited_cases, parse_jobs, run_on_dask, run_refs, single_threaded_torch, start_fork_server, uses_fork_server
 
     compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
     # worker processes (and Dask workers on this machine) read the settings from the environment
@@ -147,8 +147,12 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         os.environ[compile_cache.ENV_DIR] = args.cache_dir
     if args.no_cache:
         os.environ[compile_cache.ENV_SWITCH] = "off"
+    if uses_fork_server(args.dask):
+        start_fork_server()  # imports torch for the Dask workers while this process imports Dask
     jobs = parse_jobs(args.jobs)
     refs = case_refs(args.paths, overrides)
+    if len(refs) != len(cases):  # a file changed between the two reads
+        raise DerivcheckError(f"the case files changed while derivcheck was reading them ({len(cases)} cases, then {len(refs)}); run again")
     quiet = getattr(args, "quiet", False)
 
     def progress(done: int, total: int, finished: list[Any]) -> None:
@@ -163,7 +167,8 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     if jobs == 1:
         single_threaded_torch()  # as in the workers: the same numbers whatever -j is
         return [r for case in cases for r in run_any(case, device=args.device)]
-    return run_refs(refs, device=args.device, jobs=jobs, progress=progress)
+    with inherited_cases(refs, cases):
+        return run_refs(refs, device=args.device, jobs=jobs, progress=progress)
 
 
 def _exit_code(results: Sequence[Any]) -> int:
@@ -262,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nderivcheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``derivcheck run | head``): stop quietly
+        _silence_stdout()
+        return EXIT_INTERRUPTED
     except DerivcheckError as exc:
         print(f"derivcheck: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -271,6 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print(f"derivcheck: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

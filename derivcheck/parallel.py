@@ -10,10 +10,12 @@ on the number of workers. A case whose run raises, or whose worker dies, becomes
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,34 @@ def case_refs(paths: Sequence[Any], overrides: dict[str, Any]) -> list[CaseRef]:
     return refs
 
 
+_INHERITED: dict[CaseRef, Any] = {}
+"""Cases the parent process loaded before forking its workers (see :func:`inherited_cases`):
+a forked worker finds its case here instead of reading and validating the file again."""
+
+
+@contextmanager
+def inherited_cases(refs: Sequence[CaseRef], cases: Sequence[Any] | None) -> Iterator[None]:
+    """Within the block, processes forked from this one (``-j`` pool workers, local Dask
+    workers) run the already loaded `cases` (one per ref) and start with the engines
+    imported, instead of importing torch and loading their cases again each. Workers
+    started another way (spawn, a remote cluster) load their cases from the refs."""
+    if cases is not None and len(cases) != len(refs):
+        raise ValueError(f"{len(cases)} loaded cases for {len(refs)} refs")
+    prefork_imports()
+    _INHERITED.update(zip(refs, cases or ()))
+    try:
+        yield
+    finally:
+        _INHERITED.clear()
+
+
+def prefork_imports() -> None:
+    """Import what running a case needs (torch with one thread, the runner), once, in the
+    process that is about to fork workers."""
+    single_threaded_torch()
+    from . import runner  # noqa: F401
+
+
 def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
     """Load and run one case; an exception becomes an ``error`` result (never raised)."""
     from .case import load_case_at
@@ -55,8 +85,11 @@ def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
 
     single_threaded_torch()
     try:
-        overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ref.overrides}
-        return run_any(load_case_at(ref.path, ref.index, overrides), device=device)
+        case = _INHERITED.get(ref)
+        if case is None:
+            overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ref.overrides}
+            case = load_case_at(ref.path, ref.index, overrides)
+        return run_any(case, device=device)
     except Exception as exc:  # reported as this case's error, the suite goes on
         return [error_result(ref, "case failed: " + traceback.format_exception_only(type(exc), exc)[-1].strip())]
 
@@ -150,42 +183,121 @@ def _isolated(ref: CaseRef, device: str, task: Callable[..., list[Any]], context
             return [error_result(ref, "the worker process running this case died (crash, out of memory or killed)")]
 
 
+BATCHES_PER_WORKER = 4
+"""Cases travel to Dask workers in this many batches per worker: one task per case costs
+the scheduler and the workers a few milliseconds each (~1 s on a 120-case suite, 2
+workers); a few interleaved batches per worker keep the load even and the progress lively."""
+
+
+def interleaved_batches(count: int, batches: int) -> list[list[int]]:
+    """Indices ``0..count-1`` dealt round-robin into at most `batches` non-empty batches
+    (neighbouring cases of a grid differ little in cost, so batches cost about the same)."""
+    batches = min(max(1, batches), count)
+    return [list(range(k, count, batches)) for k in range(batches)]
+
+
+def run_batch(refs: Sequence[CaseRef], device: str, task: Callable[..., list[Any]] = run_ref, cache: tuple[str, bool] | None = None) -> list[list[Any]]:
+    """``task(ref, device)`` for each ref (one Dask task), with the compile cache folder and
+    switch `cache` (the client's, for workers on its machine) or the worker's own."""
+    if cache is not None:
+        from . import compile_cache
+
+        compile_cache.configure(cache[0], enabled=cache[1])
+    return [task(ref, device) for ref in refs]
+
+
+def cluster_size(client: Any, known: int) -> int:
+    """The number of workers: `known` for a cluster we started, else what the scheduler
+    reports now (at least 1; workers that join later only steal batches)."""
+    if known:
+        return known
+    try:
+        return max(1, len(client.scheduler_info()["workers"]))
+    except Exception:  # an old or unusual scheduler: fall back to one batch per case
+        return 1 << 20
+
+
+def uses_fork_server(address: str | None) -> bool:
+    """Whether ``--dask ADDRESS`` starts its workers from a fork server (a local cluster,
+    on Linux, with Dask installed)."""
+    return address == "local" and sys.platform.startswith("linux") and importlib.util.find_spec("distributed") is not None
+
+
+def start_fork_server() -> None:
+    """Start multiprocessing's fork server now, importing torch and derivcheck's runner
+    (it does so while this process goes on importing Dask and starting the cluster);
+    Dask's workers are then forked from it ready to run cases."""
+    import importlib.util
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    modules = ["numpy", "derivcheck.parallel", "derivcheck.runner"]
+    if importlib.util.find_spec("torch") is not None:
+        modules.insert(1, "torch")
+    if importlib.util.find_spec("distributed") is not None:
+        modules.insert(0, "distributed")
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    forkserver.ensure_running()
+
+
 def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", workers: int = 2, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref) -> list[Any]:
     """Shard the refs over a Dask cluster (``"local"``: a ``LocalCluster`` of `workers`
     single-threaded worker processes; else a scheduler address such as
     ``tcp://scheduler:8786``, whose workers must have derivcheck installed). Results stream
     back as they finish; a task whose worker is lost is retried on another; one that kills
     workers is reported as an ``error`` result."""
+    local_fork_server = uses_fork_server(address)
+    if local_fork_server:
+        start_fork_server()  # if the caller has not already
     try:
         import dask
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise DerivcheckError(DASK_HINT) from None
+    from . import compile_cache
 
     done: list[list[Any] | None] = [None] * len(refs)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 2, "distributed.logging.distributed": "error"}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) if address == "local" else None
+    settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": 2, "distributed.logging.distributed": "error"}
+    if address == "local":
+        # the workers' statistical profiler samples every 10 ms: ~5-10% of a 2-core run
+        settings["distributed.worker.profile.enabled"] = False
+        if local_fork_server:
+            # workers forked from a fork server that imported torch and derivcheck once start
+            # in ~0.1 s, where spawned ones each import everything again (~2 s). Not plain
+            # fork: this process runs Dask's event loop in a thread by then, and forking a
+            # threaded process can deadlock the child.
+            settings["distributed.worker.multiprocessing-method"] = "forkserver"
+    with dask.config.set(settings):
+        # the fork server was started with this process's environment of that moment: the
+        # workers get the derivcheck settings of now
+        env = {k: v for k, v in os.environ.items() if k.startswith("DERIVCHECK_")}
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env) if address == "local" else None
         try:
             with Client(cluster if cluster is not None else address) as client:
                 if cluster is not None:
                     client.run(single_threaded_torch)
-                futures = [client.submit(task, ref, device, key=f"derivcheck-case-{i}", pure=False, retries=1) for i, ref in enumerate(refs)]
-                index = {future.key: i for i, future in enumerate(futures)}
+                size = cluster_size(client, workers if cluster is not None else 0)
+                batches = interleaved_batches(len(refs), size * BATCHES_PER_WORKER)
+                cache = (str(compile_cache.cache_dir()), compile_cache.enabled()) if cluster is not None else None
+                futures = [client.submit(run_batch, [refs[i] for i in batch], device, task, cache, key=f"derivcheck-cases-{batch[0]}-of-{len(refs)}", pure=False, retries=1) for batch in batches]
+                members = {future.key: batch for future, batch in zip(futures, batches)}
                 suspects = []
                 for future in as_completed(futures):
-                    i = index[future.key]
+                    batch = members[future.key]
                     try:
-                        done[i] = future.result()
-                    except Exception:  # KilledWorker: this case, or one that shared its workers, kills them
-                        suspects.append(i)
+                        results = future.result()
+                    except Exception:  # KilledWorker: a case of this batch, or one that shared its workers, kills them
+                        suspects.extend(batch)
                         continue
-                    if progress:
-                        progress(sum(d is not None for d in done), len(refs), done[i])  # type: ignore[arg-type]
+                    for i, result in zip(batch, results):
+                        done[i] = result
+                        if progress:
+                            progress(sum(d is not None for d in done), len(refs), result)
                 # a case queued on a worker that another case killed is blamed too: run each
                 # suspect alone, so only the case that really kills workers is an error
                 for i in sorted(suspects):
                     try:
-                        done[i] = client.submit(task, refs[i], device, key=f"derivcheck-case-{i}-alone", pure=False).result()
+                        (done[i],) = client.submit(run_batch, [refs[i]], device, task, cache, key=f"derivcheck-case-{i}-alone", pure=False).result()
                     except Exception as exc:
                         done[i] = [error_result(refs[i], f"the case could not run on the cluster (its worker died each time): {type(exc).__name__}: {exc}")]
                     if progress:

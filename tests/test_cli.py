@@ -118,3 +118,17 @@ def test_bad_input_in_subprocess_has_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "derivcheck", "run", str(bad)], capture_output=True, text=True, check=False)
     assert done.returncode == 4
     assert "not valid TOML" in done.stderr and "Traceback" not in done.stderr
+
+
+class _ClosedPipe:
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())  # as in `derivcheck list cases | head -1`
+    assert cli.main(["list", str(CASES)]) == cli.EXIT_INTERRUPTED
+    assert "Traceback" not in capsys.readouterr().err

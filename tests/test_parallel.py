@@ -12,7 +12,7 @@ import pytest
 from derivcheck.case import case_from_dict, load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
-from derivcheck.parallel import CaseRef, case_refs, parse_jobs, run_on_dask, run_ref, run_refs
+from derivcheck.parallel import CaseRef, case_refs, inherited_cases, interleaved_batches, parse_jobs, run_on_dask, run_ref, run_refs
 from derivcheck.suite import expand_suite, to_toml
 from helpers import CASES
 
@@ -122,6 +122,30 @@ def test_a_case_that_kills_its_worker_is_an_error_and_the_rest_completes(suite_d
     assert len(crashed) == 1 and "sigmoid-bce" in crashed[0].name and "died" in crashed[0].errors[0]
     assert all(r.verdict == "agree" for r in results if not r.errors)
     assert "iris-mlp" in by_name and sum(n.startswith("mlp-") for n in by_name) == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork-based pool")
+def test_forked_workers_run_the_cases_the_parent_loaded(suite_dir, tmp_path):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(suite_dir, moved)
+    refs = case_refs([str(moved)], {})
+    cases = [case for path in sorted(moved.glob("*.toml")) for case in load_cases(path)]
+    shutil.rmtree(moved)  # the files are gone: only the inherited cases can run
+    with inherited_cases(refs, cases):
+        results = run_refs(refs, jobs=2)
+    assert [r.verdict for r in results] == ["agree"] * len(results) and len(results) == len(refs)
+    assert not run_refs(refs[:1], jobs=1)[0].quantities  # outside the block they are reloaded (and missing)
+    with pytest.raises(ValueError, match="loaded cases"):
+        with inherited_cases(refs, cases[:1]):
+            pass
+
+
+def test_batches_are_interleaved_and_cover_every_case():
+    assert interleaved_batches(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert interleaved_batches(2, 8) == [[0], [1]] and interleaved_batches(0, 4) == []
+    for count, batches in ((120, 8), (5, 1), (9, 9)):
+        dealt = interleaved_batches(count, batches)
+        assert sorted(i for batch in dealt for i in batch) == list(range(count)) and all(dealt)
 
 
 def test_a_case_that_raises_is_an_error_result(tmp_path):
