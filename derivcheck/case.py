@@ -32,6 +32,7 @@ the file, the key, the offending value and what is allowed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,6 +76,8 @@ class Case:
     seed: int = 0
     tolerance: Tolerance = field(default_factory=Tolerance)
     finite_diff: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def summary(self) -> dict[str, Any]:
         """Name, description, network and expanded quantity names (for ``derivcheck list``)."""
@@ -306,9 +309,22 @@ def case_from_dict(
 
     `overrides` may set ``dtype``, ``seed`` or ``engines`` (command-line options win over
     the file). Relative data paths resolve against `base_dir` (the case file's folder).
+    Every kind of case may pin its ``device`` (``"cpu"`` or ``"cuda"``; without it the
+    run's ``--device`` applies), so that a suite can span devices.
     """
     if not isinstance(table, Mapping):
         raise CaseError("a case must be a table", file=file, value=table)
+    device = table.get("device")
+    if device is not None and device not in DEVICES:
+        raise CaseError("unknown device", file=file, key="device", value=device, allowed=", ".join(DEVICES))
+    case = _case_of_kind({k: v for k, v in table.items() if k != "device"}, file=file, base_dir=base_dir, overrides=overrides)
+    return dataclasses.replace(case, device=device) if device is not None else case
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any] | None) -> Case:
     if "generator" in table or "discriminator" in table:
         from .gan import load_gan_case
 

@@ -177,6 +177,13 @@ def _exit_code(results: Sequence[Any]) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
+def _count_line(results: Sequence[Any]) -> str:
+    """``"12 case(s): 11 agree, 1 skipped"``."""
+    from .runner import verdict_counts
+
+    return f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in verdict_counts(results).items() if n)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report.writer import write_report
 
@@ -184,8 +191,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if isinstance(results, int):
         return results
     written = write_report(results, args.output, with_plots=not args.no_plots)
-    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
-    print(f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    print(_count_line(results))
     print(f"wrote {len(written)} file(s) to {args.output}/: " + ", ".join(sorted(p.name for p in written if p.parent.name != "plots")) + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)")
     return _exit_code(results)
 
@@ -243,8 +249,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .report.junit import write_junit
 
         write_junit(args.junit, results)
-    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
-    print(f"\n{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    print("\n" + _count_line(results))
     return _exit_code(results)
 
 

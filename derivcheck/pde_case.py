@@ -64,6 +64,8 @@ class FieldCase:
     seed: int = 0
     tolerance: Tolerance = field(default_factory=Tolerance)
     finite_diff: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def summary(self) -> dict[str, Any]:
         first = self.problems[0]

@@ -95,6 +95,8 @@ class DerivcheckItem(pytest.Item):
             self.user_properties.append(("verdict", "error"))
             raise DerivcheckFailure(f"invalid case file: {exc}") from None
         results = run_any(case, device=self.config.getoption("derivcheck_device"))
+        if all(r.skipped for r in results):
+            pytest.skip(results[0].skipped)
         verdicts = [r.verdict for r in results]
         worst = next((v for v in ("disagree", "error", "kink") if v in verdicts), "agree")
         self.user_properties.append(("verdict", worst))

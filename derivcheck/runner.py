@@ -18,7 +18,7 @@ from .quantities import Quantity, expand_quantities
 from .values import EngineValue, Skipped
 from .expr import NUMPY_MODULES
 
-CASE_VERDICTS = ("agree", "disagree", "kink", "error")
+CASE_VERDICTS = ("agree", "disagree", "kink", "error", "skipped")
 SGD_ENGINE = "torch.optim.SGD"
 CLIP_ENGINE = "torch clip_grad_norm_"
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from .case import Case
     from .fields import FieldProblem
     from .pde_case import FieldCase
+
+
+def verdict_counts(results: Sequence["CaseResult"]) -> dict[str, int]:
+    """How many results have each case verdict, in :data:`CASE_VERDICTS` order."""
+    return {v: sum(1 for r in results if r.verdict == v) for v in CASE_VERDICTS}
 
 
 @dataclass
@@ -49,9 +54,13 @@ class CaseResult:
     meta: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict, repr=False)
     """Raw arrays for plots (points, residual values per engine); not written to JSON."""
+    skipped: str = ""
+    """Why the case did not run (its device is missing here); verdict ``skipped``."""
 
     @property
     def verdict(self) -> str:
+        if self.skipped:
+            return "skipped"
         verdicts = {q.verdict for q in self.quantities}
         if "disagree" in verdicts:
             return "disagree"
@@ -68,7 +77,8 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.verdict in ("agree", "kink")
+        """Nothing to fix: agree, kink, or skipped (like a skipped pytest test)."""
+        return self.verdict in ("agree", "kink", "skipped")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +91,7 @@ class CaseResult:
             "errors": list(self.errors),
             "kinks": list(self.kinks),
             "meta": dict(self.meta),
+            **({"skipped": self.skipped} if self.skipped else {}),
         }
 
 
@@ -421,11 +432,20 @@ def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult
 
 def run_any(case: Any, *, device: str = "cpu") -> list[CaseResult]:
     """Run a network :class:`~derivcheck.case.Case`, a PDE
-    :class:`~derivcheck.pde_case.FieldCase`, a GAN or a score case; always a list of results."""
+    :class:`~derivcheck.pde_case.FieldCase`, a GAN or a score case; always a list of results.
+    The case's own ``device`` wins over `device`; a case for ``cuda`` on a machine without
+    CUDA is one ``skipped`` result saying so."""
     from .gan import GanCase, run_gan_problem
     from .pde_case import FieldCase
     from .score_case import ScoreCase, run_score_case
 
+    device = case.device or device
+    if device == "cuda":
+        from .engines import cuda_available
+
+        if not cuda_available():
+            reason = "the case runs on device cuda, and torch.cuda.is_available() is False here (no GPU, or a CPU-only torch build)"
+            return [CaseResult(name=case.name, quantities=[], engines=list(case.engines), file=case.file, description=case.description, meta={"device": device}, skipped=reason)]
     if isinstance(case, FieldCase):
         return run_field_case(case, device=device)
     if isinstance(case, ScoreCase):

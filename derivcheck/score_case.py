@@ -61,6 +61,8 @@ class ScoreCase:
     seed: int = 0
     tolerance: Tolerance = field(default_factory=Tolerance)
     finite_diff: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def problems(self) -> list[ScoreProblem]:
         """One :class:`ScoreProblem` per time, its points drawn from ``p_t`` (seeded)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ import pytest
 from derivcheck.case import case_from_dict, load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
-from derivcheck.parallel import CaseRef, case_refs, inherited_cases, interleaved_batches, parse_jobs, run_on_dask, run_ref, run_refs
+from derivcheck.parallel import CaseRef, case_refs, inherited_cases, interleaved_batches, parse_jobs, spread_order, run_on_dask, run_ref, run_refs
 from derivcheck.suite import expand_suite, to_toml
 from helpers import CASES
 
@@ -140,6 +141,13 @@ def test_forked_workers_run_the_cases_the_parent_loaded(suite_dir, tmp_path):
             pass
 
 
+def test_pool_order_starts_workers_far_apart_in_the_suite():
+    assert spread_order(list(range(6)), 2) == [0, 3, 1, 4, 2, 5]
+    assert spread_order([4, 7, 9], 2) == [4, 9, 7] and spread_order([], 3) == [] and spread_order([1, 2], 1) == [1, 2]
+    for count, ways in ((120, 2), (7, 3), (5, 8)):
+        assert sorted(spread_order(list(range(count)), ways)) == list(range(count))
+
+
 def test_batches_are_interleaved_and_cover_every_case():
     assert interleaved_batches(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
     assert interleaved_batches(2, 8) == [[0], [1]] and interleaved_batches(0, 4) == []
@@ -214,3 +222,50 @@ def pytester_suite(pytester):
 
 
 pytest_plugins = ["pytester"]
+
+
+DEVICE_SUITE = """
+[grid]
+device = ["cpu", "cuda"]
+[template]
+name = "tanh-{device}"
+device = "{device}"
+network = { mlp = { in = 2, hidden = 3, depth = 1, activation = "tanh", out = 2 } }
+loss = "mse"
+inputs = { batch = 3 }
+"""
+
+
+def test_devices_are_a_grid_axis_and_missing_cuda_skips(tmp_path, capsys):
+    from derivcheck.engines import cuda_available
+
+    (tmp_path / "devices.toml").write_text(DEVICE_SUITE)
+    cases = load_cases(tmp_path / "devices.toml")
+    assert [(c.name, c.device) for c in cases] == [("tanh-cpu", "cpu"), ("tanh-cuda", "cuda")]
+    junit, report = tmp_path / "junit.xml", tmp_path / "run.json"
+    assert main(["run", str(tmp_path / "devices.toml"), "--json", str(report), "--junit", str(junit)]) == EXIT_OK
+    out = capsys.readouterr().out
+    summary = json.loads(report.read_text())["summary"]
+    by_name = {c["name"]: c for c in json.loads(report.read_text())["cases"]}
+    assert by_name["tanh-cpu"]["verdict"] == "agree" and by_name["tanh-cpu"]["meta"]["device"] == "cpu"
+    if cuda_available():
+        assert by_name["tanh-cuda"]["verdict"] == "agree" and by_name["tanh-cuda"]["meta"]["device"] == "cuda"
+    else:
+        assert by_name["tanh-cuda"]["verdict"] == "skipped" and "torch.cuda.is_available() is False" in by_name["tanh-cuda"]["skipped"]
+        assert summary["skipped"] == 1 and "1 agree, 1 skipped" in out and "tanh-cuda: SKIPPED" in out
+        assert 'skipped="1"' in junit.read_text() and "<skipped message=" in junit.read_text()
+
+
+def test_an_unknown_device_names_the_key(tmp_path):
+    (tmp_path / "tpu.toml").write_text(DEVICE_SUITE.replace('"cuda"]', '"tpu"]'))
+    with pytest.raises(CaseError, match=r"key 'device'.*unknown device.*tpu.*cpu, cuda"):
+        load_cases(tmp_path / "tpu.toml")
+
+
+def test_pytest_plugin_skips_a_case_for_a_missing_device(pytester):
+    from derivcheck.engines import cuda_available
+
+    (pytester.path / "devices.toml").write_text(DEVICE_SUITE)
+    result = pytester.runpytest_subprocess("--derivcheck", "devices.toml", "-p", "no:cacheprovider", "-rs")
+    assert result.ret == 0
+    assert ("2 passed" if cuda_available() else "1 passed, 1 skipped") in result.stdout.str()

@@ -7,7 +7,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..runner import CaseResult
+from ..runner import CaseResult, verdict_counts
 from .markdown import _ordered, summary_rows
 
 CSS = """
@@ -27,7 +27,7 @@ def _esc(text: Any) -> str:
 
 
 def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Mapping[str, bytes] | None = None, missing_plots: str = "") -> str:
-    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
+    counts = verdict_counts(results)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>derivcheck report</title>', f"<style>{CSS}</style></head><body>"]
     out.append("<h1>derivcheck report</h1>")
     out.append(f"<p><strong>{len(results)} case(s)</strong>: " + ", ".join(f'<span class="{v}">{n} {v}</span>' for v, n in counts.items() if n) + "</p>")

@@ -5,10 +5,11 @@ Schema (version 1)::
     {
       "schema": "derivcheck-run", "schema_version": 1,
       "derivcheck_version": "0.1.0",
-      "summary": {"cases": 5, "agree": 4, "disagree": 0, "kink": 1, "error": 0},
+      "summary": {"cases": 5, "agree": 4, "disagree": 0, "kink": 1, "error": 0, "skipped": 0},
       "cases": [
-        {"name", "file", "description", "verdict": "agree"|"disagree"|"kink"|"error",
+        {"name", "file", "description", "verdict": "agree"|"disagree"|"kink"|"error"|"skipped",
          "engines": [...], "errors": [...], "kinks": [...], "meta": {...},
+         "skipped": "why" (only on skipped cases: a ``device = "cuda"`` case without CUDA),
          "quantities": [
            {"name", "verdict": "agree"|"disagree"|"kink"|"nonfinite"|"error",
             "engines": [...], "max_rel_error", "odd_engine", "message",
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runner import CASE_VERDICTS, CaseResult
+from ..runner import CaseResult, verdict_counts
 
 SCHEMA_VERSION = 1
 
@@ -39,9 +40,7 @@ def run_to_dict(results: Sequence[CaseResult]) -> dict[str, Any]:
     """The JSON document for a run (see the module docstring)."""
     from .. import __version__
 
-    summary: dict[str, int] = {"cases": len(results)}
-    for verdict in CASE_VERDICTS:
-        summary[verdict] = sum(1 for r in results if r.verdict == verdict)
+    summary: dict[str, int] = {"cases": len(results), **verdict_counts(results)}
     return {
         "schema": "derivcheck-run",
         "schema_version": SCHEMA_VERSION,

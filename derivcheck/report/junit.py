@@ -24,8 +24,9 @@ def junit_xml(results: Sequence[CaseResult], suite: str = "derivcheck") -> str:
     """The JUnit XML document for `results`."""
     failures = sum(1 for r in results if not r.ok and not r.crashed)
     errors = sum(1 for r in results if r.crashed)
+    skipped = sum(1 for r in results if r.skipped)
     root = ET.Element("testsuites")
-    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors=str(errors), skipped="0")
+    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors=str(errors), skipped=str(skipped))
     for result in results:
         classname = Path(result.file).stem if result.file else "derivcheck"
         case = ET.SubElement(node, "testcase", classname=f"derivcheck.{classname}", name=result.name, time=f"{sum(result.timings.values()):.3f}")
@@ -33,7 +34,9 @@ def junit_xml(results: Sequence[CaseResult], suite: str = "derivcheck") -> str:
         ET.SubElement(props, "property", name="verdict", value=result.verdict)
         ET.SubElement(props, "property", name="max_rel_error", value=f"{max_rel_error(result):.3e}")
         ET.SubElement(props, "property", name="quantities", value=str(len(result.quantities)))
-        if result.crashed:
+        if result.skipped:
+            ET.SubElement(case, "skipped", message=result.skipped)
+        elif result.crashed:
             error = ET.SubElement(case, "error", message="; ".join(result.errors))
             error.text = details([result])
         elif not result.ok:

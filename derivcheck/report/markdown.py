@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..compare import QuantityResult
-from ..runner import CaseResult, preferred_gradient_norms
+from ..runner import CaseResult, preferred_gradient_norms, verdict_counts
 
-ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error"}
+ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error", "skipped": "⏭️ skipped"}
 
 
 def _e(value: float | None) -> str:
@@ -33,12 +33,14 @@ def summary_rows(results: Sequence[CaseResult]) -> list[list[str]]:
             tol = q.worst.tolerance if q.worst else None
             err = q.worst.error if q.worst else None
             rows.append([case.name, q.name, str(len(q.engines)), q.verdict, _e(q.max_rel_error), _e(err), _e(tol)])
+        if not case.quantities:
+            rows.append([case.name, "-", "0", case.verdict, "", "", ""])
     return rows
 
 
 def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Mapping[str, str] | None = None, missing_plots: str = "") -> str:
     """The whole report as Markdown. `plots` maps plot titles to file names (relative)."""
-    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("agree", "kink", "disagree", "error")}
+    counts = verdict_counts(results)
     lines = ["# derivcheck report", ""]
     lines.append(f"**{len(results)} case(s)**: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     lines += ["", "## Summary", "", "| case | quantity | engines | verdict | max rel error | worst error | tolerance there |", "|---|---|---|---|---|---|---|"]
@@ -49,6 +51,8 @@ def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots
         lines += ["", f"## {case.name} — {ICONS.get(case.verdict, case.verdict)}", ""]
         if case.description:
             lines += [case.description, ""]
+        if case.skipped:
+            lines.append(f"- **skipped**: {case.skipped}")
         for error in case.errors:
             lines.append(f"- **error**: {error}")
         if case.kinks:

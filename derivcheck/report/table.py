@@ -30,6 +30,8 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
     """Explanations for every quantity that did not simply agree (all of them if `verbose`)."""
     lines: list[str] = []
     for case in results:
+        if case.skipped:
+            lines.append(f"{case.name}: SKIPPED - {case.skipped}")
         for error in case.errors:
             lines.append(f"{case.name}: ERROR {error}")
         for q in case.quantities:
