@@ -11,6 +11,7 @@ on the number of workers. A case whose run raises, or whose worker dies, becomes
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 import traceback
@@ -140,9 +141,39 @@ def spread_order(indices: Sequence[int], ways: int) -> list[int]:
     return [block[i] for i in range(size) for block in blocks if i < len(block)]
 
 
-def run_refs(refs: Sequence[CaseRef], *, device: str = "cpu", jobs: int = 1, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref) -> list[Any]:
-    """Run every ref, in this process (``jobs == 1``) or in `jobs` worker processes;
-    results in ref order."""
+def heavy_first_order(cases: Sequence[Any]) -> list[int]:
+    """An order to start `cases` in on a cold cache: cases are grouped by their most
+    expensive derivation (the network layer with the most parameters, the part SymPy spends
+    longest on) and dealt one group at a time, the most expensive groups first. Workers
+    that start together then derive different heavy layers instead of one waiting for the
+    other's build, and the longest derivations start early. Cases without a network (PDE,
+    score, GAN) form one group, dealt last in each round."""
+    groups: dict[Any, list[int]] = {}
+    costs: dict[Any, int] = {}
+    for i, case in enumerate(cases):
+        key, cost = _dominant_layer(case)
+        groups.setdefault(key, []).append(i)
+        costs[key] = cost
+    ranked = sorted(groups, key=lambda k: -costs[k])  # stable: equal costs keep suite order
+    longest = max((len(g) for g in groups.values()), default=0)
+    return [groups[k][r] for r in range(longest) for k in ranked if r < len(groups[k])]
+
+
+def _dominant_layer(case: Any) -> tuple[Any, int]:
+    network = getattr(getattr(case, "problem", None), "network", None)
+    if network is None:
+        return None, -1
+    best, size = None, 0
+    for layer in network.layers:
+        count = sum(int(math.prod(shape)) for shape in layer.param_shapes().values())
+        if count > size:
+            best, size = (type(layer).__name__, repr(sorted(layer.options.items())), tuple(layer.in_shape or ())), count
+    return best, size
+
+
+def run_refs(refs: Sequence[CaseRef], *, device: str = "cpu", jobs: int = 1, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None) -> list[Any]:
+    """Run every ref, in this process (``jobs == 1``) or in `jobs` worker processes (started
+    in `order`, by default :func:`spread_order`); results in ref order."""
     done: list[list[Any] | None] = [None] * len(refs)
     if jobs <= 1 or len(refs) <= 1:
         for i, ref in enumerate(refs):
@@ -159,7 +190,9 @@ def run_refs(refs: Sequence[CaseRef], *, device: str = "cpu", jobs: int = 1, pro
     pending = list(range(len(refs)))
     while pending:  # a crashed worker breaks the pool: run what is left in a new one
         with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context, initializer=single_threaded_torch) as pool:
-            futures = {pool.submit(task, refs[i], device): i for i in spread_order(pending, jobs)}
+            waiting = set(pending)
+            todo = [i for i in order if i in waiting] if order is not None else spread_order(pending, jobs * BATCHES_PER_WORKER)
+            futures = {pool.submit(task, refs[i], device): i for i in todo}
             broken = []
             for future in as_completed(futures):
                 i = futures[future]

@@ -13,7 +13,7 @@ import pytest
 from derivcheck.case import case_from_dict, load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
-from derivcheck.parallel import CaseRef, case_refs, inherited_cases, interleaved_batches, parse_jobs, spread_order, run_on_dask, run_ref, run_refs
+from derivcheck.parallel import CaseRef, case_refs, heavy_first_order, inherited_cases, interleaved_batches, parse_jobs, spread_order, run_on_dask, run_ref, run_refs
 from derivcheck.suite import expand_suite, to_toml
 from helpers import CASES
 
@@ -146,6 +146,17 @@ def test_pool_order_starts_workers_far_apart_in_the_suite():
     assert spread_order([4, 7, 9], 2) == [4, 9, 7] and spread_order([], 3) == [] and spread_order([1, 2], 1) == [1, 2]
     for count, ways in ((120, 2), (7, 3), (5, 8)):
         assert sorted(spread_order(list(range(count)), ways)) == list(range(count))
+
+
+def test_cold_runs_start_the_heaviest_derivations_first_one_per_group(suite_dir):
+    cases = [c for path in sorted(suite_dir.glob("*.toml")) for c in load_cases(path)]
+    order = heavy_first_order(cases)
+    names = [cases[i].name for i in order]
+    assert sorted(order) == list(range(len(cases)))
+    # one case per group and round, the groups by their largest layer's parameter count
+    # (iris 4->16 ... the grid's widths 3 and 2 share theirs); the GAN case has no network
+    assert names == ["iris-mlp", "sigmoid-bce", "mlp-tanh-w3", "mlp-tanh-w2", "gan-step", "mlp-sigmoid-w3", "mlp-sigmoid-w2"]
+    assert heavy_first_order([]) == []
 
 
 def test_batches_are_interleaved_and_cover_every_case():

@@ -228,6 +228,12 @@ class CompiledLoss:
 
 def _stack(results: list[Any], n: int) -> np.ndarray:
     """Stack lambdify outputs (arrays or constants) into ``(len(results), n)`` float64."""
+    try:  # usually every output depends on the sample: one conversion, ~10x faster than the loop
+        stacked = np.asarray(results, dtype=np.float64)
+        if stacked.shape == (len(results), n):
+            return stacked
+    except ValueError:  # constants among arrays (a ragged list): broadcast each below
+        pass
     out = np.empty((len(results), n), dtype=np.float64)
     for i, value in enumerate(results):
         out[i] = value
