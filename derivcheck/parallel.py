@@ -228,10 +228,12 @@ def _isolated(ref: CaseRef, device: str, task: Callable[..., list[Any]], context
             return [error_result(ref, "the worker process running this case died (crash, out of memory or killed)")]
 
 
-BATCHES_PER_WORKER = 4
+BATCHES_PER_WORKER = 12
 """Cases travel to Dask workers in this many batches per worker: one task per case costs
 the scheduler and the workers a few milliseconds each (~1 s on a 120-case suite, 2
-workers); a few interleaved batches per worker keep the load even and the progress lively."""
+workers); a dozen interleaved batches per worker keep the load even (with 4, the last
+batch left one worker idle: 1.31x the -j 2 time on benchmarks/suite-mlp-grid.toml, 1.2x
+with 12) and the progress lively."""
 
 
 def interleaved_batches(count: int, batches: int) -> list[list[int]]:
