@@ -58,10 +58,10 @@ a forked worker finds its case here instead of reading and validating the file a
 
 @contextmanager
 def inherited_cases(refs: Sequence[CaseRef], cases: Sequence[Any] | None) -> Iterator[None]:
-    """Within the block, processes forked from this one (``-j`` pool workers, local Dask
-    workers) run the already loaded `cases` (one per ref) and start with the engines
-    imported, instead of importing torch and loading their cases again each. Workers
-    started another way (spawn, a remote cluster) load their cases from the refs."""
+    """Within the block, processes forked from this one (the ``-j`` pool's workers on
+    Linux) run the already loaded `cases` (one per ref) and start with the engines imported,
+    instead of importing torch and loading their cases again each. Workers started another
+    way (spawn, Dask's fork server, a remote cluster) load their cases from the refs."""
     if cases is not None and len(cases) != len(refs):
         raise ValueError(f"{len(cases)} loaded cases for {len(refs)} refs")
     prefork_imports()
