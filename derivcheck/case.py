@@ -539,15 +539,15 @@ def _validated(table: Mapping[str, Any], path: Path, overrides: Mapping[str, Any
 
 def case_count(path: str | Path) -> int:
     """How many cases a file holds (1, or a suite's grid size)."""
-    from .suite import expand_suite, is_suite
+    from .suite import is_suite
 
     table = read_table(path)
-    return len(expand_suite(table, str(path))) if is_suite(table) else 1
+    return len(_expanded_suite(path, table)) if is_suite(table) else 1
 
 
 def load_case_at(path: str | Path, index: int, overrides: Mapping[str, Any] | None = None) -> Case:
     """Case `index` of a file: the file's case (index 0), or the index-th case of a suite."""
-    from .suite import expand_suite, is_suite
+    from .suite import is_suite
 
     table = read_table(path)
     if not is_suite(table):
@@ -574,12 +574,12 @@ def _expanded_suite(path: str | Path, table: Mapping[str, Any]) -> list[dict[str
 
 def load_cases(path: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Case]:
     """Every case of a file: one for a case file, the whole grid for a suite file."""
-    from .suite import expand_suite, is_suite
+    from .suite import is_suite
 
     table = read_table(path)
     if not is_suite(table):
         return [_validated(table, Path(path), overrides)]
-    return [_validated(case, Path(path), overrides) for case in expand_suite(table, str(path))]
+    return [_validated(case, Path(path), overrides) for case in _expanded_suite(path, table)]
 
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:
