@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from ._lazy import sympy as sp
 
 from .check_result import CheckResult, DerivativeMismatch
 from .compare import Tolerance, compare_quantity

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from ._lazy import sympy as sp
 
 from .compare import Tolerance
 from .engines import ENGINE_NAMES, NETWORK_ENGINES

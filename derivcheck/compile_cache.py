@@ -104,17 +104,31 @@ def _source_fingerprint() -> str:
     return _fingerprint
 
 
+def _installed_version(distribution: str) -> str:
+    """The installed version of `distribution`, read from its metadata (importing SymPy
+    only to ask would cost a warm run ~0.3 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # pragma: no cover - a source checkout without metadata
+        return str(__import__(distribution).__version__)
+
+
+_versions: dict[str, str] | None = None
+
+
 def versions() -> dict[str, str]:
     """Everything besides the content that an entry depends on."""
-    import numpy
-    import sympy
+    global _versions
+    if _versions is None:
+        from . import __version__
 
-    from . import __version__
-
-    return {
-        "format": str(FORMAT), "derivcheck": __version__, "sympy": sympy.__version__, "numpy": numpy.__version__,
-        "python": "%d.%d" % sys.version_info[:2], "source": _source_fingerprint(),
-    }  # fmt: skip
+        _versions = {
+            "format": str(FORMAT), "derivcheck": __version__, "sympy": _installed_version("sympy"),
+            "numpy": _installed_version("numpy"), "python": "%d.%d" % sys.version_info[:2], "source": _source_fingerprint(),
+        }  # fmt: skip
+    return dict(_versions)
 
 
 def entry_key(kind: str, content: str) -> str:
@@ -240,7 +254,10 @@ def store(kind: str, content: str, record: dict[str, Any]) -> None:
     code = {}
     for name, source in record.get("functions", {}).items():
         check_source(source)  # only code of the shape lambdify generates is ever stored
-        code[name] = base64.b64encode(marshal.dumps(compile(source, "<derivcheck-cache>", "exec"))).decode()
+        compiled = compile(source, "<derivcheck-cache>", "exec")
+        if not _resolves_as_lambdify(compiled, source):
+            return  # a restored copy could compute something else: keep it uncached
+        code[name] = base64.b64encode(marshal.dumps(compiled)).decode()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({**record, "code": code, "kind": kind, "content": content}, sort_keys=True)
@@ -317,19 +334,60 @@ _namespace: dict[str, Any] | None = None
 
 
 def _fresh_namespace() -> dict[str, Any]:
-    """A copy of the namespace ``lambdify`` gives its functions for derivcheck's modules
-    (numpy plus the vectorised ``erf``)."""
+    """A copy of the globals cached functions run with, built without SymPy: what
+    ``lambdify(..., modules=NUMPY_MODULES)`` puts in its namespace (numpy and numpy.linalg's
+    public names, SymPy's numpy translations, derivcheck's vectorised ``erf``) plus
+    ``functools.reduce``, which its printer uses for ``Max``/``Min``. :func:`store` checks,
+    for every global a function uses, that this namespace holds the very object lambdify's
+    own namespace does, so a restored function computes exactly what the derived one did."""
     global _namespace
     if _namespace is None:
+        import builtins
         import functools
 
-        import sympy as sp
+        import numpy
 
         from .expr import NUMPY_MODULES
 
-        # what lambdify's printer may import besides the modules: functools.reduce (Max/Min)
-        _namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
+        namespace: dict[str, Any] = {}
+        exec("from numpy import *", namespace)  # safe: a fixed statement of ours
+        exec("from numpy.linalg import *", namespace)  # safe: a fixed statement of ours
+        namespace.update({"I": 1j, "numpy": numpy, "Heaviside": numpy.heaviside, "Abs": abs})
+        for module in NUMPY_MODULES:
+            if isinstance(module, dict):
+                namespace.update(module)
+        namespace.update({"builtins": builtins, "range": range, "reduce": functools.reduce})
+        _namespace = namespace
     return dict(_namespace)
+
+
+def _global_names(code: Any) -> set[str]:
+    """Names `code` (and the code objects nested in it) may look up as globals."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if hasattr(constant, "co_names"):
+            names |= _global_names(constant)
+    return names
+
+
+_lambdify_namespace: dict[str, Any] | None = None
+
+
+def _resolves_as_lambdify(code: Any, source: str) -> bool:
+    """Whether every global `code` uses means the same object in :func:`_fresh_namespace`
+    as in the namespace ``lambdify`` gave the derived function."""
+    global _lambdify_namespace
+    if _lambdify_namespace is None:
+        import functools
+
+        from ._lazy import sympy as sp
+        from .expr import NUMPY_MODULES
+
+        _lambdify_namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
+    ours = _fresh_namespace()
+    defined = ast.parse(source).body[0].name  # type: ignore[attr-defined]
+    used = _global_names(code) - {defined}
+    return all(ours.get(name) is _lambdify_namespace[name] for name in used if name in _lambdify_namespace)
 
 
 def _defined(code: Any, namespace: dict[str, Any], source: str) -> Callable[..., Any]:

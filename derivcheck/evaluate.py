@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import sympy as sp
-from sympy.core.function import AppliedUndef
+from ._lazy import sympy as sp
 
-DerivativeHandler = Callable[[sp.Derivative], Any]
+DerivativeHandler = Callable[["sp.Derivative"], Any]
 
 
 def _numpy_functions() -> dict[type, Callable[..., Any]]:
@@ -97,7 +96,7 @@ class Evaluator:
                 raise ValueError(f"no value for symbol {expr}")
             value = self.env[expr]
             return self.constant(float(value)) if isinstance(value, (int, float)) else value
-        if isinstance(expr, AppliedUndef):
+        if isinstance(expr, sp.core.function.AppliedUndef):
             return self.fields[expr.func.__name__]
         if isinstance(expr, sp.Derivative):
             if self.derivative is None:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import sympy as sp
+from ._lazy import sympy as sp
 
 from .errors import ExpressionError
 
@@ -50,6 +50,16 @@ def _softplus(x: sp.Expr) -> sp.Expr:
     return sp.log(1 + sp.exp(x))
 
 
+def _sympy_function(name: str) -> Callable[..., sp.Expr]:
+    """``sp.<name>``, looked up when first called (SymPy is imported lazily)."""
+
+    def build(*args: sp.Expr) -> sp.Expr:
+        return getattr(sp, name)(*args)
+
+    build.__name__ = name
+    return build
+
+
 @dataclass(frozen=True)
 class _Function:
     build: Callable[..., sp.Expr]
@@ -58,29 +68,30 @@ class _Function:
 
 
 FUNCTIONS: dict[str, _Function] = {
-    "exp": _Function(sp.exp, 1, 1),
-    "log": _Function(sp.log, 1, 1),
-    "sqrt": _Function(sp.sqrt, 1, 1),
-    "sin": _Function(sp.sin, 1, 1),
-    "cos": _Function(sp.cos, 1, 1),
-    "tan": _Function(sp.tan, 1, 1),
-    "asin": _Function(sp.asin, 1, 1),
-    "acos": _Function(sp.acos, 1, 1),
-    "atan": _Function(sp.atan, 1, 1),
-    "sinh": _Function(sp.sinh, 1, 1),
-    "cosh": _Function(sp.cosh, 1, 1),
-    "tanh": _Function(sp.tanh, 1, 1),
-    "erf": _Function(sp.erf, 1, 1),
-    "abs": _Function(sp.Abs, 1, 1),
-    "max": _Function(sp.Max, 2, None),
-    "min": _Function(sp.Min, 2, None),
+    "exp": _Function(_sympy_function("exp"), 1, 1),
+    "log": _Function(_sympy_function("log"), 1, 1),
+    "sqrt": _Function(_sympy_function("sqrt"), 1, 1),
+    "sin": _Function(_sympy_function("sin"), 1, 1),
+    "cos": _Function(_sympy_function("cos"), 1, 1),
+    "tan": _Function(_sympy_function("tan"), 1, 1),
+    "asin": _Function(_sympy_function("asin"), 1, 1),
+    "acos": _Function(_sympy_function("acos"), 1, 1),
+    "atan": _Function(_sympy_function("atan"), 1, 1),
+    "sinh": _Function(_sympy_function("sinh"), 1, 1),
+    "cosh": _Function(_sympy_function("cosh"), 1, 1),
+    "tanh": _Function(_sympy_function("tanh"), 1, 1),
+    "erf": _Function(_sympy_function("erf"), 1, 1),
+    "abs": _Function(_sympy_function("Abs"), 1, 1),
+    "max": _Function(_sympy_function("Max"), 2, None),
+    "min": _Function(_sympy_function("Min"), 2, None),
     "sigmoid": _Function(_sigmoid, 1, 1),
     "relu": _Function(_relu, 1, 1),
     "softplus": _Function(_softplus, 1, 1),
 }
 """Whitelisted function names and their SymPy meaning."""
 
-BUILTIN_CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "e": sp.E}
+BUILTIN_CONSTANTS: dict[str, str] = {"pi": "pi", "e": "E"}
+"""Constant names and the SymPy attribute each means."""
 
 
 def _vector_erf(x: object) -> object:
@@ -111,7 +122,7 @@ def _is_dunder(name: str) -> bool:
     return name.startswith("__") or name.endswith("__")
 
 
-OperatorHandler = Callable[["_Parser", ast.Call, int], sp.Expr]
+OperatorHandler = Callable[["_Parser", ast.Call, int], "sp.Expr"]
 """Parses one operator call (e.g. ``d(u, x, 2)``); gets the parser, the node and the depth."""
 
 
@@ -283,7 +294,7 @@ def parse_expression(
         raise ExpressionError(f"{what}: expression is longer than {MAX_LENGTH} characters ({len(text)})")
     if not text.strip():
         raise ExpressionError(f"{what}: expression is empty")
-    names: dict[str, sp.Expr] = dict(BUILTIN_CONSTANTS)
+    names: dict[str, sp.Expr] = {name: getattr(sp, attribute) for name, attribute in BUILTIN_CONSTANTS.items()}
     for group in (variables, constants):
         for ident in group:
             if not isinstance(ident, str) or not ident.isidentifier() or _is_dunder(ident):

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from ._lazy import sympy as sp
 
 from .operators import derivative_name, derivative_nodes
 from .problem import DTYPES, Network
@@ -272,15 +272,12 @@ def field_quantities(problem: FieldProblem, requested: Sequence[str] | None = No
     return list(unique.values())
 
 
-_KINK_FUNCS = (sp.Abs, sp.sign, sp.Heaviside)
-
-
 def kink_arguments(expr: sp.Expr) -> list[sp.Expr]:
     """Expressions whose zeros are non-smooth points of `expr`: arguments of ``Abs``,
     ``sign``, ``Heaviside`` and pairwise differences of ``Max``/``Min`` arguments."""
     found: list[sp.Expr] = []
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, _KINK_FUNCS):
+        if isinstance(node, (sp.Abs, sp.sign, sp.Heaviside)):
             found.append(node.args[0])
         elif isinstance(node, (sp.Max, sp.Min)):
             args = list(node.args)

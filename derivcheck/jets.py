@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from ._lazy import sympy as sp
 
 from .evaluate import Evaluator
 from .fields import FieldProblem, expand_derivatives, field_derivative_key

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import sympy as sp
+from ._lazy import sympy as sp
 
 if TYPE_CHECKING:
     from .expr import OperatorHandler, _Parser

@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from ._lazy import sympy as sp
 
 SCHEDULES = ("linear", "cosine")
 MAX_STEPS = 100_000

@@ -228,3 +228,50 @@ def test_environment_variable_sets_the_folder(tmp_path, monkeypatch):
     assert compile_cache.cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv(compile_cache.ENV_DIR)
     assert "derivcheck" in str(compile_cache.cache_dir())
+
+
+def test_restored_functions_resolve_every_printed_function_as_lambdify_does(cache):
+    """The SymPy-free namespace of restored code holds the very objects lambdify's does,
+    for every function the parser whitelists (erf is derivcheck's vectorised one)."""
+    from derivcheck._lazy import sympy as sp
+    from derivcheck.expr import FUNCTIONS, NUMPY_MODULES, make_symbol
+
+    x, y = make_symbol("x"), make_symbol("y")
+    exprs = [f.build(*([x, y] if f.min_args == 2 else [x])) for f in FUNCTIONS.values()] + [sp.Heaviside(x), sp.sign(x)]
+    fn = sp.lambdify([x, y], exprs, modules=NUMPY_MODULES, cse=True)
+    compile_cache.store("test", "all-functions", {"functions": {"f": compile_cache.function_source(fn)}})
+    record = compile_cache.load("test", "all-functions")
+    assert record is not None
+    restored = compile_cache.restore(record, "f")
+    points = (np.array([0.3, 0.7, 0.05]), np.array([0.5, 0.2, 0.05]))  # inside every domain; a Max/Min tie
+    for got, want in zip(restored(*points), fn(*points)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_code_whose_globals_would_resolve_differently_is_not_stored(cache, monkeypatch):
+    from derivcheck._lazy import sympy as sp
+    from derivcheck.expr import NUMPY_MODULES, make_symbol
+
+    x = make_symbol("x")
+    fn = sp.lambdify([x], [sp.exp(x)], modules=NUMPY_MODULES, cse=True)
+    namespace = compile_cache._fresh_namespace()
+    monkeypatch.setattr(compile_cache, "_namespace", {**namespace, "exp": np.exp2})
+    compile_cache.store("test", "exp", {"functions": {"f": compile_cache.function_source(fn)}})
+    assert _entries(cache) == []
+    monkeypatch.setattr(compile_cache, "_namespace", namespace)
+    compile_cache.store("test", "exp", {"functions": {"f": compile_cache.function_source(fn)}})
+    assert len(_entries(cache)) == 1
+
+
+def test_a_warm_run_never_imports_sympy(tmp_path):
+    """Everything a warm run of an MLP case needs comes from the cache: SymPy (~0.3 s of
+    start-up) is not imported at all; a cold run imports it to derive."""
+    import subprocess
+
+    script = (
+        "import sys\nfrom derivcheck.cli import main\n"
+        f"code = main(['run', {str(CASES / 'iris-mlp.toml')!r}, '--quiet', '--cache-dir', {str(tmp_path)!r}])\n"
+        "print(code, 'sympy' in sys.modules)\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert [r.stdout.split()[-2:] for r in runs] == [["0", "True"], ["0", "False"]], [r.stderr for r in runs]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives, field_derivative_key
 from ..operators import derivative_nodes

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..evaluate import Evaluator
 from ..fields import FieldProblem, FieldQuantity, pinn_values

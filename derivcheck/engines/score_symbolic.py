@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..expr import NUMPY_MODULES, make_symbol
 from ..schedules import Schedule, sympy_schedule

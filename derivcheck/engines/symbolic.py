@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .. import compile_cache
 from ..expr import NUMPY_MODULES, make_symbol

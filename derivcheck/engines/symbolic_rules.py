@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .. import compile_cache
 from ..expr import NUMPY_MODULES, make_symbol

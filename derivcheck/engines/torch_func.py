@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..devices import validate_device
 from ..evaluate import Evaluator

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .base import Layer, Option, Params, SymbolArrays, elementwise_jet
 

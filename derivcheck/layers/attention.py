@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .base import Layer, Option, positive_int
 from .norm import _add_normalization, normalize, normalize_backward

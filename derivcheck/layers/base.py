@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..errors import CaseError
 from .rules import LocalRule

@@ -21,7 +21,7 @@ import itertools
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .base import Layer, Option, Params, elementwise_rule, positive_int
 from .rules import LocalRule, RuleBuilder, dot_cell, param_offsets

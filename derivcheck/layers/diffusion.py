@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from ..schedules import SCHEDULES, Schedule, numpy_schedule, sympy_schedule, torch_schedule
 from .base import Layer, Option, positive_int

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .activations import stable_sigmoid
 from .base import Loss

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
 from .base import Layer, Option, positive_int
 

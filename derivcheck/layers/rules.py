@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import sympy as sp
+from .._lazy import sympy as sp
 
-CellFunction = Callable[[list[sp.Expr], list[sp.Expr]], list[sp.Expr]]
+CellFunction = Callable[["list[sp.Expr]", "list[sp.Expr]"], "list[sp.Expr]"]
 
 
 @dataclass(frozen=True)
