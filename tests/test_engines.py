@@ -135,3 +135,33 @@ def test_numpy_engine_alone_differs_from_torch_only_by_rounding():
     b = TorchAutograd().compute(problem, qs)
     for q in qs:
         np.testing.assert_allclose(a[q.name].values, b[q.name].values, rtol=1e-12, atol=1e-15)
+
+
+def test_symbolic_small_batches_on_floats_match_the_array_evaluation(monkeypatch):
+    """Batches up to SCALAR_BATCH samples run sample by sample on Python floats: the same
+    bits as numpy's array arithmetic on a network with whole-layer and local-rule layers."""
+    from derivcheck.engines import symbolic
+
+    problem = make_problem([("linear", {"in": 5, "out": 7}), ("tanh", {}), ("linear", {"in": 7, "out": 3})], sgd_lr=0.1)
+    assert problem.batch <= symbolic.SCALAR_BATCH
+    qs = expand_quantities(["L", "dL/dparams", "dL/dx", "dy/dx"], problem)
+    on_floats = SymbolicEngine().compute(problem, qs)
+    monkeypatch.setattr(symbolic, "SCALAR_BATCH", 0)
+    on_arrays = SymbolicEngine().compute(problem, qs)
+    for name, value in on_floats.items():
+        np.testing.assert_array_equal(value.values, on_arrays[name].values, err_msg=name)
+
+
+def test_symbolic_float_evaluation_falls_back_to_numpy_semantics():
+    """Where Python's float arithmetic raises (1/0) or turns complex ((-1)**0.5), the batch
+    is evaluated on arrays: inf and nan, as the derived formula has them, never an exception."""
+    from derivcheck.engines.symbolic import _batched, _compile
+    from derivcheck.expr import make_symbol
+
+    x, w = make_symbol("x"), make_symbol("w")
+    fn = _compile([[x], [w]], [w / x, x**w, x * w])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = _batched(fn, 3, np.array([[0.0, -1.0, 2.0]]), [0.5])
+    np.testing.assert_array_equal(out[0], [np.inf, -0.5, 0.25])
+    assert np.isnan(out[1, 1]) and out[1, 0] == 0.0 and out[1, 2] == 2.0**0.5
+    np.testing.assert_array_equal(out[2], [0.0, -0.5, 1.0])

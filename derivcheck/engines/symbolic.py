@@ -142,14 +142,15 @@ class CompiledLayer:
             return getattr(self, name)
         raise AttributeError(name)
 
-    def _sample(self, a: np.ndarray, consts: np.ndarray | None) -> list[Any]:
+    def _sample(self, a: np.ndarray, consts: np.ndarray | None) -> np.ndarray:
+        """The compiled functions' sample argument: inputs then constants, ``(in + C, N)``."""
         if self.n_constants and (consts is None or len(consts) != self.n_constants):
             raise ValueError(f"this layer needs {self.n_constants} per-sample constants")
-        return list(a) + (list(consts) if self.n_constants else [])
+        return np.concatenate([a, consts]) if self.n_constants else a
 
     def forward(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
         """``a`` is ``(in, N)`` (per-sample constants `consts` ``(C, N)``); returns ``(out, N)``."""
-        return _stack(self._forward(self._sample(a, consts), params), a.shape[1])
+        return _batched(self._forward, a.shape[1], self._sample(a, consts), params)
 
     def jacobian(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
         """Local Jacobian per sample, ``(N, out, in)``."""
@@ -158,7 +159,7 @@ class CompiledLayer:
         if self._jac_fixed:
             flat[:, self._jac_fixed] = np.asarray(self._jacobian_fixed(params), dtype=np.float64)
         if self._jac_sample:
-            flat[:, self._jac_sample] = _stack(self._jacobian_sample(self._sample(a, consts), params), n).T
+            flat[:, self._jac_sample] = _batched(self._jacobian_sample, n, self._sample(a, consts), params).T
         return flat.reshape(n, self.out_size, self.in_size)
 
     def hessian_entries(self, a: np.ndarray, params: list[float]) -> list[tuple[tuple[int, int, int], np.ndarray]]:
@@ -178,13 +179,13 @@ class CompiledLayer:
             self._hessian = _compile([self.inputs, self.param_flat], exprs)
         if not self._hessian_keys:
             return []
-        values = _stack(self._hessian(list(a), params), a.shape[1])
+        values = _batched(self._hessian, a.shape[1], a, params)
         return list(zip(self._hessian_keys, values))
 
     def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
         per-sample parameter cotangents (P, N))``."""
-        stacked = _stack(self._vjp(self._sample(a, consts), params, list(g)), a.shape[1])
+        stacked = _batched(self._vjp, a.shape[1], self._sample(a, consts), params, g)
         return stacked[: self.in_size], stacked[self.in_size :]
 
 
@@ -222,8 +223,33 @@ class CompiledLoss:
 
     def value_and_grad(self, y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``y`` ``(out, N)``, ``t`` ``(T, N)`` -> per-sample loss ``(N,)`` and ``dl/dy`` ``(out, N)``."""
-        stacked = _stack(self._fn(list(y), list(t)), y.shape[1])
+        stacked = _batched(self._fn, y.shape[1], y, t)
         return stacked[0], stacked[1:]
+
+
+SCALAR_BATCH = 16
+"""Batches of up to this many samples are evaluated one sample at a time on Python floats.
+The generated code does one arithmetic operation per term of the derived expressions: ~30 ns
+on a float, ~0.7 us on a numpy array of the batch. On a 64x64 linear layer's VJP, 8 samples
+take 5 ms this way against 15 ms on arrays (identical bits); the two break even near 24."""
+
+
+def _batched(fn: Callable[..., list[Any]], n: int, *args: Any) -> np.ndarray:
+    """``fn(*args)`` for `n` samples, stacked ``(outputs, n)`` float64. A 2-D array argument
+    ``(k, n)`` holds per-sample values (a row per symbol), anything else (parameters) is
+    shared. Small batches go sample by sample on Python floats (:data:`SCALAR_BATCH`); a
+    sample whose float arithmetic raises (division by zero, overflow of ``**``) or turns
+    complex (a negative base to a fractional power) sends the batch to numpy's array
+    arithmetic, which gives inf/nan where the derived formula has them."""
+    per_sample = [isinstance(arg, np.ndarray) and arg.ndim == 2 for arg in args]
+    if n <= SCALAR_BATCH:
+        columns = [arg.T.tolist() if batch else [float(v) for v in arg] for arg, batch in zip(args, per_sample)]
+        try:
+            rows = [fn(*[column[s] if batch else column for column, batch in zip(columns, per_sample)]) for s in range(n)]
+            return np.array(rows, dtype=np.float64).reshape(n, -1).T
+        except (ArithmeticError, TypeError, ValueError):
+            pass
+    return _stack(fn(*[list(arg) if batch else arg for arg, batch in zip(args, per_sample)]), n)
 
 
 def _stack(results: list[Any], n: int) -> np.ndarray:
