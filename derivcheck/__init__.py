@@ -9,27 +9,95 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from . import operators
-from .api import assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
-from .case import Case, case_from_dict, discover, load_case, load_cases
-from .compare import QuantityResult, Tolerance, compare_quantity
-from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
-from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
-from .expr import parse_expression
-from .fields import FieldProblem, PDESpec, field_quantities
-from .kinks import find_kinks
-from .layers import LAYERS, LOSSES
-from .problem import Network, Problem
-from .pde_case import FIELD_ENGINES, FieldCase
-from .check_result import CheckResult, DerivativeMismatch
-from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
-from .schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
-from .score import Mixture, ScoreProblem
-from .score_case import ScoreCase, run_score_case, run_score_problem
-from .suite import expand_suite
-from .values import EngineValue, Skipped
+if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
+    from . import operators
+    from .api import assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
+    from .case import Case, case_from_dict, discover, load_case, load_cases
+    from .compare import QuantityResult, Tolerance, compare_quantity
+    from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
+    from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
+    from .expr import parse_expression
+    from .fields import FieldProblem, PDESpec, field_quantities
+    from .kinks import find_kinks
+    from .layers import LAYERS, LOSSES
+    from .problem import Network, Problem
+    from .pde_case import FIELD_ENGINES, FieldCase
+    from .check_result import CheckResult, DerivativeMismatch
+    from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
+    from .schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
+    from .score import Mixture, ScoreProblem
+    from .score_case import ScoreCase, run_score_case, run_score_problem
+    from .suite import expand_suite
+    from .values import EngineValue, Skipped
+
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "operators": ("operators", None),
+    "assert_numpy": ("api", "assert_numpy"),
+    "assert_operator": ("api", "assert_operator"),
+    "assert_torch": ("api", "assert_torch"),
+    "check_numpy": ("api", "check_numpy"),
+    "check_operator": ("api", "check_operator"),
+    "check_torch": ("api", "check_torch"),
+    "Case": ("case", "Case"),
+    "case_from_dict": ("case", "case_from_dict"),
+    "discover": ("case", "discover"),
+    "load_case": ("case", "load_case"),
+    "load_cases": ("case", "load_cases"),
+    "QuantityResult": ("compare", "QuantityResult"),
+    "Tolerance": ("compare", "Tolerance"),
+    "compare_quantity": ("compare", "compare_quantity"),
+    "ENGINE_NAMES": ("engines", "ENGINE_NAMES"),
+    "NETWORK_ENGINES": ("engines", "NETWORK_ENGINES"),
+    "FiniteDifferences": ("engines", "FiniteDifferences"),
+    "NumpyBackprop": ("engines", "NumpyBackprop"),
+    "SymbolicEngine": ("engines", "SymbolicEngine"),
+    "TorchAutograd": ("engines", "TorchAutograd"),
+    "TorchFunc": ("engines", "TorchFunc"),
+    "make_engines": ("engines", "make_engines"),
+    "CaseError": ("errors", "CaseError"),
+    "DerivcheckError": ("errors", "DerivcheckError"),
+    "EngineError": ("errors", "EngineError"),
+    "ExpressionError": ("errors", "ExpressionError"),
+    "InvalidArgument": ("errors", "InvalidArgument"),
+    "InvalidType": ("errors", "InvalidType"),
+    "parse_expression": ("expr", "parse_expression"),
+    "FieldProblem": ("fields", "FieldProblem"),
+    "PDESpec": ("fields", "PDESpec"),
+    "field_quantities": ("fields", "field_quantities"),
+    "find_kinks": ("kinks", "find_kinks"),
+    "LAYERS": ("layers", "LAYERS"),
+    "LOSSES": ("layers", "LOSSES"),
+    "Network": ("problem", "Network"),
+    "Problem": ("problem", "Problem"),
+    "FIELD_ENGINES": ("pde_case", "FIELD_ENGINES"),
+    "FieldCase": ("pde_case", "FieldCase"),
+    "CheckResult": ("check_result", "CheckResult"),
+    "DerivativeMismatch": ("check_result", "DerivativeMismatch"),
+    "CaseResult": ("runner", "CaseResult"),
+    "run_any": ("runner", "run_any"),
+    "run_case": ("runner", "run_case"),
+    "run_field_case": ("runner", "run_field_case"),
+    "run_field_problem": ("runner", "run_field_problem"),
+    "run_problem": ("runner", "run_problem"),
+    "Schedule": ("schedules", "Schedule"),
+    "numpy_schedule": ("schedules", "numpy_schedule"),
+    "sympy_schedule": ("schedules", "sympy_schedule"),
+    "torch_schedule": ("schedules", "torch_schedule"),
+    "Mixture": ("score", "Mixture"),
+    "ScoreProblem": ("score", "ScoreProblem"),
+    "ScoreCase": ("score_case", "ScoreCase"),
+    "run_score_case": ("score_case", "run_score_case"),
+    "run_score_problem": ("score_case", "run_score_problem"),
+    "expand_suite": ("suite", "expand_suite"),
+    "EngineValue": ("values", "EngineValue"),
+    "Skipped": ("values", "Skipped"),
+}
+"""Public name -> (submodule, attribute; ``None``: the submodule itself). Importing
+``derivcheck`` loads none of them: the command line starts (a Dask fork server, argument
+errors, ``--help``) before SymPy, torch or the engines are imported."""
 
 __all__ = [
     "Mixture",
@@ -98,12 +166,22 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``dc.strategies`` is imported on first use: it needs Hypothesis (the ``test`` extra)."""
+    """Load a public name on first use (see :data:`_EXPORTS`). ``dc.strategies`` needs
+    Hypothesis (the ``test`` extra)."""
     if name == "strategies":
-        import importlib
-
         try:
             return importlib.import_module(".strategies", __name__)
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("derivcheck.strategies needs Hypothesis: pip install 'derivcheck[test]' (or pip install hypothesis)") from exc
-    raise AttributeError(f"module 'derivcheck' has no attribute {name!r}")
+    try:
+        module_name, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'derivcheck' has no attribute {name!r}") from None
+    module = importlib.import_module("." + module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

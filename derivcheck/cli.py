@@ -139,7 +139,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
     from . import compile_cache
-    from .parallel import case_refs, heavy_first_order, inherited_cases, parse_jobs, run_on_dask, run_refs, single_threaded_torch, start_fork_server, uses_fork_server
+    from .parallel import case_refs, heavy_first_order, inherited_cases, parse_jobs, run_on_dask, run_refs, single_threaded_torch
 
     compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
     # worker processes (and Dask workers on this machine) read the settings from the environment
@@ -147,8 +147,6 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         os.environ[compile_cache.ENV_DIR] = args.cache_dir
     if args.no_cache:
         os.environ[compile_cache.ENV_SWITCH] = "off"
-    if uses_fork_server(args.dask):
-        start_fork_server()  # imports torch for the Dask workers while this process imports Dask
     jobs = parse_jobs(args.jobs)
     refs = case_refs(args.paths, overrides)
     if len(refs) != len(cases):  # a file changed between the two reads
@@ -257,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``derivcheck`` command; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "dask", None):
+        from .parallel import start_fork_server, uses_fork_server
+
+        if uses_fork_server(args.dask):
+            # first of all: the fork server imports torch and derivcheck for the Dask workers
+            # (~2 s, the longest step of a Dask run) while this process reads the cases
+            start_fork_server()
     try:
         if args.command == "list":
             return _cmd_list(args)

@@ -308,6 +308,10 @@ def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", w
     if address == "local":
         # the workers' statistical profiler samples every 10 ms: ~5-10% of a 2-core run
         settings["distributed.worker.profile.enabled"] = False
+        # and their event loops wake every 20 ms (tick), 100 ms (memory) and 500 ms (system
+        # monitor), taking the GIL from the case being computed: ~7% of the evaluation-heavy
+        # benchmark suite; once a second still pauses a worker running out of memory in time
+        settings.update({"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "1s", "distributed.worker.memory.monitor-interval": "1s"})
         if local_fork_server:
             # workers forked from a fork server that imported torch and derivcheck once start
             # in ~0.1 s, where spawned ones each import everything again (~2 s). Not plain

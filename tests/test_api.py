@@ -210,3 +210,19 @@ def test_bad_arguments(call, error, fragment):
         call()
     assert isinstance(info.value, dc.DerivcheckError)
     assert fragment in str(info.value)
+
+
+def test_every_public_name_resolves_and_importing_the_package_loads_none_of_them():
+    """``import derivcheck`` is instant (the CLI starts a Dask fork server before anything
+    heavy is imported); each public name loads its module on first use."""
+    import subprocess
+    import sys
+
+    for name in dc.__all__:
+        assert getattr(dc, name) is not None, name
+    assert set(dc.__all__) <= set(dir(dc))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        dc.nonexistent  # noqa: B018
+    script = "import sys, derivcheck\nprint(sorted(m for m in sys.modules if m.startswith(('derivcheck.', 'numpy', 'sympy', 'torch'))))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -194,9 +194,31 @@ def _always_die(ref: CaseRef, device: str = "cpu"):
     return run_ref(ref, device)
 
 
+def _record_settings(ref: CaseRef, device: str = "cpu"):
+    """Write the worker's Dask settings that :func:`run_on_dask` relaxes, then run the case."""
+    import dask
+
+    keys = ["distributed.worker.profile.enabled", "distributed.admin.tick.interval", "distributed.admin.system-monitor.interval", "distributed.worker.memory.monitor-interval"]
+    Path(os.environ["DERIVCHECK_TEST_MARKER"]).write_text(json.dumps({k: dask.config.get(k) for k in keys}))
+    return run_ref(ref, device)
+
+
 @pytest.fixture
 def dask_available():
     pytest.importorskip("distributed")
+
+
+@pytest.mark.usefixtures("dask_available")
+def test_local_dask_workers_run_without_profiler_and_with_relaxed_monitors(tmp_path, monkeypatch):
+    """The workers' profiler and 20 ms event-loop ticks took the GIL from the cases."""
+    monkeypatch.setenv("DERIVCHECK_TEST_MARKER", str(tmp_path / "settings.json"))
+    refs = case_refs([str(CASES / "iris-mlp.toml")], {})
+    assert run_on_dask(refs, "local", workers=1, task=_record_settings)[0].verdict == "agree"
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings == {
+        "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+        "distributed.admin.system-monitor.interval": "1s", "distributed.worker.memory.monitor-interval": "1s",
+    }  # fmt: skip
 
 
 @pytest.mark.usefixtures("dask_available")
