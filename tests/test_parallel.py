@@ -161,6 +161,10 @@ def test_cold_runs_start_the_heaviest_derivations_first_one_per_group(suite_dir)
 
 def test_batches_are_interleaved_and_cover_every_case():
     assert interleaved_batches(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    # in a given order: the batches' first cases are the order's first cases
+    assert interleaved_batches(5, 2, [4, 3, 2, 1, 0]) == [[4, 2, 0], [3, 1]]
+    with pytest.raises(ValueError, match="permutation"):
+        interleaved_batches(3, 2, [0, 0, 1])
     assert interleaved_batches(2, 8) == [[0], [1]] and interleaved_batches(0, 4) == []
     for count, batches in ((120, 8), (5, 1), (9, 9)):
         dealt = interleaved_batches(count, batches)
