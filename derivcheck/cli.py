@@ -139,7 +139,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
     from . import compile_cache
-    from .parallel import case_refs, heavy_first_order, inherited_cases, parse_jobs, prepare_worker, run_on_dask, run_refs
+    from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_refs
 
     compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
     # worker processes (and Dask workers on this machine) read the settings from the environment
@@ -161,7 +161,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     if args.dask:
         if args.dask_workers < 1:
             raise DerivcheckError("--dask-workers must be at least 1")
-        return run_on_dask(refs, args.dask, device=args.device, workers=args.dask_workers, progress=progress, order=heavy_first_order(cases))
+        return run_on_dask(refs, args.dask, device=args.device, workers=args.dask_workers, progress=progress, order=heavy_first_order(cases), alone=needs_derivation(cases))
     if jobs == 1:
         prepare_worker()  # as in the workers: the same numbers whatever -j is
         return [r for case in cases for r in run_any(case, device=args.device)]

@@ -211,6 +211,11 @@ def _building(key: str) -> Iterator[None]:
         os.close(fd)
 
 
+def has(kind: str, content: str) -> bool:
+    """Whether an entry for `content` is on disk (not verified: :func:`load` checks it)."""
+    return enabled() and (cache_dir() / (entry_key(kind, content) + _SUFFIX)).is_file()
+
+
 def load(kind: str, content: str, *, count_miss: bool = True) -> dict[str, Any] | None:
     """The stored record for `content`, or ``None`` (disabled, missing, or rejected:
     a rejected entry is deleted so that the caller's rebuild replaces it)."""

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +172,19 @@ def heavy_first_order(cases: Sequence[Any]) -> list[int]:
     return [groups[k][r] for r in range(longest) for k in ranked if r < len(groups[k])]
 
 
+def needs_derivation(cases: Sequence[Any]) -> set[int]:
+    """Indices of the `cases` whose symbolic engine would derive a whole layer that the
+    compile cache (this process's folder) does not hold yet."""
+    from .engines.symbolic import needs_derivation as network_needs
+
+    cold = set()
+    for i, case in enumerate(cases):
+        network = getattr(getattr(case, "problem", None), "network", None)
+        if network is not None and "symbolic" in getattr(case, "engines", ()) and network_needs(network):
+            cold.add(i)
+    return cold
+
+
 def _dominant_layer(case: Any) -> tuple[Any, int]:
     network = getattr(getattr(case, "problem", None), "network", None)
     if network is None:
@@ -261,6 +274,15 @@ def interleaved_batches(count: int, batches: int, order: Sequence[int] | None = 
     return [sequence[k::batches] for k in range(batches)]
 
 
+def task_batches(count: int, batches: int, order: Sequence[int] | None = None, alone: Collection[int] = ()) -> list[list[int]]:
+    """The Dask tasks for cases ``0..count-1``, in submission order: each case of `alone`
+    on its own (in `order`), then the others in at most `batches` batches, dealt round-robin
+    in `order` (:func:`interleaved_batches`)."""
+    sequence = list(range(count)) if order is None else list(order)
+    rest = [i for i in sequence if i not in alone]
+    return [[i] for i in sequence if i in alone] + [[rest[j] for j in batch] for batch in interleaved_batches(len(rest), batches)]
+
+
 def run_batch(refs: Sequence[CaseRef], device: str, task: Callable[..., list[Any]] = run_ref, cache: tuple[str, bool] | None = None) -> list[list[Any]]:
     """``task(ref, device)`` for each ref (one Dask task), with the compile cache folder and
     switch `cache` (the client's, for workers on its machine) or the worker's own."""
@@ -305,7 +327,7 @@ def start_fork_server() -> None:
     forkserver.ensure_running()
 
 
-def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", workers: int = 2, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None) -> list[Any]:
+def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", workers: int = 2, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None, alone: Collection[int] = ()) -> list[Any]:
     """Shard the refs over a Dask cluster (``"local"``: a ``LocalCluster`` of `workers`
     single-threaded worker processes; else a scheduler address such as
     ``tcp://scheduler:8786``, whose workers must have derivcheck installed). Results stream
@@ -314,12 +336,11 @@ def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", w
 
     Cases travel in batches, dealt round-robin (:func:`interleaved_batches`) in `order` (a
     permutation of the refs' indices such as :func:`heavy_first_order`; default: suite
-    order). Batches start in submission order, so the first case of each is the next case
-    of `order`, as a ``-j`` pool would take it: on a cold cache, batches that run together
-    start with different heavy derivations. (Dealt in suite order, or cut from `order` in
-    contiguous chunks, batches that ran together kept needing the same layer of the 5-width
-    benchmark grid, one worker waiting for the other's build: 37 s cold where ``-j 2`` takes
-    20 s; now 23 s.)"""
+    order), except the cases in `alone` (those that still need a derivation, see
+    :func:`needs_derivation`): they go first, one per task, so that workers take them one at
+    a time as a ``-j`` pool does and build different layers side by side. (In batches,
+    workers kept starting cases that needed the same layer, one waiting for the other's
+    build: 37 s on the cold benchmark grid where ``-j 2`` takes 20 s.)"""
     local_fork_server = uses_fork_server(address)
     if local_fork_server:
         start_fork_server()  # if the caller has not already
@@ -355,7 +376,7 @@ def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", w
                 if cluster is not None:
                     client.run(prepare_worker)
                 size = cluster_size(client, workers if cluster is not None else 0)
-                batches = interleaved_batches(len(refs), size * BATCHES_PER_WORKER, order)
+                batches = task_batches(len(refs), size * BATCHES_PER_WORKER, order, alone)
                 cache = (str(compile_cache.cache_dir()), compile_cache.enabled()) if cluster is not None else None
                 futures = [client.submit(run_batch, [refs[i] for i in batch], device, task, cache, key=f"derivcheck-cases-{batch[0]}-of-{len(refs)}", pure=False, retries=1) for batch in batches]
                 members = {future.key: batch for future, batch in zip(futures, batches)}

@@ -13,7 +13,8 @@ import pytest
 from derivcheck.case import case_from_dict, load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
-from derivcheck.parallel import CaseRef, case_refs, heavy_first_order, inherited_cases, interleaved_batches, parse_jobs, spread_order, run_on_dask, run_ref, run_refs
+from derivcheck.parallel import CaseRef, case_refs, heavy_first_order, inherited_cases, interleaved_batches, needs_derivation, parse_jobs, spread_order, run_on_dask, run_ref, run_refs, task_batches
+from derivcheck.runner import run_any
 from derivcheck.suite import expand_suite, to_toml
 from helpers import CASES
 
@@ -159,12 +160,34 @@ def test_cold_runs_start_the_heaviest_derivations_first_one_per_group(suite_dir)
     assert heavy_first_order([]) == []
 
 
+def test_cases_that_need_a_derivation_are_found_from_the_cache(tmp_path, monkeypatch):
+    """A case needs a derivation until its whole layers are in the cache folder or compiled
+    in this process; cases without the symbolic engine or without a network never do."""
+    from derivcheck import compile_cache
+    from derivcheck.engines import symbolic
+
+    monkeypatch.setitem(compile_cache._settings, "directory", tmp_path / "cache")
+    monkeypatch.setitem(compile_cache._settings, "enabled", True)
+    monkeypatch.setattr(symbolic, "_COMPILED", {})
+    cases = load_cases(CASES / "iris-mlp.toml") + load_cases(CASES / "iris-mlp.toml", {"engines": ["numpy", "torch"]}) + load_cases(CASES / "gan-step.toml")
+    assert needs_derivation(cases) == {0}
+    run_any(cases[0])
+    assert needs_derivation(cases) == set()
+    symbolic._COMPILED.clear()  # another process: only the cache folder tells
+    assert needs_derivation(cases) == set()
+    compile_cache.clear()
+    assert needs_derivation(cases) == {0}
+
+
 def test_batches_are_interleaved_and_cover_every_case():
     assert interleaved_batches(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
     # in a given order: the batches' first cases are the order's first cases
     assert interleaved_batches(5, 2, [4, 3, 2, 1, 0]) == [[4, 2, 0], [3, 1]]
     with pytest.raises(ValueError, match="permutation"):
         interleaved_batches(3, 2, [0, 0, 1])
+    # Dask tasks: cases that still need a derivation first and alone, the rest in batches
+    assert task_batches(6, 2, [5, 4, 3, 2, 1, 0], alone={1, 4}) == [[4], [1], [5, 2], [3, 0]]
+    assert task_batches(3, 8) == [[0], [1], [2]]
     assert interleaved_batches(2, 8) == [[0], [1]] and interleaved_batches(0, 4) == []
     for count, batches in ((120, 8), (5, 1), (9, 9)):
         dealt = interleaved_batches(count, batches)

@@ -275,6 +275,24 @@ def _layer_key(layer: Layer, in_size: int, whole: bool) -> tuple:
     return (type(layer), repr(sorted(layer.options.items())), shape, whole)
 
 
+def _layer_content(layer: Layer, key: tuple, in_size: int) -> str:
+    return repr((type(layer).__module__, type(layer).__qualname__, key[1:], in_size))
+
+
+def needs_derivation(network: Any) -> bool:
+    """Whether running `network` would derive a whole layer that is neither compiled in
+    this process nor stored in the compile cache (local-rule cells, small and quick to
+    derive, do not count)."""
+    for layer, size in zip(network.layers, network.sizes):
+        key = _layer_key(layer, size, False)
+        bound = bool(layer.in_shape) and int(np.prod(layer.in_shape)) == size
+        if not layer.per_sample or key in _COMPILED or (bound and layer.local_rule() is not None):
+            continue
+        if not compile_cache.has("layer", _layer_content(layer, key, size)):
+            return True
+    return False
+
+
 def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledLayer | CompiledRule":
     """The compiled derivation of `layer` at `in_size` inputs (cached per configuration):
     a :class:`CompiledRule` when the layer has a local rule, else (or with `whole`, for
@@ -289,7 +307,7 @@ def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledL
         if rule is not None:  # its cells are cached one by one
             compiled: Any = CompiledRule(rule, layer.param_shapes())
         else:
-            content = repr((type(layer).__module__, type(layer).__qualname__, key[1:], in_size))
+            content = _layer_content(layer, key, in_size)
             compiled = compile_cache.cached("layer", content, lambda: CompiledLayer(layer, in_size), lambda record: CompiledLayer.from_record(layer, record))
         _COMPILED[key] = compiled
         return compiled
