@@ -262,23 +262,20 @@ batch left one worker idle: 1.31x the -j 2 time on benchmarks/suite-mlp-grid.tom
 with 12) and the progress lively."""
 
 
-def interleaved_batches(count: int, batches: int, order: Sequence[int] | None = None) -> list[list[int]]:
-    """Indices ``0..count-1`` taken in `order` (default: ascending) and dealt round-robin
-    into at most `batches` non-empty batches: batch ``k`` starts with the ``k``-th index of
-    `order`, and neighbouring cases of a grid differ little in cost, so batches cost about
-    the same."""
-    sequence = list(range(count)) if order is None else list(order)
-    if sorted(sequence) != list(range(count)):
-        raise ValueError(f"order must be a permutation of 0..{count - 1}")
+def interleaved_batches(count: int, batches: int) -> list[list[int]]:
+    """Indices ``0..count-1`` dealt round-robin into at most `batches` non-empty batches
+    (neighbouring cases of a grid differ little in cost, so batches cost about the same)."""
     batches = min(max(1, batches), count)
-    return [sequence[k::batches] for k in range(batches)]
+    return [list(range(k, count, batches)) for k in range(batches)]
 
 
 def task_batches(count: int, batches: int, order: Sequence[int] | None = None, alone: Collection[int] = ()) -> list[list[int]]:
     """The Dask tasks for cases ``0..count-1``, in submission order: each case of `alone`
     on its own (in `order`), then the others in at most `batches` batches, dealt round-robin
-    in `order` (:func:`interleaved_batches`)."""
+    in `order` (:func:`interleaved_batches`): batch ``k`` starts with the ``k``-th of them."""
     sequence = list(range(count)) if order is None else list(order)
+    if sorted(sequence) != list(range(count)):
+        raise ValueError(f"order must be a permutation of 0..{count - 1}")
     rest = [i for i in sequence if i not in alone]
     return [[i] for i in sequence if i in alone] + [[rest[j] for j in batch] for batch in interleaved_batches(len(rest), batches)]
 

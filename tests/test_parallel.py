@@ -182,9 +182,9 @@ def test_cases_that_need_a_derivation_are_found_from_the_cache(tmp_path, monkeyp
 def test_batches_are_interleaved_and_cover_every_case():
     assert interleaved_batches(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
     # in a given order: the batches' first cases are the order's first cases
-    assert interleaved_batches(5, 2, [4, 3, 2, 1, 0]) == [[4, 2, 0], [3, 1]]
+    assert task_batches(5, 2, [4, 3, 2, 1, 0]) == [[4, 2, 0], [3, 1]]
     with pytest.raises(ValueError, match="permutation"):
-        interleaved_batches(3, 2, [0, 0, 1])
+        task_batches(3, 2, [0, 0, 1])
     # Dask tasks: cases that still need a derivation first and alone, the rest in batches
     assert task_batches(6, 2, [5, 4, 3, 2, 1, 0], alone={1, 4}) == [[4], [1], [5, 2], [3, 0]]
     assert task_batches(3, 8) == [[0], [1], [2]]

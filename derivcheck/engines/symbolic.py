@@ -270,8 +270,14 @@ _COMPILED: dict[tuple, Any] = {}
 _COMPILED_LOSSES: dict[tuple, CompiledLoss] = {}
 
 
+def _bound(layer: Layer, in_size: int) -> bool:
+    """Whether `layer` is bound to a per-sample shape of `in_size` values (otherwise it is
+    compiled on a flat input vector)."""
+    return bool(layer.in_shape) and int(np.prod(layer.in_shape)) == in_size
+
+
 def _layer_key(layer: Layer, in_size: int, whole: bool) -> tuple:
-    shape = layer.in_shape if layer.in_shape and int(np.prod(layer.in_shape)) == in_size else (in_size,)
+    shape = layer.in_shape if _bound(layer, in_size) else (in_size,)
     return (type(layer), repr(sorted(layer.options.items())), shape, whole)
 
 
@@ -285,8 +291,7 @@ def needs_derivation(network: Any) -> bool:
     derive, do not count)."""
     for layer, size in zip(network.layers, network.sizes):
         key = _layer_key(layer, size, False)
-        bound = bool(layer.in_shape) and int(np.prod(layer.in_shape)) == size
-        if not layer.per_sample or key in _COMPILED or (bound and layer.local_rule() is not None):
+        if not layer.per_sample or key in _COMPILED or (_bound(layer, size) and layer.local_rule() is not None):
             continue
         if not compile_cache.has("layer", _layer_content(layer, key, size)):
             return True
@@ -302,8 +307,7 @@ def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledL
     try:
         return _COMPILED[key]
     except KeyError:
-        bound = bool(layer.in_shape) and int(np.prod(layer.in_shape)) == in_size
-        rule = layer.local_rule() if bound and not whole else None
+        rule = layer.local_rule() if _bound(layer, in_size) and not whole else None
         if rule is not None:  # its cells are cached one by one
             compiled: Any = CompiledRule(rule, layer.param_shapes())
         else:
