@@ -21,9 +21,6 @@ class LazyModule(types.ModuleType):
     """Stands in for module `name` until an attribute is read, then copies the real
     module's namespace into itself (so later reads never come back here)."""
 
-    def __init__(self, name: str):
-        super().__init__(name)
-
     def __getattr__(self, attribute: str) -> Any:
         if attribute.startswith("__") and attribute.endswith("__"):
             raise AttributeError(attribute)  # copy/pickle/inspect probing dunders: not a use

@@ -260,7 +260,7 @@ def store(kind: str, content: str, record: dict[str, Any]) -> None:
     for name, source in record.get("functions", {}).items():
         check_source(source)  # only code of the shape lambdify generates is ever stored
         compiled = compile(source, "<derivcheck-cache>", "exec")
-        if not _resolves_as_lambdify(compiled, source):
+        if not _resolves_as_lambdify(compiled):
             return  # a restored copy could compute something else: keep it uncached
         code[name] = base64.b64encode(marshal.dumps(compiled)).decode()
     try:
@@ -380,7 +380,7 @@ def _global_names(code: Any) -> set[str]:
 _lambdify_namespace: dict[str, Any] | None = None
 
 
-def _resolves_as_lambdify(code: Any, source: str) -> bool:
+def _resolves_as_lambdify(code: Any) -> bool:
     """Whether every global `code` uses means the same object in :func:`_fresh_namespace`
     as in the namespace ``lambdify`` gave the derived function."""
     global _lambdify_namespace
@@ -391,10 +391,10 @@ def _resolves_as_lambdify(code: Any, source: str) -> bool:
         from .expr import NUMPY_MODULES
 
         _lambdify_namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
-    ours = _fresh_namespace()
-    defined = ast.parse(source).body[0].name  # type: ignore[attr-defined]
-    used = _global_names(code) - {defined}
-    return all(ours.get(name) is _lambdify_namespace[name] for name in used if name in _lambdify_namespace)
+    _fresh_namespace()  # built once; read here, not copied
+    assert _namespace is not None
+    used = _global_names(code) - {code.co_names[0]}  # the module code's first name: the function it defines (as in _defined)
+    return all(_namespace.get(name) is _lambdify_namespace[name] for name in used if name in _lambdify_namespace)
 
 
 def _defined(code: Any, namespace: dict[str, Any], source: str) -> Callable[..., Any]:
