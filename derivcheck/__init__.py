@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
     from . import operators
-    from .api import assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
+    from .check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
     from .case import Case, case_from_dict, discover, load_case, load_cases
     from .compare import QuantityResult, Tolerance, compare_quantity
     from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # the public API, for type checkers; at run time each name lo
     from .layers import LAYERS, LOSSES
     from .problem import Network, Problem
     from .pde_case import FIELD_ENGINES, FieldCase
-    from .check_result import CheckResult, DerivativeMismatch
     from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
     from .schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
     from .score import Mixture, ScoreProblem
@@ -35,12 +34,12 @@ if TYPE_CHECKING:  # the public API, for type checkers; at run time each name lo
 
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "operators": ("operators", None),
-    "assert_numpy": ("api", "assert_numpy"),
-    "assert_operator": ("api", "assert_operator"),
-    "assert_torch": ("api", "assert_torch"),
-    "check_numpy": ("api", "check_numpy"),
-    "check_operator": ("api", "check_operator"),
-    "check_torch": ("api", "check_torch"),
+    "assert_numpy": ("check", "assert_numpy"),
+    "assert_operator": ("check", "assert_operator"),
+    "assert_torch": ("check", "assert_torch"),
+    "check_numpy": ("check", "check_numpy"),
+    "check_operator": ("check", "check_operator"),
+    "check_torch": ("check", "check_torch"),
     "Case": ("case", "Case"),
     "case_from_dict": ("case", "case_from_dict"),
     "discover": ("case", "discover"),
@@ -74,8 +73,9 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Problem": ("problem", "Problem"),
     "FIELD_ENGINES": ("pde_case", "FIELD_ENGINES"),
     "FieldCase": ("pde_case", "FieldCase"),
-    "CheckResult": ("check_result", "CheckResult"),
-    "DerivativeMismatch": ("check_result", "DerivativeMismatch"),
+    "CheckResult": ("check", "CheckResult"),
+    "DerivativeMismatch": ("check", "DerivativeMismatch"),
+    "Finding": ("check", "Finding"),
     "CaseResult": ("runner", "CaseResult"),
     "run_any": ("runner", "run_any"),
     "run_case": ("runner", "run_case"),
@@ -113,6 +113,7 @@ __all__ = [
     "torch_schedule",
     "CheckResult",
     "DerivativeMismatch",
+    "Finding",
     "assert_numpy",
     "assert_operator",
     "assert_torch",

@@ -115,7 +115,7 @@ class DerivcheckItem(pytest.Item):
 
 
 class DerivcheckFixture:
-    """The API of :mod:`derivcheck.api`, recording each check's verdict and largest
+    """The API of :mod:`derivcheck.check`, recording each check's verdict and largest
     relative error as test properties."""
 
     def __init__(self, record: Any):
@@ -127,22 +127,22 @@ class DerivcheckFixture:
         return result
 
     def check_torch(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import check_torch
+        from .check import check_torch
 
         return self._note(check_torch(*args, **kwargs))
 
     def check_numpy(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import check_numpy
+        from .check import check_numpy
 
         return self._note(check_numpy(*args, **kwargs))
 
     def check_operator(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import check_operator
+        from .check import check_operator
 
         return self._note(check_operator(*args, **kwargs))
 
     def _assert(self, result: Any) -> Any:
-        from .check_result import DerivativeMismatch
+        from .check import DerivativeMismatch
 
         if not result.ok:
             raise DerivativeMismatch(result)

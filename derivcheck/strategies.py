@@ -10,7 +10,7 @@
         dc.assert_torch(MyLayer(), x)
 
 Failures shrink toward the smallest shape and the simplest values Hypothesis can find;
-the :class:`~derivcheck.check_result.DerivativeMismatch` message then shows the table for
+the :class:`~derivcheck.check.result.DerivativeMismatch` message then shows the table for
 that minimal counterexample.
 
 Profiles: :func:`register_profiles` registers ``derivcheck-ci`` (derandomized, no
@@ -91,8 +91,8 @@ def inputs(
     min_magnitude: float = 1e-2,
     max_magnitude: float = 3.0,
 ) -> st.SearchStrategy[Any]:
-    """Well-conditioned inputs for :func:`~derivcheck.api.assert_torch` (``kind="torch"``)
-    or :func:`~derivcheck.api.assert_numpy` (``kind="numpy"``); see :func:`arrays`."""
+    """Well-conditioned inputs for :func:`~derivcheck.check.assert_torch` (``kind="torch"``)
+    or :func:`~derivcheck.check.assert_numpy` (``kind="numpy"``); see :func:`arrays`."""
     if kind not in ("torch", "numpy"):
         raise InvalidArgument(f"kind must be 'torch' or 'numpy', got {kind!r}")
     if dtype not in ("float64", "float32"):

@@ -1,0 +1,183 @@
+"""Finite differences of a user's function of a flat float64 vector, with error estimates.
+
+Used to check code derivcheck did not write (a custom ``torch.autograd.Function``, an
+``nn.Module``, a numpy forward/backward pair); everything here perturbs the *forward*.
+
+Along each direction ``v`` the forward is evaluated at ``x ± h v``, ``x ± h/2 v``,
+``x ± h/4 v`` and, off those powers of two, at ``x + 0.371 h v``. From these eight values
+(and ``f(x)``) come:
+
+- the derivative: central differences at the three steps, Richardson-extrapolated twice;
+- its error estimate: the difference of the last two Richardson values (truncation), plus
+  the forward's rounding noise propagated through the quotient (``4 sigma / h``; `sigma`
+  is the measured noise of the forward, see :mod:`derivcheck.check.noise`, floored at
+  ``10 eps |f|``), plus the misfit of a quartic through the eight values (a smooth
+  function fits one to within its fifth-derivative term; a jump or a staircase inside the
+  stencil does not, and its misfit widens the error bar instead of posing as a
+  derivative);
+- a *kink* flag: the one-sided (left and right) Richardson estimates disagree far beyond
+  the smooth-function error, so a non-differentiable point lies inside the stencil;
+- a *rough* flag: the quartic misfit dwarfs both the rounding noise and the derivative --
+  a jump or a staircase (``round``, ``floor``, a quantised forward) inside the stencil;
+- an *undefined* flag: some stencil value is NaN or infinite (or the forward raised) where
+  ``f(x)`` is finite -- ``x`` sits at the edge of the function's domain -- or the
+  coordinate itself is infinite.
+
+:func:`jacobian` does this column by column, :func:`directional` along given directions,
+:func:`second_directional` gives ``u^T H v`` of a scalar function by the four-point stencil.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = float(np.finfo(np.float64).eps)
+KINK_RELATIVE = 1e-3
+PROBE = 0.371
+"""An eighth evaluation at ``x + 0.371 h v``, off the stencil's powers of two: a staircase
+sampled exactly on its grid at h, h/2, h/4 looks perfectly linear (every difference
+quotient equal, no misfit), and only a step that is not a power-of-two fraction shows it."""
+NODES = np.array([-1.0, -0.5, -0.25, 0.0, 0.25, PROBE, 0.5, 1.0])
+
+
+def _quartic_residual_projector() -> np.ndarray:
+    design = np.vander(NODES, 5, increasing=True)
+    return np.eye(NODES.size) - design @ np.linalg.pinv(design)
+
+
+_PROJECTOR = _quartic_residual_projector()
+
+Function = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Differences:
+    """Values ``(m, k)`` of k difference quotients, with per-entry error estimates, kink
+    flags (a non-differentiable point inside the stencil), rough flags (a jump or staircase
+    inside the stencil: the value is not a derivative) and undefined flags (the stencil
+    leaves the function's domain)."""
+
+    values: np.ndarray
+    errors: np.ndarray
+    kinks: np.ndarray
+    rough: np.ndarray
+    undefined: np.ndarray
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """Entries finite differences cannot vouch for (rough or undefined)."""
+        return self.rough | self.undefined
+
+
+Column = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0) -> Column:
+    """Richardson value, error estimate, kink, rough and undefined flags along `direction`.
+
+    `noise` is the forward's rounding noise per output (or one number for all).
+    """
+    plus = [f(x + m * h * direction) for m in (1.0, 0.5, 0.25)]
+    minus = [f(x - m * h * direction) for m in (1.0, 0.5, 0.25)]
+    probe = f(x + PROBE * h * direction)
+    central = [(p - q) / (2 * m * h) for p, q, m in zip(plus, minus, (1.0, 0.5, 0.25))]
+    r1 = (4 * central[1] - central[0]) / 3
+    r2 = (4 * central[2] - central[1]) / 3
+    stacked = np.stack([minus[0], minus[1], minus[2], f0, plus[2], probe, plus[1], plus[0]])
+    undefined = np.isfinite(f0) & ~np.all(np.isfinite(stacked), axis=0)
+    if undefined.any():
+        stacked = np.where(np.isfinite(stacked), stacked, f0)
+        plus = [np.where(np.isfinite(p), p, f0) for p in plus]
+        minus = [np.where(np.isfinite(q), q, f0) for q in minus]
+        central = [(p - q) / (2 * m * h) for p, q, m in zip(plus, minus, (1.0, 0.5, 0.25))]
+        r1 = (4 * central[1] - central[0]) / 3
+        r2 = (4 * central[2] - central[1]) / 3
+    magnitude = np.max(np.abs(stacked), axis=0)
+    sigma = np.maximum(np.asarray(noise, dtype=np.float64), 10 * EPS * magnitude)
+    with np.errstate(invalid="ignore"):
+        misfit = np.sqrt(np.sum((_PROJECTOR @ stacked) ** 2, axis=0) / 3)
+    misfit = np.where(np.isfinite(misfit), misfit, 0.0)
+    error = np.abs(r1 - r2) + 4 * (sigma + misfit) / h
+    # one-sided estimates: forward/backward differences, Richardson-combined (O(h^2))
+    right = [(p - f0) / (m * h) for p, m in zip(plus, (1.0, 0.5, 0.25))]
+    left = [(f0 - q) / (m * h) for q, m in zip(minus, (1.0, 0.5, 0.25))]
+    right_r = (8 * right[2] - 6 * right[1] + right[0]) / 3
+    left_r = (8 * left[2] - 6 * left[1] + left[0]) / 3
+    scale = np.abs(right_r) + np.abs(left_r) + np.max(np.abs(r2), initial=0.0)
+    smooth_error = np.abs(r1 - r2) + 4 * sigma / h
+    kink = np.abs(right_r - left_r) > KINK_RELATIVE * scale + 1e3 * smooth_error
+    rough = (misfit > 1e3 * sigma) & (4 * misfit / h > 1e-3 * (np.abs(r2) + 1e-3 * np.max(np.abs(r2), initial=0.0)) + 1e3 * 4 * sigma / h)
+    return r2, error, kink & ~undefined, rough & ~kink & ~undefined, undefined
+
+
+def default_step(x: np.ndarray) -> np.ndarray:
+    """Richardson's base step ``eps^(1/5) * max(1, |x|)``, per entry."""
+    return EPS ** (1 / 5) * np.maximum(1.0, np.abs(x))
+
+
+def jacobian(f: Function, x: np.ndarray, noise: np.ndarray | float = 0.0, f0: np.ndarray | None = None) -> Differences:
+    """The full Jacobian ``(m, n)`` of ``f: R^n -> R^m`` at `x`."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = lambda z: np.asarray(f(z), dtype=np.float64).ravel()  # noqa: E731
+    f0 = flat(x) if f0 is None else f0
+    steps = default_step(x)
+    values = np.empty((f0.size, x.size))
+    errors = np.empty_like(values)
+    kinks = np.zeros(values.shape, dtype=bool)
+    rough = np.zeros(values.shape, dtype=bool)
+    undefined = np.zeros(values.shape, dtype=bool)
+    for j in range(x.size):
+        if not np.isfinite(x[j]):  # no derivative with respect to an infinite coordinate
+            values[:, j], errors[:, j], undefined[:, j] = 0.0, 0.0, True
+            continue
+        e = np.zeros_like(x)
+        e[j] = 1.0
+        values[:, j], errors[:, j], kinks[:, j], rough[:, j], undefined[:, j] = along(flat, x, e, float(steps[j]), f0, noise)
+    return Differences(values, errors, kinks, rough, undefined)
+
+
+def directional_step(x: np.ndarray, v: np.ndarray) -> float:
+    """The step along `v` that moves `x` by Richardson's base step whatever ``|v|`` is."""
+    base = EPS ** (1 / 5) * max(1.0, float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0)))
+    return base / max(float(np.linalg.norm(v)), 1e-300)
+
+
+def directional(f: Function, x: np.ndarray, directions: np.ndarray, noise: np.ndarray | float = 0.0, f0: np.ndarray | None = None) -> Differences:
+    """``J v`` for each row ``v`` of `directions` ``(k, n)``: values ``(m, k)``.
+
+    A direction whose stencil holds a kink is tried again with a step 1000 times smaller
+    (a random direction through a large ReLU network crosses some unit's kink at the
+    ordinary step); it stays flagged only if the kink is still inside.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    flat = lambda z: np.asarray(f(z), dtype=np.float64).ravel()  # noqa: E731
+    f0 = flat(x) if f0 is None else f0
+    cols = []
+    for v in directions:
+        h = directional_step(x, v)
+        col = along(flat, x, v, h, f0, noise)
+        if col[2].any() or col[3].any() or col[4].any():
+            retry = along(flat, x, v, h * 1e-3, f0, noise)
+            if not (retry[2].any() or retry[3].any() or retry[4].any()):
+                col = retry
+        cols.append(col)
+    return Differences(*(np.stack([c[i] for c in cols], axis=1) for i in range(5)))
+
+
+def second_directional(s: Callable[[np.ndarray], float], x: np.ndarray, u: np.ndarray, v: np.ndarray, noise: float = 0.0) -> tuple[float, float]:
+    """``u^T H v`` of a scalar function by the mixed four-point stencil, Richardson over
+    h and h/2; returns (value, error estimate). `noise` is the forward's rounding noise."""
+    x = np.asarray(x, dtype=np.float64)
+    h = EPS ** (1 / 6) * max(1.0, float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0)))
+    h = h / max(float(np.sqrt(np.linalg.norm(u) * np.linalg.norm(v))), 1e-300)
+
+    def stencil(step: float) -> float:
+        return (s(x + step * u + step * v) - s(x + step * u - step * v) - s(x - step * u + step * v) + s(x - step * u - step * v)) / (4 * step * step)
+
+    d1, d2 = stencil(h), stencil(h / 2)
+    value = (4 * d2 - d1) / 3
+    sigma = max(float(noise), 10 * EPS * (abs(s(x)) + 1e-300))
+    return value, abs(d1 - d2) + 4 * sigma / (h / 2) ** 2

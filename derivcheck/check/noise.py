@@ -1,0 +1,296 @@
+"""How much rounding alone moves a torch computation: Monte-Carlo arithmetic.
+
+A derivative computed in floating point is wrong by its rounding error, and that error can
+be far larger than ``eps * |result|``: a gradient that cancels (``log_softmax`` followed by
+``logsumexp``, a LayerNorm backward), a saturated chain (``1 - sigmoid(x)`` rounds to 0 in
+float32 long before it does in float64) or a long reduction all carry errors relative to the
+size of their *intermediate* values. No tolerance on the final numbers can know that.
+
+:class:`RoundingNoise` measures it instead. Under it, every operator that rounds gets its
+floating-point inputs multiplied by ``1 + d``, ``|d|`` drawn uniformly from
+``[eps, 2 eps]`` (``eps`` of the tensor's dtype, twice the unit roundoff ``u``: every
+value moves by at least one unit in the last place) with a random sign:
+the backward-error model of floating-point arithmetic: a kernel (an addition, a matmul,
+a reduction, a fused LayerNorm backward) computes exactly what it should on inputs moved
+by about one rounding each. The rounding of one operator's result is thus modelled where
+the next operator reads it, and a kernel's internal cancellation shows in the spread.
+The perturbation is two to four times the worst case, so that a value never rounds back
+to itself: a saturated ``1 - p`` with ``p`` exactly 1.0 moves in every run, not in half. Running the user's forward and backward a few times under
+it and taking the spread of the results gives a per-entry estimate of the rounding noise of
+that very computation, in its own dtype (Monte-Carlo arithmetic, as in Parker's MCA and
+CADNA's stochastic rounding). A derivative is only blamed when it misses its reference by
+many times that noise.
+
+The mode works at the level of ATen operators (a ``TorchDispatchMode``), so it sees inside
+``nn`` modules, custom ``autograd.Function`` backwards written in torch, and the backward
+pass itself. Operators whose results are exact (views, copies, indexing, comparisons,
+``max``/``min``/``relu``, ``where``, constructors) are left alone, as are in-place and
+aliasing operators. Arithmetic done outside torch (numpy inside a custom Function) is not
+perturbed, so its noise is not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+EXACT_OPS = frozenset(
+    """
+    abs alias amax amin arange argmax argmin as_strided bitwise_and bitwise_not bitwise_or cat
+    ceil clamp clamp_max clamp_min clone constant_pad_nd copy detach diag_embed diagonal
+    embedding empty empty_like empty_strided eq expand eye fill flip floor full full_like gather
+    ge gt hardtanh index index_put index_select isnan le lift_fresh lift_fresh_copy logical_and
+    logical_not logical_or lt masked_fill max maximum min minimum ne neg new_empty new_full
+    new_ones new_zeros ones ones_like permute reflection_pad1d reflection_pad2d relu repeat
+    replication_pad1d replication_pad2d roll round scalar_tensor select select_scatter sign
+    slice slice_scatter sort split squeeze stack t threshold threshold_backward topk transpose
+    tril triu trunc unbind unsqueeze view where zero zeros zeros_like _unsafe_view
+    _to_dense _reshape_alias
+    """.split()
+)
+"""ATen operators (by their overload packet's name, ``_copy`` variants included) whose
+floating-point results are exact: no rounding noise is added to them."""
+
+
+CANCELLING_OPS = frozenset(
+    """
+    add sub rsub addcmul addcdiv lerp sum mean nansum cumsum logcumsumexp logsumexp mm bmm
+    addmm addbmm baddbmm matmul dot vdot mv addmv addr tensordot einsum linear _softmax
+    _log_softmax _softmax_backward_data _log_softmax_backward_data _safe_softmax var var_mean
+    std std_mean norm _euclidean_dist cdist _cdist_forward _cdist_backward convolution
+    convolution_backward _convolution embedding_dense_backward index_add scatter_add
+    scatter_reduce index_put _index_put_impl sigmoid_backward tanh_backward trace
+    """.split()
+)
+"""Operators whose result can cancel -- be far smaller than their operands -- and so carry
+an absolute rounding error of about ``eps`` times their operands' size: additions and
+reductions, products that sum (matmul, convolution), and fused kernels built on them
+(softmax and normalisation backwards, ``1 - s`` in sigmoid's). Multiplications,
+divisions and elementwise functions err relative to their own result and are not counted.
+Names starting with one of :data:`CANCELLING_PREFIXES` count too."""
+
+CANCELLING_PREFIXES = ("linalg_", "_linalg_", "_scaled_dot_product", "native_", "_native_", "upsample_", "_upsample_", "avg_pool", "_adaptive_avg_pool", "adaptive_avg_pool", "cudnn_", "miopen_", "mkldnn_", "_fused", "fused_", "_batch_norm")
+
+
+def _cancels(func: Any) -> bool:
+    name = _op_name(func)
+    return name in CANCELLING_OPS or name.startswith(CANCELLING_PREFIXES)
+
+
+def _op_name(func: Any) -> str:
+    name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+    name = name.removesuffix("_copy") if name.endswith("_copy") and name != "copy" else name
+    return name
+
+
+def _rounds(func: Any, args: tuple[Any, ...], out: Any) -> bool:
+    """Whether `func`'s floating results carry rounding error (and may be replaced)."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or schema.is_mutable or any(r.alias_info is not None for r in schema.returns):
+        return False
+    name = _op_name(func)
+    if name == "_to_copy":  # a cast rounds only when it narrows the dtype
+        import torch
+
+        if out is None:
+            return True
+
+        source = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        target = out if isinstance(out, torch.Tensor) else None
+        return bool(source is not None and target is not None and source.is_floating_point() and target.is_floating_point() and torch.finfo(target.dtype).eps > torch.finfo(source.dtype).eps)
+    return name not in EXACT_OPS
+
+
+_POOLS: dict[tuple[str, Any], Any] = {}
+
+
+def _pool(count: int, dtype: Any, device: Any) -> Any:
+    """Random factors ``d``, ``|d|`` uniform in ``[1, 4]`` with a random sign, at least
+    ``2 count`` of them, in `dtype` on `device`: drawn once per process (seeded) and read
+    at a random offset per perturbed tensor, so a perturbation costs one fused operation
+    instead of fresh random numbers for every entry of every operand."""
+    import torch
+
+    key = (str(device), dtype)
+    pool = _POOLS.get(key)
+    if pool is None or pool.numel() < 2 * count:
+        size = max(2 * count, 1 << 16)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(20261201)
+        magnitude = torch.rand(size, generator=gen, dtype=torch.float64).mul_(3.0).add_(1.0)
+        sign = torch.randint(0, 2, (size,), generator=gen).to(torch.float64).mul_(2).sub_(1)
+        pool = (magnitude * sign).to(device=device, dtype=dtype)
+        _POOLS[key] = pool
+    return pool
+
+
+def _make_mode_class() -> type:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _RoundingNoise(TorchDispatchMode):
+        def __init__(self, seed: int, scale: float = 1.0) -> None:
+            super().__init__()
+            self.seed = seed
+            self.scale = scale
+            self.generators: dict[Any, Any] = {}
+            self.perturbed = 0
+
+        def _generator(self, device: Any) -> Any:
+            key = str(device)
+            if key not in self.generators:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(self.seed)
+                self.generators[key] = gen
+            return self.generators[key]
+
+        def _perturb(self, t: Any) -> Any:
+            if not isinstance(t, torch.Tensor) or t.numel() == 0 or t.device.type not in ("cpu", "cuda") or t._is_zerotensor() or t.layout != torch.strided:
+                return t
+            if t.is_complex():
+                real = torch.view_as_real(t)
+                return torch.view_as_complex(self._perturb_real(real).contiguous())
+            if not t.is_floating_point():
+                return t
+            return self._perturb_real(t)
+
+        def _perturb_real(self, t: Any) -> Any:
+            gen = self._generator(t.device)
+            unit = torch.finfo(t.dtype).eps
+            unit = unit * self.scale if unit < 1e-6 else unit  # half precisions: no amplification
+            count = t.numel()
+            pool = _pool(count, t.dtype, t.device)
+            start = int(torch.randint(0, pool.numel() - count + 1, (1,), generator=gen, device=t.device))
+            factors = pool[start : start + count].view(t.shape)
+            self.perturbed += 1
+            return torch.addcmul(t, t, factors, value=unit)
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+            kwargs = kwargs or {}
+            if _rounds(func, args, None):
+                # the kernel computes exactly on inputs moved by a rounding each
+                args = tuple(self._perturb(a) if isinstance(a, torch.Tensor) else a for a in args)
+            return func(*args, **kwargs)
+
+    return _RoundingNoise
+
+
+def _make_observer_class() -> type:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _OperandMagnitude(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.magnitude = 0.0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+            if _rounds(func, args, None) and _cancels(func):
+                for a in args:
+                    if isinstance(a, torch.Tensor) and a.numel() and (a.is_floating_point() or a.is_complex()) and a.device.type in ("cpu", "cuda") and a.layout == torch.strided and not a._is_zerotensor():
+                        data = torch.view_as_real(a.detach()) if a.is_complex() else a.detach()
+                        low, high = torch.aminmax(data)
+                        size = max(abs(float(low)), abs(float(high)))
+                        sentinel = float(torch.finfo(data.dtype).max) / 2
+                        if not size < sentinel:  # inf, NaN, or a stand-in for infinity (finfo.min as -inf in a mask)
+                            magnitude = data.abs()
+                            size = float(torch.where(magnitude < sentinel, magnitude, torch.zeros_like(magnitude)).max())
+                        self.magnitude = max(self.magnitude, size)
+            return func(*args, **(kwargs or {}))
+
+    return _OperandMagnitude
+
+
+_MODE_CLASS: type | None = None
+_OBSERVER_CLASS: type | None = None
+
+
+def observed(compute: Callable[[], Any]) -> tuple[Any, float]:
+    """`compute()` and the largest magnitude among the floating operands of the operators
+    it ran that can cancel (:data:`CANCELLING_OPS`): a result computed from operands of
+    size ``M`` carries a rounding error up to about ``eps M`` however small it is itself (a
+    cancellation that lands on a neighbouring float, a saturated ``1 - p``), which is the
+    floor :func:`magnitude_floor` gives. It matters for *quantised* results, which the
+    Monte-Carlo runs can miss (see :data:`SCALES`). If the observer cannot run, the
+    magnitude is 0."""
+    global _OBSERVER_CLASS
+    if _OBSERVER_CLASS is None:
+        _OBSERVER_CLASS = _make_observer_class()
+    mode = _OBSERVER_CLASS()
+    try:
+        with mode:
+            value = compute()
+    except Exception:  # noqa: BLE001 - code that cannot run under a dispatch mode: no floor
+        return compute(), 0.0
+    return value, float(mode.magnitude)
+
+
+def magnitude_floor(dtype: str, magnitude: float) -> float:
+    """The rounding floor ``eps(dtype) * magnitude`` (see :func:`observed`)."""
+    return float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps) * magnitude
+
+
+def RoundingNoise(seed: int, scale: float = 1.0) -> Any:
+    """A context manager: inside it, every rounding torch operator's floating inputs get a
+    random relative perturbation of one to four ``eps`` of their dtype (seeded), times
+    `scale`."""
+    global _MODE_CLASS
+    if _MODE_CLASS is None:
+        _MODE_CLASS = _make_mode_class()
+    return _MODE_CLASS(seed, scale)
+
+
+SCALES = (1.0, 8.0)
+"""Perturbation sizes of successive noise runs (cycled). A result may be *quantised*: a
+cancellation that lands on one of two or three neighbouring floats (``1 - sum(p)`` is
+either 0 or one ulp), so that runs at the ordinary size can all land where the unperturbed
+run did and see no spread. A run at 8 times the size moves such a result across several
+levels; :func:`spread` divides its deviation by half that factor (linear response, with a
+factor 2 to spare) before taking the largest."""
+
+
+class NoiseSamples(list):  # type: ignore[type-arg]
+    """Results of :func:`noisy_runs` (a list of arrays), with the perturbation `scales`."""
+
+    def __init__(self, values: list[np.ndarray] | None = None, scales: list[float] | None = None):
+        super().__init__(values or [])
+        self.scales = list(scales or [])
+
+    def map(self, fn: Callable[[np.ndarray], Any]) -> NoiseSamples:
+        """The samples transformed by `fn` (e.g. projected on a direction), same scales."""
+        return NoiseSamples([np.asarray(fn(v), dtype=np.float64) for v in self], self.scales)
+
+
+def spread(samples: list[np.ndarray], base: np.ndarray) -> np.ndarray:
+    """Per-entry rounding-noise estimate from :func:`noisy_runs` samples: the largest
+    ``|sample - base|``, each divided by half its run's perturbation scale (NaN-free)."""
+    base = np.asarray(base, dtype=np.float64)
+    if not samples:
+        return np.zeros_like(base)
+    scales = getattr(samples, "scales", [1.0] * len(samples))
+    deviations = [np.abs(np.asarray(sample, dtype=np.float64) - base) / max(1.0, scale / 2) for sample, scale in zip(samples, scales)]
+    deviation = np.max(np.stack(deviations), axis=0)
+    return np.where(np.isfinite(deviation), deviation, 0.0)
+
+
+def noisy_runs(compute: Callable[[], np.ndarray], samples: int, seed: int) -> NoiseSamples:
+    """`compute()` run `samples` times under :func:`RoundingNoise` (seeds ``seed+1...``,
+    scales cycling through :data:`SCALES`).
+
+    A run that raises (an operator the perturbation upsets, e.g. a data-dependent branch
+    that now takes a path the code cannot handle) is dropped: the noise is then estimated
+    from the runs that worked.
+    """
+    out = NoiseSamples()
+    for k in range(samples):
+        scale = SCALES[k % len(SCALES)]
+        try:
+            with RoundingNoise(seed + 1 + k, scale):
+                value = np.asarray(compute(), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - a perturbed run that fails tells nothing about noise
+            continue
+        out.append(value)
+        out.scales.append(scale)
+    return out

@@ -1,0 +1,403 @@
+"""``check_numpy``: a hand-written numpy backward against finite differences of its forward.
+
+Written for code as people write it:
+
+- ``forward(*inputs) -> out`` with ``backward(dout, *inputs) -> grads``, or the convention
+  of the best-known course assignments, ``forward(*inputs) -> (out, cache)`` with
+  ``backward(dout, cache) -> grads`` (``cache=None`` detects it: a forward that returns a
+  2-tuple is taken to return ``(out, cache)``);
+- inputs may be arrays, or dicts and lists of arrays (a model's ``params``); integer
+  arrays (labels), numbers and ``None`` pass through untouched;
+- ``grads`` is one array, a tuple/list (one entry per input, or per floating-point input),
+  or a dict matching a dict input; inputs the backward returns no gradient for are left
+  out (and said so);
+- a gradient whose shape differs from its input's only by broadcast dimensions (``(1, M)``
+  for ``(M,)``, the classic bias gradient) is summed to the input's shape as autograd's
+  ``sum_to_size`` would, and noted.
+
+The rounding noise of numpy code is measured by re-running the backward at inputs moved
+by one to two units in the last place (numpy has no operator hook to perturb each result;
+the input perturbation randomises the rounding of everything downstream).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..compare import Tolerance
+from ..errors import InvalidArgument, InvalidType
+from ..values import EngineValue
+from .differences import directional, jacobian
+from .evidence import compare
+from .noise import spread
+from .result import CheckResult, Finding
+from .taylor import SAFETY, skipped, taylor_test
+from .torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_FULL, ROUNDING_SAMPLES, check_common
+from .tree import Path, flatten, path_name, unflatten
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+@dataclass
+class _Slot:
+    name: str
+    path: Path
+    array: np.ndarray
+    offset: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.array.size)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+    def label(self, j: int) -> str:
+        index = np.unravel_index(j, self.array.shape) if self.array.shape else ()
+        return self.name + (f"[{', '.join(str(int(i)) for i in index)}]" if index else "")
+
+
+def _names(fn: Any, count: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()]
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(p.name)
+    names = names[:count] + [f"inputs[{i}]" for i in range(len(names[:count]), count)]
+    return names if len(set(names)) == len(names) else [f"inputs[{i}]" for i in range(count)]
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_numpy(
+    forward: Callable[..., Any],
+    backward: Callable[..., Any],
+    *inputs: Any,
+    cache: bool | None = None,
+    name: str | None = None,
+    max_full: int = MAX_FULL,
+    directions: int = DIRECTIONS,
+    seed: int = 0,
+    taylor: bool = True,
+    tolerance: Tolerance | None = None,
+    rounding_samples: int = ROUNDING_SAMPLES,
+) -> CheckResult:
+    """Check a hand-written numpy backward against finite differences of its forward.
+
+    **Arguments:**
+
+    - `forward`: ``forward(*inputs) -> out`` (an array, or a tuple/list/dict of arrays), or
+      ``-> (out, cache)`` (see `cache`).
+    - `backward`: ``backward(dout, *inputs) -> grads``, or ``backward(dout, cache) -> grads``;
+      ``dout`` has the structure and shapes of ``out``.
+    - `inputs`: arrays, dicts or lists of arrays, and pass-through values.
+    - `cache`: ``True``: forward returns ``(out, cache)``; ``False``: it returns ``out``;
+      ``None`` (default): a returned 2-tuple is ``(out, cache)``.
+    - `name`, `max_full`, `directions`, `seed`, `taylor`, `tolerance`,
+      `rounding_samples`: as for :func:`~derivcheck.check.torch_check.check_torch`.
+
+    **Returns:** a :class:`~derivcheck.check.result.CheckResult`.
+    """
+    check_common(1, "auto", max_full, directions)
+    if not callable(forward) or not callable(backward):
+        raise InvalidType("forward and backward must be callables")
+    if not inputs:
+        raise InvalidArgument("check_numpy needs at least one input array")
+    if cache not in (None, True, False):
+        raise InvalidArgument(f"cache must be None, True or False, got {cache!r}")
+    tolerance = tolerance or CHECK_TOLERANCE
+    what = name or getattr(forward, "__qualname__", None) or "forward"
+    arg_names = _names(forward, len(inputs))
+    candidates: list[_Slot] = []
+    passthrough: list[str] = []
+    for path, leaf in flatten(tuple(inputs), is_leaf=_is_array):
+        label = path_name(arg_names[path[0]], path[1:])
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "c":
+            raise InvalidType(f"{label} is a complex array: check_numpy checks real code; use check_torch for complex functions")
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f" and leaf.size:
+            candidates.append(_Slot(label, path, leaf))
+        elif leaf is not None:
+            passthrough.append(f"{label} ({leaf.dtype} array)" if isinstance(leaf, np.ndarray) else f"{label} ({type(leaf).__name__})")
+    if not candidates:
+        got = type(inputs[0]).__name__ + (f" of dtype {inputs[0].dtype}" if isinstance(inputs[0], np.ndarray) else "")
+        raise InvalidType(f"inputs[0] must be a floating-point numpy array (or a dict/list of them), got {got}; no input holds a non-empty floating-point array to differentiate")
+
+    def call_forward(args: tuple[Any, ...]) -> Any:
+        try:
+            return forward(*args)
+        except Exception as exc:
+            raise InvalidArgument(f"calling forward on the inputs failed: {_short(exc)}") from exc
+
+    raw0 = call_forward(tuple(inputs))
+    uses_cache = (isinstance(raw0, tuple) and len(raw0) == 2) if cache is None else cache
+    if uses_cache and not (isinstance(raw0, tuple) and len(raw0) == 2):
+        raise InvalidArgument(f"cache=True: forward must return (out, cache), got {type(raw0).__name__}")
+
+    def run_forward(args: tuple[Any, ...]) -> tuple[Any, Any]:
+        raw = call_forward(args)
+        return (raw[0], raw[1]) if uses_cache else (raw, None)
+
+    out0 = raw0[0] if uses_cache else raw0
+    out_leaves = flatten(out0, is_leaf=_is_array)
+    out_arrays = []
+    for path, leaf in out_leaves:
+        array = np.asarray(leaf)
+        if array.dtype.kind not in "fiu" and array.dtype != bool:
+            raise InvalidType(f"forward must return arrays (or a tuple/list/dict of them){' and a cache' if uses_cache else ''}; {path_name('out', path)} is {type(leaf).__name__}")
+        out_arrays.append((path, array))
+    out_shapes = [a.shape for _, a in out_arrays]
+    out_sizes = [int(a.size) for _, a in out_arrays]
+    m = int(sum(out_sizes))
+    out_names = ["out" if _is_array(out0) or np.isscalar(out0) else path_name("out", p) for p, _ in out_arrays]
+
+    def out_label(i: int) -> str:
+        offset = 0
+        for nm, shape, size in zip(out_names, out_shapes, out_sizes):
+            if i < offset + size:
+                index = np.unravel_index(i - offset, shape) if shape else ()
+                return nm + (f"[{', '.join(str(int(k)) for k in index)}]" if index else "")
+            offset += size
+        return f"out#{i}"
+
+    def flat_out(raw: Any) -> np.ndarray:
+        leaves = flatten(raw, is_leaf=_is_array)
+        if len(leaves) != len(out_arrays):
+            raise InvalidArgument(f"forward returned {len(leaves)} outputs on another call, {len(out_arrays)} at first")
+        return np.concatenate([np.asarray(leaf, dtype=np.float64).ravel() for _, leaf in leaves]) if leaves else np.zeros(0)
+
+    def structured_dout(w: np.ndarray, dtype: Any) -> Any:
+        parts, offset = {}, 0
+        for (path, array), size in zip(out_arrays, out_sizes):
+            part = w[offset : offset + size].reshape(array.shape).astype(array.dtype if array.dtype.kind == "f" else dtype)
+            parts[path] = part
+            offset += size
+        return unflatten(out0, parts)
+
+    notes: list[str] = []
+
+    def call_backward(w: np.ndarray, args: tuple[Any, ...]) -> Any:
+        if uses_cache:
+            _, fresh_cache = run_forward(args)
+            first = (structured_dout(w, np.float64), copy.deepcopy(fresh_cache))
+        else:
+            first = (structured_dout(w, np.float64), *args)
+        try:
+            return backward(*first)
+        except Exception as exc:
+            convention = "backward(dout, cache)" if uses_cache else "backward(dout, *inputs)"
+            raise InvalidArgument(f"calling backward failed ({convention}): {_short(exc)}") from exc
+
+    # which inputs does the backward return gradients for?
+    rng = np.random.default_rng(seed)
+    probe = call_backward(rng.standard_normal(m), tuple(inputs))
+    matched = _match_gradients(probe, inputs, arg_names, candidates)
+    slots = [s for s in candidates if s.path in matched]
+    unmatched = [s.name for s in candidates if s.path not in matched]
+    if unmatched:
+        notes.append("no gradient returned for " + ", ".join(unmatched) + ": not checked")
+    if passthrough:
+        notes.append("passed through, not differentiated: " + ", ".join(passthrough))
+    offset = 0
+    for s in slots:
+        s.offset = offset
+        offset += s.size
+    n = offset
+    user_dtype = "float32" if any(s.array.dtype == np.float32 for s in slots) else "float64"
+    reshaped: dict[str, str] = {}
+
+    def pullback_at(w: np.ndarray, args: tuple[Any, ...]) -> np.ndarray:
+        grads = _match_gradients(call_backward(w, args), args, arg_names, candidates)
+        parts = []
+        for s in slots:
+            g = grads.get(s.path)
+            if g is None:
+                raise InvalidArgument(f"backward returned no gradient for {s.name} on another call")
+            parts.append(_sum_to(np.asarray(g), s, reshaped).astype(np.float64).ravel())
+        return np.concatenate(parts)
+
+    def pullback(w: np.ndarray) -> np.ndarray:
+        return pullback_at(w, tuple(inputs))
+
+    def rebuild(flat: np.ndarray, dtype: Any | None = np.float64) -> tuple[Any, ...]:
+        replace = {s.path: flat[s.cols].reshape(s.array.shape).astype(dtype or s.array.dtype) for s in slots}
+        return tuple(unflatten(tuple(inputs), replace))
+
+    def f(flat: np.ndarray) -> np.ndarray:
+        out, _ = run_forward(rebuild(flat))
+        return flat_out(out)
+
+    x0 = np.concatenate([s.array.astype(np.float64).ravel() for s in slots])
+    f0 = f(x0)
+
+    def ulp_runs(compute: Callable[[tuple[Any, ...], np.ndarray], np.ndarray]) -> list[np.ndarray]:
+        runs = []
+        for k in range(rounding_samples):
+            noise_rng = np.random.default_rng(seed + 1 + k)
+            moved = x0.copy()
+            for s in slots:
+                unit = np.finfo(s.array.dtype).eps / 2
+                step = unit * (1 + noise_rng.random(s.size)) * noise_rng.choice([-1.0, 1.0], s.size)
+                moved[s.cols] = (s.array.ravel() * (1 + step)).astype(s.array.dtype)
+            try:
+                runs.append(compute(rebuild(moved, None), moved))
+            except Exception:  # noqa: BLE001 - a moved input the code cannot handle tells nothing
+                continue
+        return runs
+
+    f_runs = ulp_runs(lambda args, moved: f(moved))
+    f_noise = spread(f_runs, f0)
+    full = all(m * s.size <= max_full for s in slots)
+    rtol = tolerance.rtol_for(user_dtype, "float64")
+    result = CheckResult(what=what, quantities=[], mode="full" if full else "directional", dtype=user_dtype, tolerances={f"rtol {user_dtype} vs float64": rtol, "fd_safety": tolerance.fd_safety})
+    fd_note = "Richardson central differences of your forward, float64"
+    quantity_out = "out" if out_names == ["out"] else "outputs"
+    kinks = np.zeros(n, dtype=bool)
+    if full:
+        rows = np.stack([pullback(e) for e in np.eye(m)]) if m else np.zeros((0, n))
+        noise = spread(ulp_runs(lambda args, moved: np.stack([pullback_at(e, args) for e in np.eye(m)])), rows)
+        fd = jacobian(f, x0, noise=f_noise, f0=f0)
+        kinks = fd.kinks.any(axis=0) | fd.rough.any(axis=0)
+        for s in slots:
+            cols = s.cols
+            refs = {
+                "backward": EngineValue(rows[:, cols], dtype=user_dtype, error_estimate=noise[:, cols]),
+                "finite_diff": EngineValue(fd.values[:, cols], error_estimate=fd.errors[:, cols], excluded=fd.rough[:, cols], excluded_reason="a jump or staircase inside the finite-difference stencil", note=fd_note),
+            }
+
+            def label(index: tuple[int, ...], s: _Slot = s) -> str:
+                return f"d {out_label(index[0])}/d {s.label(index[1])}"
+
+            result.quantities.append(compare(f"d {quantity_out}/d {s.name}", refs, tolerance=tolerance, kink_mask=fd.kinks[:, cols], label=label))
+    else:
+        U = rng.standard_normal((directions, m))
+        V = rng.standard_normal((directions, n))
+        pulled = np.stack([pullback(u) for u in U])
+        noise = spread(ulp_runs(lambda args, moved: np.stack([pullback_at(u, args) for u in U])), pulled)
+        fd = directional(f, x0, V, noise=f_noise, f0=f0)
+        refs = {
+            "backward": EngineValue(np.einsum("dn,dn->d", pulled, V), dtype=user_dtype, error_estimate=np.einsum("dn,dn->d", noise, np.abs(V))),
+            "finite_diff": EngineValue(np.einsum("dm,md->d", U, fd.values), error_estimate=np.einsum("dm,md->d", np.abs(U), fd.errors), excluded=fd.rough.any(axis=0), excluded_reason="a jump or staircase inside the finite-difference stencil", note=fd_note),
+        }
+        result.quantities.append(compare("u^T J v (all inputs)", refs, tolerance=tolerance, kink_mask=fd.kinks.any(axis=0), label=lambda i: f"direction {i[0]}"))
+        if fd.kinks.any() or fd.rough.any():
+            kinks[:] = True
+        result.notes.append(f"Jacobians above {max_full} entries: checked {directions} random directional derivatives u^T J v, each direction through all inputs jointly")
+    if taylor and m:
+        w = rng.standard_normal(m)
+        g = pullback(w)
+        g_noise = spread(ulp_runs(lambda args, moved: pullback_at(w, args)), g)
+        s_noise = max([abs(float(np.dot(w, r - f0))) for r in f_runs] + [10 * EPS * float(np.dot(np.abs(w), np.abs(f0)))])
+        targets = slots if full else [None]
+        for s in targets:
+            label = s.name if s is not None else "all inputs"
+            v = np.zeros(n)
+            cols = s.cols if s is not None else slice(0, n)
+            v[cols] = rng.standard_normal(cols.stop - cols.start)
+            if s is None and kinks.any():
+                result.taylor[label] = skipped(label, "the random direction crosses a kink or jump")
+                continue
+            v[kinks] = 0.0
+            if not np.any(v):
+                result.taylor[label] = skipped(label, "every coordinate sits at a kink or jump")
+                continue
+            bound = float(rtol * np.dot(np.abs(g), np.abs(v)) + SAFETY * np.dot(g_noise, np.abs(v)))
+            result.taylor[label] = taylor_test(label, lambda z: float(np.dot(w, f(z))), x0, g, v, noise=s_noise, slope_bound=bound)
+    # a zero output gradient must give zero input gradients
+    zero = pullback(np.zeros(m))
+    if np.any(zero[np.isfinite(zero)] != 0):
+        worst = float(np.max(np.abs(zero[np.isfinite(zero)])))
+        result.findings.append(Finding("zero output gradient", "not multiplied by dout", False, f"with dout = 0 the backward returns non-zero gradients (max |grad| = {worst:.3g}): it is not multiplied by dout", measured=worst, bound=0.0))
+    else:
+        result.findings.append(Finding("zero output gradient", "zero", True, "dout = 0 gives zero gradients"))
+    for s in slots:
+        if s.name in reshaped:
+            notes.append(reshaped[s.name])
+    dtypes = {str(np.asarray(gr).dtype) for gr in _match_gradients(probe, inputs, arg_names, candidates).values() if gr is not None}
+    if user_dtype == "float32" and "float64" in dtypes:
+        notes.append("the backward returns float64 gradients for float32 inputs (compared as they are)")
+    if uses_cache:
+        notes.append("convention: forward -> (out, cache), backward(dout, cache)")
+    result.notes.extend(notes)
+    return result
+
+
+def _match_gradients(grads: Any, inputs: Sequence[Any], names: list[str], candidates: list[_Slot]) -> dict[Path, Any]:
+    """Map what the backward returned onto input paths (see the module docstring)."""
+    by_top: dict[int, list[_Slot]] = {}
+    for s in candidates:
+        by_top.setdefault(s.path[0], []).append(s)
+    differentiable = sorted(by_top)
+    out: dict[Path, Any] = {}
+
+    def assign(top: int, value: Any) -> None:
+        if value is None:
+            return
+        for s in by_top.get(top, []):
+            node = value
+            try:
+                for key in s.path[1:]:
+                    node = node[key]
+            except (KeyError, IndexError, TypeError):
+                raise InvalidArgument(f"backward's gradient for {names[top]} has no entry for {s.name}: it must mirror the structure of {names[top]}") from None
+            out[s.path] = node
+
+    if _is_array(grads) or np.isscalar(grads):
+        if len(differentiable) != 1 or len(by_top[differentiable[0]]) != 1:
+            raise InvalidArgument(f"backward returned one array, but {len(candidates)} inputs are floating-point arrays ({', '.join(s.name for s in candidates)}); return one gradient per input")
+        out[by_top[differentiable[0]][0].path] = grads
+        return out
+    if isinstance(grads, dict):
+        dict_inputs = [i for i in differentiable if isinstance(inputs[i], dict) and set(inputs[i]) >= set(grads)]
+        if len(dict_inputs) == 1:
+            assign(dict_inputs[0], grads)
+            return {p: g for p, g in out.items()}
+        raise InvalidArgument(f"backward returned a dict with keys {sorted(map(str, grads))}, which matches no single dict input")
+    if isinstance(grads, (tuple, list)):
+        if len(grads) == len(inputs):
+            for i, value in enumerate(grads):
+                assign(i, value)
+            return out
+        if len(grads) == len(differentiable):
+            for i, value in zip(differentiable, grads):
+                assign(i, value)
+            return out
+        raise InvalidArgument(f"backward must return {len(differentiable)} gradient(s), one per floating-point input ({', '.join(names[i] for i in differentiable)}), got {len(grads)}")
+    raise InvalidArgument(f"backward must return an array, a tuple/list of arrays or a dict of arrays, got {type(grads).__name__}")
+
+
+def _sum_to(g: np.ndarray, slot: _Slot, notes: dict[str, str]) -> np.ndarray:
+    """`g` summed over broadcast dimensions to the slot's shape (noted), or an error."""
+    shape = slot.array.shape
+    if g.shape == shape:
+        return g
+    if g.size == slot.size and tuple(d for d in g.shape if d != 1) == tuple(d for d in shape if d != 1):
+        notes[slot.name] = f"the gradient of {slot.name} has shape {g.shape}, its input {shape}: reshaped (they differ only by singleton dimensions)"
+        return g.reshape(shape)
+    try:
+        if np.broadcast_shapes(shape, g.shape) == g.shape:
+            lead = g.ndim - len(shape)
+            summed = g.sum(axis=tuple(range(lead))) if lead else g
+            axes = tuple(i for i, d in enumerate(shape) if d == 1 and summed.shape[i] != 1)
+            summed = summed.sum(axis=axes, keepdims=True) if axes else summed
+            notes[slot.name] = f"the gradient of {slot.name} has shape {g.shape}, its input {shape}: summed over the broadcast dimensions (like autograd's sum_to_size)"
+            return summed.reshape(shape)
+    except ValueError:
+        pass
+    raise InvalidArgument(f"backward's gradient for {slot.name} has shape {g.shape}, expected {shape} (the shape of {slot.name})")

@@ -1,0 +1,117 @@
+"""The code under test, run through torch: reverse mode, forward mode, double backward.
+
+All functions work in the real coordinates of :mod:`derivcheck.check.torch_call` and in the
+user's own dtype and device. Results come back as float64 numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .noise import observed
+from .torch_call import OutputSpec, TorchCall, from_real, to_real
+
+
+class Graph:
+    """One forward pass of the user's function with fresh leaves, kept for backward passes.
+
+    `spec` (the output structure) is taken from this call unless given.
+    """
+
+    def __init__(self, call: TorchCall, spec: OutputSpec | None = None):
+        self.call = call
+        self.leaves = call.leaves()
+        self.raw = call.call(self.leaves)
+        self.spec = spec or OutputSpec.of(self.raw, differentiable_only=True)
+        self.outs = self.spec.tensors(self.raw)
+        self.live = [o.requires_grad for o in self.outs]
+
+    def raw_grads(self, w: np.ndarray, *, create_graph: bool = False) -> list[Any]:
+        """``torch.autograd.grad`` of the outputs with real cotangent `w`: one entry per
+        slot (``None`` where a slot does not reach any output)."""
+        import torch
+
+        cotangents = self.spec.cotangents(w, self.outs)
+        pairs = [(o, c) for o, c, live in zip(self.outs, cotangents, self.live) if live]
+        if not pairs:
+            return [None] * len(self.leaves)
+        grads = torch.autograd.grad([o for o, _ in pairs], self.leaves, [c for _, c in pairs], retain_graph=True, create_graph=create_graph, allow_unused=True)
+        return list(grads)
+
+    def vjp(self, w: np.ndarray) -> np.ndarray:
+        """``J^T w`` in real coordinates, shape ``(n,)``."""
+        return flat_grads(self.raw_grads(w), self.call)
+
+    def vjp_observed(self, w: np.ndarray) -> tuple[np.ndarray, float]:
+        """``J^T w`` and the largest operand magnitude of its backward pass
+        (:func:`~derivcheck.check.noise.observed`)."""
+        return observed(lambda: self.vjp(w))
+
+    def jacobian(self, observe: bool = False) -> Any:
+        """The full Jacobian ``(m, n)`` by one backward pass per real output coordinate;
+        with `observe`, also each row's largest operand magnitude ``(m,)``."""
+        m = self.spec.size
+        rows = np.zeros((m, self.call.size))
+        magnitudes = np.zeros(m)
+        for i in range(m):
+            e = np.zeros(m)
+            e[i] = 1.0
+            if observe:
+                rows[i], magnitudes[i] = self.vjp_observed(e)
+            else:
+                rows[i] = self.vjp(e)
+        return (rows, magnitudes) if observe else rows
+
+
+def flat_grads(grads: Sequence[Any], call: TorchCall) -> np.ndarray:
+    """Concatenate per-slot gradients (``None``: zeros) into one real vector."""
+    parts = []
+    for g, slot in zip(grads, call.slots):
+        parts.append(np.zeros(slot.size) if g is None else to_real(g).reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def jvp(call: TorchCall, spec: OutputSpec, tangent: np.ndarray) -> np.ndarray:
+    """``J v`` by forward-mode AD (``torch.autograd.forward_ad`` dual tensors, so a custom
+    Function's ``jvp`` is what runs); only slots with a non-zero tangent become duals."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        args = []
+        for slot in call.slots:
+            part = tangent[slot.cols]
+            value = slot.tensor.clone()
+            if np.any(part):
+                args.append(fwAD.make_dual(value, from_real(part, slot.shape, value.dtype, value.device)))
+            else:
+                args.append(value)
+        raw = call.call(args)
+        outs = spec.tensors(raw)
+        parts = []
+        for o, size in zip(outs, spec.sizes):
+            t = fwAD.unpack_dual(o).tangent
+            parts.append(np.zeros(size) if t is None else to_real(t))
+    return np.concatenate(parts)
+
+
+def forward_jacobian(call: TorchCall, spec: OutputSpec) -> np.ndarray:
+    """The full Jacobian ``(m, n)`` by one forward-mode pass per real input coordinate."""
+    cols = np.zeros((spec.size, call.size))
+    for j in range(call.size):
+        e = np.zeros(call.size)
+        e[j] = 1.0
+        cols[:, j] = jvp(call, spec, e)
+    return cols
+
+
+def forward_mode_support(call: TorchCall, spec: OutputSpec) -> str | None:
+    """``None`` when forward-mode AD runs on `fn`, else why not (the error, shortened)."""
+    try:
+        jvp(call, spec, np.ones(call.size))
+    except Exception as exc:  # noqa: BLE001 - any failure means: not supported
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {text[:200]}"
+    return None

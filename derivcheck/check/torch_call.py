@@ -1,0 +1,383 @@
+"""A user's torch function seen as a map between flat real vectors.
+
+``check_torch`` differentiates whatever the user passes, written the way people write it:
+``f(x, w)``, ``model(x)``, ``loss(logits, labels, reduction="mean")``, a function of a dict
+of tensors, one returning ``(loss, aux)`` or a dict. :class:`TorchCall` sorts the
+arguments into
+
+- *slots*: every floating-point or complex tensor among the inputs (nested in tuples,
+  lists and dicts too) and, for an ``nn.Module``, its floating parameters -- these are
+  differentiated;
+- everything else (integer tensors such as labels or indices, floats, ints, ``None``,
+  strings), passed through untouched and never differentiated.
+
+As in ``gradcheck``: when some floating tensors have ``requires_grad=True``, only those are
+differentiated (a target or a mask passed with ``requires_grad=False`` passes through);
+when none has it -- plain tensors, the common case -- all of them are.
+
+Each slot occupies a range of one flat float64 vector of *real coordinates*: a real tensor
+its entries, a complex tensor the real and imaginary part of each entry (interleaved, as
+``torch.view_as_real`` lays them out). Outputs are flattened the same way by
+:class:`OutputSpec`. In these coordinates every derivative is an ordinary real Jacobian:
+a complex function's Wirtinger and conjugate Wirtinger derivatives are combinations of its
+entries (``dL/dz* = (dL/dx + i dL/dy) / 2``), and PyTorch's convention for complex gradients
+(the gradient of a real ``L`` is ``dL/dx + i dL/dy``, a complex cotangent ``a + ib`` stands
+for ``L = a Re(o) + b Im(o)``) maps onto it exactly. That is also how ``gradcheck`` checks
+complex functions (real and imaginary parts of inputs and outputs separately).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgument, InvalidType
+from .tree import Path, flatten, path_name, unflatten
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def is_differentiable_tensor(value: Any) -> bool:
+    torch = _torch()
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+@dataclass
+class Slot:
+    """One differentiated tensor: an input (at `path` in the arguments) or a parameter."""
+
+    name: str
+    tensor: Any
+    offset: int = 0
+    path: Path | None = None
+    param: str | None = None
+
+    @property
+    def is_complex(self) -> bool:
+        return bool(self.tensor.is_complex())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+    @property
+    def size(self) -> int:
+        """Real coordinates: entries, twice that for a complex tensor."""
+        return int(self.tensor.numel()) * (2 if self.is_complex else 1)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.offset, self.offset + self.size)
+
+    def label(self, j: int) -> str:
+        """Name of real coordinate `j` of this slot: ``weight[1, 0]``, ``z[2].im``."""
+        entry, part = (divmod(j, 2) if self.is_complex else (j, None))
+        index = np.unravel_index(entry, self.shape) if self.shape else ()
+        text = self.name + (f"[{', '.join(str(int(i)) for i in index)}]" if index else "")
+        return text + ("" if part is None else (".re" if part == 0 else ".im"))
+
+
+def to_real(t: Any) -> np.ndarray:
+    """A tensor's real coordinates as a flat float64 array (complex: interleaved re, im)."""
+    torch = _torch()
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t.resolve_conj())
+    return t.to(torch.float64).reshape(-1).numpy(force=True).copy() if t.numel() else np.zeros(0)
+
+
+def from_real(flat: np.ndarray, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+    """The inverse of :func:`to_real`: a tensor of `shape` and `dtype` on `device`."""
+    torch = _torch()
+    if dtype.is_complex:
+        real_dtype = torch.float64 if dtype == torch.complex128 else torch.float32
+        pairs = torch.as_tensor(np.ascontiguousarray(flat).reshape(*shape, 2), dtype=real_dtype, device=device)
+        return torch.view_as_complex(pairs.contiguous()).to(dtype)
+    return torch.as_tensor(np.ascontiguousarray(flat).reshape(shape), dtype=dtype, device=device)
+
+
+def describe(fn: Any, name: str | None = None) -> str:
+    """A readable name for `fn`: ``name=``, a Function's or Module's class name,
+    ``torch.tanh`` for torch built-ins, the function's qualified name otherwise."""
+    if name:
+        return name
+    torch = _torch()
+    if isinstance(fn, torch.nn.Module):
+        return type(fn).__name__
+    owner = getattr(fn, "__self__", None)
+    if inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
+        return f"{owner.__name__}.apply"
+    target = getattr(fn, "func", fn)  # functools.partial
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(target).__name__
+    qualname = qualname.rsplit("<locals>.", 1)[-1]
+    for prefix in ("_VariableFunctionsClass.", "_TensorBase.", "TensorBase."):
+        if qualname.startswith(prefix):
+            return "torch." + qualname[len(prefix) :]
+    module = getattr(target, "__module__", "") or ""
+    if module.startswith("torch.nn.functional"):
+        return "torch.nn.functional." + qualname
+    if module == "torch" or (module.startswith("torch") and "." not in qualname and qualname[0].islower() and hasattr(torch, qualname)):
+        return "torch." + qualname
+    return str(qualname)
+
+
+def argument_names(fn: Any, count: int) -> list[str]:
+    """Names of the first `count` positional parameters of `fn` (``inputs[i]`` where none)."""
+    torch = _torch()
+    target = fn
+    skip = 0
+    owner = getattr(fn, "__self__", None)
+    if isinstance(fn, torch.nn.Module):
+        target = fn.forward
+    elif inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
+        target = owner.forward
+        new_style = getattr(owner, "setup_context", None) is not getattr(torch.autograd.Function, "setup_context", None)
+        skip = 0 if new_style else 1  # old-style forward(ctx, ...)
+    names: list[str] = []
+    try:
+        parameters = list(inspect.signature(target).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        parameters = []
+    for p in parameters:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(p.name)
+    names = names[:count]
+    out = names + [f"inputs[{i}]" for i in range(len(names), count)]
+    return out if len(set(out)) == len(out) else [f"inputs[{i}]" for i in range(count)]
+
+
+@dataclass
+class OutputSpec:
+    """The differentiable outputs of one call: their paths, names, shapes and dtypes."""
+
+    raw: Any
+    paths: list[Path]
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    complex: list[bool]
+    ignored: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, raw: Any, differentiable_only: bool = False) -> OutputSpec:
+        """The outputs of `raw`. With `differentiable_only` (a call on leaves requiring
+        grad), floating outputs that do not require grad are left out as ``gradcheck``
+        leaves them out -- outputs PyTorch marks non-differentiable (the mean and rstd of
+        ``native_layer_norm``) or the user detached on purpose -- unless no output requires
+        grad at all: then every output is kept and its derivative checked as zero."""
+        torch = _torch()
+        leaves = flatten(raw, is_leaf=lambda o: isinstance(o, torch.Tensor))
+        single = isinstance(raw, torch.Tensor)
+        paths, names, shapes, cplx, ignored = [], [], [], [], []
+        some_live = any(is_differentiable_tensor(leaf) and leaf.requires_grad for _, leaf in leaves)
+        for path, leaf in leaves:
+            name = "out" if single else path_name("out", path)
+            if differentiable_only and some_live and is_differentiable_tensor(leaf) and not leaf.requires_grad:
+                ignored.append(f"{name} (does not require grad: a non-differentiable output)")
+                continue
+            if is_differentiable_tensor(leaf):
+                paths.append(path)
+                names.append(name)
+                shapes.append(tuple(leaf.shape))
+                cplx.append(bool(leaf.is_complex()))
+            elif isinstance(leaf, torch.Tensor):
+                ignored.append(f"{name} ({leaf.dtype}: not differentiable)")
+            elif leaf is not None:
+                ignored.append(f"{name} ({type(leaf).__name__})")
+        if not paths:
+            shown = type(raw).__name__ if not isinstance(raw, torch.Tensor) else f"a {raw.dtype} tensor"
+            raise InvalidType(f"fn must return a floating-point or complex tensor, or a tuple/list/dict holding some; got {shown}")
+        return cls(raw, paths, names, shapes, cplx, ignored)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(s, dtype=np.int64)) * (2 if c else 1) for s, c in zip(self.shapes, self.complex)]
+
+    @property
+    def size(self) -> int:
+        return int(sum(self.sizes))
+
+    def tensors(self, raw: Any) -> list[Any]:
+        """The differentiable output tensors of another call of the same function."""
+        torch = _torch()
+        found = dict(flatten(raw, is_leaf=lambda o: isinstance(o, torch.Tensor)))
+        out = []
+        for path, name, shape in zip(self.paths, self.names, self.shapes):
+            t = found.get(path)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                raise InvalidArgument(f"fn returned a different structure on another call: {name} is {type(t).__name__}" + (f" of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else "") + f", first call gave shape {shape}")
+            out.append(t)
+        return out
+
+    def real(self, raw: Any) -> np.ndarray:
+        """The outputs' real coordinates, concatenated (float64)."""
+        parts = [to_real(t) for t in self.tensors(raw)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def cotangents(self, w: np.ndarray, like: Sequence[Any]) -> list[Any]:
+        """Output gradients for the real cotangent `w` (complex outputs: ``a + ib``)."""
+        out, offset = [], 0
+        for t, size in zip(like, self.sizes):
+            out.append(from_real(w[offset : offset + size], tuple(t.shape), t.dtype, t.device))
+            offset += size
+        return out
+
+    def label(self, i: int) -> str:
+        """Name of real output coordinate `i`: ``out[2, 0]``, ``out['loss']``, ``out[1][0].im``."""
+        offset = 0
+        for name, shape, cplx, size in zip(self.names, self.shapes, self.complex, self.sizes):
+            if i < offset + size:
+                j = i - offset
+                entry, part = (divmod(j, 2) if cplx else (j, None))
+                index = np.unravel_index(entry, shape) if shape else ()
+                text = name + (f"[{', '.join(str(int(k)) for k in index)}]" if index else "")
+                return text + ("" if part is None else (".re" if part == 0 else ".im"))
+            offset += size
+        return f"out#{i}"
+
+
+class TorchCall:
+    """`fn` with its arguments split into differentiated slots and pass-through values.
+
+    **Arguments:**
+
+    - `fn`: a callable, or an ``nn.Module`` (its floating parameters become slots unless
+      ``params=False``).
+    - `inputs`: the positional arguments, as the user would pass them.
+    """
+
+    def __init__(self, fn: Callable[..., Any], inputs: Sequence[Any], *, params: bool = True, seed: int = 0):
+        torch = _torch()
+        self.fn = fn
+        self.seed = seed
+        self.inputs = tuple(inputs)
+        self.module = fn if isinstance(fn, torch.nn.Module) else None
+        self.notes: list[str] = []
+        self.passthrough: list[str] = []
+        names = argument_names(fn, len(self.inputs))
+        self.slots: list[Slot] = []
+        offset = 0
+        leaves = flatten(self.inputs, is_leaf=lambda o: isinstance(o, torch.Tensor))
+        # gradcheck's convention: when some floating tensors require grad, only those are
+        # differentiated; when none does (plain tensors), all of them are
+        chosen = any(is_differentiable_tensor(leaf) and leaf.requires_grad for _, leaf in leaves)
+        for path, leaf in leaves:
+            root = names[path[0]]
+            name = path_name(root, path[1:])
+            if is_differentiable_tensor(leaf) and chosen and not leaf.requires_grad:
+                self.passthrough.append(f"{name} (requires_grad=False while other inputs require grad)")
+                continue
+            if not is_differentiable_tensor(leaf):
+                if isinstance(leaf, torch.Tensor):
+                    self.passthrough.append(f"{name} ({leaf.dtype} tensor)")
+                elif leaf is not None:
+                    self.passthrough.append(f"{name} ({type(leaf).__name__})")
+                continue
+            tensor = leaf.detach()
+            if tensor.numel() == 0:
+                self.notes.append(f"{name} has no elements (shape {tuple(tensor.shape)}): nothing to check for it")
+                continue
+            if tensor.layout != torch.strided:
+                raise InvalidArgument(f"{name} is a {tensor.layout} tensor: check_torch checks dense (strided) tensors; pass {name}.to_dense()")
+            if _overlaps(tensor):
+                self.notes.append(
+                    f"{name} has overlapping memory (a stride-0 dimension, e.g. from expand()): it is checked as a materialized copy "
+                    f"(.contiguous()), so each of its {tensor.numel()} entries is differentiated separately"
+                )
+                tensor = tensor.contiguous()
+            slot = Slot(name, tensor, offset, path=path)
+            self.slots.append(slot)
+            offset += slot.size
+        self.params: list[Slot] = []
+        if self.module is not None and params:
+            for pname, p in self.module.named_parameters():
+                if p.requires_grad and (p.is_floating_point() or p.is_complex()) and p.numel():
+                    slot = Slot(pname, p.detach(), offset, param=pname)
+                    self.slots.append(slot)
+                    self.params.append(slot)
+                    offset += slot.size
+        if not self.slots and not any(is_differentiable_tensor(leaf) for _, leaf in leaves) and not (self.module is not None and params and any(True for _ in self.module.parameters())):
+            raise InvalidArgument("nothing to differentiate: no input is a floating-point or complex tensor" + (" and the module has no such parameters" if self.module is not None else ""))
+        self.size = offset
+        self.call_notes = list(self.notes)
+
+    # -- calling --------------------------------------------------------------------------
+
+    def call(self, tensors: Sequence[Any], fn: Any = None) -> Any:
+        """Call `fn` (default: the user's) with the slots replaced by `tensors`.
+
+        torch's global RNG is re-seeded (inside ``fork_rng``, so the caller's state is
+        untouched) before every call: a forward that draws random numbers -- dropout,
+        ``torch.rand`` -- is then one fixed function, as finite differences need."""
+        torch = _torch()
+        target = self.fn if fn is None else fn
+        replace = {s.path: t for s, t in zip(self.slots, tensors) if s.path is not None}
+        args = unflatten(self.inputs, replace)
+        state = {s.param: t for s, t in zip(self.slots, tensors) if s.param is not None}
+        devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            # the generators themselves: torch.manual_seed also seeds every lazy backend
+            # (CUDA, XPU, MTIA) and records a stack trace for each, ~1 ms a call
+            torch.random.default_generator.manual_seed(self.seed)
+            for index in devices:
+                torch.cuda.default_generators[index].manual_seed(self.seed)
+            if state:
+                return torch.func.functional_call(target, state, tuple(args))
+            return target(*args)
+
+    def base(self) -> np.ndarray:
+        """The slots' current values as one flat real vector."""
+        return np.concatenate([to_real(s.tensor) for s in self.slots])
+
+    def split(self, flat: np.ndarray, dtypes: Sequence[Any] | None = None, device: Any = None) -> list[Any]:
+        """Tensors for the slots from a flat real vector (in each slot's dtype unless given)."""
+        out = []
+        for k, s in enumerate(self.slots):
+            dtype = s.tensor.dtype if dtypes is None else dtypes[k]
+            out.append(from_real(flat[s.cols], s.shape, dtype, s.tensor.device if device is None else device))
+        return out
+
+    def leaves(self) -> list[Any]:
+        """Fresh leaf tensors (requires_grad) holding the slots' values, in their dtypes."""
+        return [s.tensor.clone().requires_grad_(True) for s in self.slots]
+
+    def float64_twin(self) -> tuple[Callable[[np.ndarray], Any], list[Any], str | None]:
+        """A forward in float64 (complex128) for finite differences: returns
+        ``(forward(flat) -> raw output, dtypes, None)``, or the user-dtype forward and the
+        reason float64 failed."""
+        torch = _torch()
+        target: Any = self.fn
+        if self.module is not None:
+            try:
+                target = copy.deepcopy(self.module).to(torch.float64)
+            except Exception:  # noqa: BLE001 - a module that cannot be copied is used as is
+                target = self.module
+        wide = [torch.complex128 if s.is_complex else torch.float64 for s in self.slots]
+
+        def forward64(flat: np.ndarray) -> Any:
+            return self.call(self.split(flat, wide), fn=target)
+
+        try:
+            with torch.no_grad():
+                OutputSpec.of(forward64(self.base()))
+            return forward64, wide, None
+        except Exception as exc:  # noqa: BLE001 - fall back to the user's dtype
+            own = [s.tensor.dtype for s in self.slots]
+
+            def forward_own(flat: np.ndarray) -> Any:
+                return self.call(self.split(flat, own))
+
+            return forward_own, own, f"{type(exc).__name__}: {exc}"
+
+
+def _overlaps(t: Any) -> bool:
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))

@@ -1,0 +1,596 @@
+"""``check_torch``: the derivatives of your own torch code, against references, with a
+noise model behind every verdict.
+
+What runs (each piece is evidence with its own bound; see :mod:`derivcheck.check.result`):
+
+1. Your function in your dtype, reverse mode (``autograd``): the full Jacobian (one backward
+   per output coordinate), or above `max_full` entries random ``u^T J v``.
+2. Forward mode (``forward_ad``: dual tensors, so a custom Function's ``jvp`` runs) where
+   your function supports it.
+3. References: Richardson finite differences of your *forward* in float64 (a float64 copy
+   of a module; complex128 for complex tensors), with per-entry error estimates, kink, jump
+   and domain flags (:mod:`derivcheck.check.differences`); SymPy's derivative when `expr`
+   is given.
+4. The rounding noise of 1, 2 and of the forward, measured (:mod:`derivcheck.check.noise`):
+   tolerances widen exactly where your computation cancels or saturates, and nowhere else.
+5. The Taylor test (:mod:`derivcheck.check.taylor`), properties gradcheck checks
+   (:mod:`derivcheck.check.torch_properties`), nondeterminism, and for ``order=2`` the
+   double backward (``create_graph=True``) against a four-point stencil.
+
+Random forwards (dropout) are checked with torch's RNG re-seeded before every call, so the
+forward is one fixed function; a forward that is random anyway is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._lazy import sympy as sp
+from ..compare import QuantityResult, Tolerance
+from ..errors import InvalidArgument, InvalidType
+from ..expr import NUMPY_MODULES, make_symbol, parse_expression
+from ..values import EngineValue
+from .differences import Differences, directional, jacobian, second_directional
+from .evidence import compare
+from .noise import NoiseSamples, magnitude_floor, noisy_runs, observed, spread
+from .result import CheckResult, Finding
+from .taylor import SAFETY, skipped, taylor_test
+from .torch_autograd import Graph, flat_grads, forward_jacobian, forward_mode_support, jvp
+from .torch_call import OutputSpec, TorchCall, describe, to_real
+from .torch_properties import batched_gradients, gradient_attributes, undefined_output_gradients, zero_output_gradient
+
+MAX_FULL = 4096
+"""Default largest Jacobian (entries, per input) checked in full."""
+
+DIRECTIONS = 2
+CHECK_TOLERANCE = Tolerance(exact_factor=256.0)
+"""The default tolerance of the checks: ``256 eps`` relative (6e-14 in float64, 3e-5 in
+float32), far tighter than the case runner's ``4500 eps``, because every check also
+measures its own rounding noise (:mod:`derivcheck.check.noise`) and widens the bound
+exactly where the computation needs it. On 2,000 random compositions of torch ops the
+noise model alone (``exact_factor=4``) leaves one false alarm; 256 leaves none."""
+
+REFERENCES = ("auto", "finite_diff", "symbolic")
+MODES = ("rev", "fwd")
+ROUNDING_SAMPLES = 2
+EXCLUDED_FD = "finite differences cannot vouch for these (a jump or staircase inside the stencil, or the stencil leaves the function's domain)"
+
+
+def check_common(order: int, reference: str, max_full: int, directions: int) -> None:
+    """Validate the options every check shares."""
+    if isinstance(order, bool) or order not in (1, 2):
+        raise InvalidArgument(f"order must be 1 or 2, got {order!r}")
+    if reference not in REFERENCES:
+        raise InvalidArgument(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if isinstance(max_full, bool) or not isinstance(max_full, int) or max_full < 1:
+        raise InvalidArgument(f"max_full must be a positive integer, got {max_full!r}")
+    if isinstance(directions, bool) or not isinstance(directions, int) or not 1 <= directions <= 64:
+        raise InvalidArgument(f"directions must be an integer in 1..64, got {directions!r}")
+
+
+def _modes(modes: Any) -> tuple[bool, bool, bool]:
+    """(reverse, forward, forward explicitly required) from the `modes` option."""
+    if modes == "auto":
+        return True, True, False
+    if isinstance(modes, str):
+        modes = (modes,)
+    try:
+        chosen = tuple(modes)
+    except TypeError:
+        raise InvalidArgument(f"modes must be 'auto' or a tuple of 'rev' and/or 'fwd', got {modes!r}") from None
+    if not chosen or any(m not in MODES for m in chosen):
+        raise InvalidArgument(f"modes must be 'auto' or a non-empty tuple of 'rev' and/or 'fwd', got {modes!r}")
+    return "rev" in chosen, "fwd" in chosen, "fwd" in chosen
+
+
+def _dtype_name(dtype: Any) -> str:
+    text = str(dtype).replace("torch.", "")
+    return {"complex128": "float64", "complex64": "float32", "float64": "float64"}.get(text, "float32")
+
+
+@dataclass
+class _Check:
+    """Everything one ``check_torch`` call shares between its pieces of evidence."""
+
+    what: str
+    call: TorchCall
+    spec: OutputSpec
+    graph: Graph
+    tolerance: Tolerance
+    user_dtype: str
+    fd_dtype: str
+    f: Callable[[np.ndarray], np.ndarray]
+    x0: np.ndarray
+    f0: np.ndarray
+    f_noise: np.ndarray
+    f_samples: NoiseSamples
+    rev: bool
+    fwd: bool
+    samples: int
+    seed: int
+    rng: np.random.Generator
+    nondet: float = 0.0
+    fd_note: str = ""
+    result: CheckResult = field(default_factory=lambda: CheckResult("", []))
+
+    @property
+    def rtol(self) -> float:
+        return self.tolerance.rtol_for(self.user_dtype, self.fd_dtype)
+
+    @property
+    def finite_inputs(self) -> np.ndarray:
+        """Coordinates with a finite value (no derivative is checked at an infinite one)."""
+        return np.isfinite(self.x0)
+
+    @property
+    def finite_outputs(self) -> np.ndarray:
+        return np.isfinite(self.f0)
+
+    def floor(self, magnitude: float) -> float:
+        return magnitude_floor(self.user_dtype, magnitude)
+
+
+def check_torch(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    order: int = 1,
+    modes: Any = "auto",
+    reference: str = "auto",
+    expr: str | None = None,
+    params: bool = True,
+    name: str | None = None,
+    max_full: int = MAX_FULL,
+    directions: int = DIRECTIONS,
+    seed: int = 0,
+    taylor: bool = True,
+    tolerance: Tolerance | None = None,
+    batched: bool | str = "auto",
+    check_undefined: bool = True,
+    nondet_tol: float | None = None,
+    rounding_samples: int = ROUNDING_SAMPLES,
+    fast: bool = False,
+) -> CheckResult:
+    """Check the autograd derivatives of `fn` at `inputs`.
+
+    **Arguments:**
+
+    - `fn`: a callable, or an ``nn.Module`` (its floating parameters are checked too, by
+      name, unless ``params=False``). It may return a tensor or a tuple/list/dict of
+      tensors (integer outputs, and outputs that do not require grad, are left out), real
+      or complex.
+    - `inputs`: positional arguments as you would pass them. Floating-point and complex
+      tensors (also inside tuples, lists and dicts) are differentiated -- only those with
+      ``requires_grad=True`` when some have it, as in ``gradcheck``; everything else --
+      integer tensors (labels, indices), numbers, ``None`` -- passes through untouched.
+    - `order`: 1 checks first derivatives; 2 also checks ``u^T H v`` of a random
+      projection of the output by double backward (``create_graph=True``).
+    - `modes`: ``"auto"`` (reverse mode, and forward mode where `fn` supports it),
+      ``("rev",)``, ``("fwd",)`` or ``("rev", "fwd")`` -- an explicit ``"fwd"`` requires
+      forward-mode support, as ``jax.test_util.check_grads(modes=...)`` does.
+    - `reference`: ``"auto"`` (finite differences, plus SymPy when `expr` is given),
+      ``"finite_diff"`` or ``"symbolic"`` (requires `expr`).
+    - `expr`: for a single-input elementwise `fn`, its formula in ``x``; SymPy derives the
+      reference derivative from it.
+    - `name`: how messages call `fn` (default: its class or function name).
+    - `max_full`: largest Jacobian (entries, per input) checked entry by entry; above it,
+      `directions` random directional derivatives ``u^T J v`` (all inputs jointly, then
+      input by input if they disagree).
+    - `seed`: seeds every random direction, the rounding-noise runs and torch's RNG for
+      random forwards (dropout).
+    - `taylor`: also run the Taylor test.
+    - `tolerance`: a :class:`~derivcheck.compare.Tolerance` (default ``256 eps``, see
+      :data:`CHECK_TOLERANCE`).
+    - `batched`: ``"auto"`` checks the backward under ``vmap`` and ``fn`` under
+      ``torch.func.vmap`` where they run; ``True`` requires both; ``False`` skips them.
+    - `check_undefined`: check zero and undefined (``None``) output gradients.
+    - `nondet_tol`: a repeated backward may differ by this much; ``None`` (default) only
+      reports nondeterminism (and widens the comparison by its size), never fails on it.
+    - `rounding_samples`: Monte-Carlo-arithmetic runs used to measure rounding noise
+      (0: the noise bound comes from operand magnitudes alone).
+    - `fast`: like ``gradcheck(fast_mode=True)``: one random directional derivative through
+      all inputs (whatever their size), no Monte-Carlo runs, Taylor test, forward mode,
+      vmap or nondeterminism checks; the noise bound comes from operand magnitudes.
+
+    **Returns:** a :class:`~derivcheck.check.result.CheckResult`; ``result.ok`` is the verdict.
+    """
+    import torch
+
+    check_common(order, reference, max_full, directions)
+    rev, fwd, fwd_required = _modes(modes)
+    if batched not in ("auto", True, False):
+        raise InvalidArgument(f"batched must be 'auto', True or False, got {batched!r}")
+    if nondet_tol is not None and (isinstance(nondet_tol, bool) or not isinstance(nondet_tol, (int, float)) or nondet_tol < 0):
+        raise InvalidArgument(f"nondet_tol must be None or a non-negative number, got {nondet_tol!r}")
+    if isinstance(rounding_samples, bool) or not isinstance(rounding_samples, int) or not 0 <= rounding_samples <= 16:
+        raise InvalidArgument(f"rounding_samples must be an integer in 0..16, got {rounding_samples!r}")
+    if not callable(fn):
+        raise InvalidType(f"fn must be callable (a function or an nn.Module), got {type(fn).__name__}")
+    if not inputs:
+        raise InvalidArgument("check_torch needs at least one input")
+    if reference == "symbolic" and expr is None:
+        raise InvalidArgument("reference='symbolic' needs expr='...' (the function's formula in x)")
+    if order == 2 and not rev:
+        raise InvalidArgument("order=2 checks the double backward: modes must include 'rev'")
+    if fast:
+        fwd = fwd and fwd_required
+        rounding_samples, taylor = 0, False
+        batched = True if batched is True else False
+    tolerance = tolerance or CHECK_TOLERANCE
+    what = describe(fn, name)
+    call = TorchCall(fn, inputs, params=params, seed=seed)
+    if expr is not None and (len(call.slots) != 1 or call.slots[0].is_complex):
+        raise InvalidArgument(f"expr= describes an elementwise real function of a single input x; {what} has {len(call.slots)} differentiated tensors")
+    if not call.slots:
+        result = CheckResult(what=what, quantities=[], mode="empty")
+        result.notes.extend(call.notes + ["nothing to check: every differentiated tensor is empty"])
+        return result
+    try:
+        graph = Graph(call)
+    except (InvalidType, InvalidArgument):
+        raise
+    except Exception as exc:
+        raise InvalidArgument(f"calling {what} on the inputs failed: {type(exc).__name__}: {exc}") from exc
+    spec = graph.spec
+    dtypes = {_dtype_name(s.tensor.dtype) for s in call.slots} | {_dtype_name(o.dtype) for o in graph.outs}
+    user_dtype = "float32" if "float32" in dtypes else "float64"
+    result = CheckResult(what=what, quantities=[], dtype=user_dtype)
+    result.notes.extend(call.notes)
+    if call.passthrough:
+        result.notes.append("passed through, not differentiated: " + ", ".join(call.passthrough))
+    if spec.ignored:
+        result.notes.append("outputs not checked: " + ", ".join(spec.ignored))
+    if not any(graph.live):
+        result.notes.append(f"no output requires grad: {what}'s result does not depend on its inputs through autograd, so its derivative is taken as zero and checked as such (finite differences show whether the forward really is constant)")
+    if spec.size == 0:
+        result.mode = "empty"
+        result.notes.append("every output is empty: nothing to check")
+        return result
+    if rev:
+        _backward_runs(graph, what)
+
+    # -- references: a float64 forward, deterministic, and its noise --------------------
+    forward, _, fd_failure = call.float64_twin()
+    fd_dtype = "float64" if fd_failure is None else user_dtype
+
+    def f(flat: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            try:
+                return spec.real(forward(flat))
+            except (InvalidType, InvalidArgument):
+                raise
+            except Exception:  # noqa: BLE001 - outside the function's domain: flagged undefined
+                return np.full(spec.size, np.nan)
+
+    x0 = call.base()
+    f0 = f(x0)
+    again = f(x0)
+    if not np.array_equal(f0, again, equal_nan=True):
+        worst = float(np.nanmax(np.abs(f0 - again)))
+        raise InvalidArgument(
+            f"{what} is not deterministic: two calls with the same inputs differ by up to {worst:.3g}, so finite differences cannot check it. "
+            "torch's global RNG is re-seeded before every call (dropout and torch.rand inside fn are fine); seed any other randomness (a torch.Generator, numpy) inside fn"
+        )
+    f_samples = noisy_runs(lambda: f(x0), rounding_samples, seed)
+    f_noise = spread(f_samples, f0)
+    if fd_failure is not None:
+        result.notes.append(f"finite differences ran in {fd_dtype}: {what} failed in float64 ({fd_failure}); pass a function that accepts float64 tensors for a sharper check")
+    if not np.all(np.isfinite(x0)):
+        result.notes.append(f"{int((~np.isfinite(x0)).sum())} input coordinate(s) are infinite or NaN: no derivative is checked with respect to them")
+    if not np.all(np.isfinite(f0)):
+        result.notes.append(f"{int((~np.isfinite(f0)).sum())} output coordinate(s) are infinite or NaN at these inputs: their derivatives are not checked")
+
+    # -- forward mode: supported? ----------------------------------------------------------
+    if fwd:
+        unsupported = forward_mode_support(call, spec)
+        if unsupported is not None:
+            if fwd_required:
+                raise InvalidArgument(f"modes includes 'fwd' but {what} does not support forward-mode AD ({unsupported}); implement jvp (custom Function) or pass modes=('rev',)")
+            result.notes.append(f"forward mode not checked: {what} does not support it ({unsupported})")
+            fwd = False
+
+    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, fd_dtype, f, x0, f0, f_noise, f_samples, rev, fwd, rounding_samples, seed, np.random.default_rng(seed), fd_note=f"Richardson central differences of your forward, {fd_dtype}", result=result)
+    full = not fast and all(spec.size * s.size <= max_full for s in call.slots)
+    result.mode = "full" if full else "directional"
+    result.tolerances = {f"rtol {user_dtype} vs {fd_dtype}": ctx.rtol, "fd_safety": tolerance.fd_safety}
+
+    w = ctx.rng.standard_normal(spec.size) * ctx.finite_outputs
+    g_w, w_magnitude = graph.vjp_observed(w) if rev else (np.zeros(call.size), 0.0)
+    if rev and not fast:
+        _nondeterminism(ctx, w, g_w, nondet_tol)
+
+    blocked = _full(ctx, expr, reference) if full else _directional(ctx, 1 if fast else directions, max_full, fast)
+    if taylor and rev:
+        _taylor(ctx, w, g_w, w_magnitude, blocked, full)
+    if order == 2:
+        second = _second_order(ctx, w, directions)
+        (result.findings if isinstance(second, Finding) else result.quantities).append(second)  # type: ignore[arg-type]
+    if rev:
+        nonfinite_slots = {k for k, s in enumerate(call.slots) if not np.all(np.isfinite(g_w[s.cols]))}
+        if check_undefined:
+            result.findings.append(zero_output_gradient(graph, nonfinite_slots))
+            undefined = undefined_output_gradients(graph, tolerance, user_dtype, ctx.rng)
+            if undefined is not None:
+                result.findings.append(undefined)
+        result.findings.append(gradient_attributes(graph, w))
+        if batched is not False:
+            result.findings.extend(batched_gradients(call, graph, tolerance, user_dtype, ctx.rng, required=batched is True))
+    return result
+
+
+def _backward_runs(graph: Graph, what: str) -> None:
+    """One backward pass up front, so that a backward that raises is reported as such
+    (an error in your derivative code, with its message), not as a crash later on."""
+    try:
+        graph.vjp(np.ones(graph.spec.size))
+    except (InvalidType, InvalidArgument):
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = " (if an input is not meant to be differentiated, pass it with requires_grad=False and the others with requires_grad=True)" if "not implemented" in text or "does not require grad" in text else ""
+        raise InvalidArgument(f"the backward of {what} raised: {type(exc).__name__}: {text}{hint}") from exc
+
+
+def _nondeterminism(ctx: _Check, w: np.ndarray, g_w: np.ndarray, nondet_tol: float | None) -> None:
+    """Run the backward twice more with the same output gradient; report any difference."""
+    repeats = [ctx.graph.vjp(w) for _ in range(2)]
+    with np.errstate(invalid="ignore"):
+        differences = [np.abs(r - g_w) for r in repeats]
+    nondet = float(max(np.max(np.where(np.isfinite(d), d, 0.0), initial=0.0) for d in differences))
+    ctx.nondet = nondet
+    if nondet > 0 or nondet_tol is not None:
+        within = nondet_tol is None or nondet <= nondet_tol
+        bound_text = "" if nondet_tol is None else f" (nondet_tol={nondet_tol:g})"
+        message = (
+            f"repeated backward passes with the same inputs and output gradient differ by up to {nondet:.3g}{bound_text}; the comparisons allow for it"
+            if nondet > 0
+            else f"repeated backward passes agree bit for bit{bound_text}"
+        )
+        ctx.result.findings.append(Finding("nondeterminism", "nondeterministic" if nondet > 0 else "deterministic", within, message, measured=nondet, bound=nondet_tol))
+
+
+def _full(ctx: _Check, expr: str | None, reference: str) -> np.ndarray:
+    """Whole Jacobians, input by input. Returns the coordinates finite differences flagged
+    (kink, jump, domain edge), which the Taylor test leaves out."""
+    call, spec = ctx.call, ctx.spec
+    engines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # rounding noise of the Jacobian, measured on the reverse pass (forward-mode AD does not
+    # run under a dispatch mode; it computes the same entries and gets the same bound)
+    try:
+        jac, magnitudes = ctx.graph.jacobian(observe=True)
+        runs = noisy_runs(lambda: Graph(call, spec).jacobian(), ctx.samples, ctx.seed)
+        noise = np.maximum(spread(runs, jac), np.array([ctx.floor(mag) for mag in magnitudes])[:, None])
+    except Exception:
+        if ctx.rev:
+            raise
+        jac, noise = np.zeros((spec.size, call.size)), np.zeros((spec.size, call.size))
+    if ctx.rev:
+        engines["autograd"] = (jac, noise + ctx.nondet)
+    if ctx.fwd:
+        engines["forward_ad"] = (forward_jacobian(call, spec), noise)
+    fd = jacobian(ctx.f, ctx.x0, noise=ctx.f_noise, f0=ctx.f0)
+    rows = np.flatnonzero(ctx.finite_outputs)
+    quantity_out = "out" if spec.names == ["out"] else "outputs"
+    for slot in call.slots:
+        cols = np.arange(slot.cols.start, slot.cols.stop)[ctx.finite_inputs[slot.cols]]
+        if cols.size == 0 or rows.size == 0:
+            continue
+        pick = np.ix_(rows, cols)
+        refs: dict[str, EngineValue] = {e: EngineValue(v[pick], dtype=ctx.user_dtype, error_estimate=err[pick]) for e, (v, err) in engines.items()}
+        if reference != "symbolic":
+            refs["finite_diff"] = EngineValue(fd.values[pick], dtype=ctx.fd_dtype, error_estimate=fd.errors[pick], excluded=fd.excluded[pick], excluded_reason=EXCLUDED_FD, note=ctx.fd_note)
+        if expr is not None:
+            refs["symbolic"] = EngineValue(_symbolic_jacobian(expr, slot.tensor)[pick[0], pick[1] - slot.offset], note=f"SymPy: d/dx of {expr}")
+
+        def label(index: tuple[int, ...], slot: Any = slot, cols: np.ndarray = cols) -> str:
+            i, j = index
+            return f"d {spec.label(int(rows[i]))}/d {slot.label(int(cols[j]) - slot.offset)}"
+
+        ctx.result.quantities.append(compare(f"d {quantity_out}/d {slot.name}", refs, tolerance=ctx.tolerance, kink_mask=fd.kinks[pick], label=label))
+    return fd.kinks.any(axis=0) | fd.excluded.any(axis=0) | ~ctx.finite_inputs
+
+
+def _directional(ctx: _Check, directions: int, max_full: int, fast: bool) -> np.ndarray:
+    """Random ``u^T J v`` along joint directions; input by input when they disagree.
+    Returns the coordinates the Taylor test must leave out (all, if a direction crossed a
+    kink or jump: no coordinate is free of it)."""
+    call, spec = ctx.call, ctx.spec
+    U = ctx.rng.standard_normal((directions, spec.size)) * ctx.finite_outputs
+    V = ctx.rng.standard_normal((directions, call.size)) * ctx.finite_inputs
+    names = ", ".join(s.name for s in call.slots)
+    why = "fast=True" if fast else f"Jacobians above {max_full} entries"
+    ctx.result.notes.append(f"{why}: checked {directions} random directional derivative{'s' if directions > 1 else ''} u^T J v, each direction through all inputs jointly ({names})")
+    grads = grad_noise = None
+    try:  # the rounding noise, measured on the reverse pass, serves both modes (see _full)
+        observed_vjps = [ctx.graph.vjp_observed(u) for u in U]
+        grads = np.stack([g for g, _ in observed_vjps])
+        floor = np.array([ctx.floor(mag) for _, mag in observed_vjps])[:, None]
+        grad_noise = np.maximum(spread(noisy_runs(lambda: _vjps(call, spec, U), ctx.samples, ctx.seed), grads), floor)
+    except Exception:
+        if ctx.rev:
+            raise
+    tangents = np.stack([jvp(call, spec, v) for v in V]) if ctx.fwd else None
+    fd = directional(ctx.f, ctx.x0, V, noise=ctx.f_noise, f0=ctx.f0)
+
+    def quantity(label: str, mask: np.ndarray, d: Differences | None) -> QuantityResult:
+        Vm = V * mask
+        refs: dict[str, EngineValue] = {}
+        noise = np.einsum("dn,dn->d", grad_noise, np.abs(Vm)) if grad_noise is not None else np.zeros(directions)
+        if ctx.rev and grads is not None:
+            refs["autograd"] = EngineValue(np.einsum("dn,dn->d", grads, Vm), dtype=ctx.user_dtype, error_estimate=noise + ctx.nondet * np.abs(Vm).sum(axis=1))
+        if ctx.fwd:
+            tv = tangents if mask.all() and tangents is not None else np.stack([jvp(call, spec, v) for v in Vm])
+            refs["forward_ad"] = EngineValue(np.einsum("dm,dm->d", U, tv), dtype=ctx.user_dtype, error_estimate=noise)
+        d = d if d is not None else directional(ctx.f, ctx.x0, Vm, noise=ctx.f_noise, f0=ctx.f0)
+        refs["finite_diff"] = EngineValue(
+            np.einsum("dm,md->d", U, np.where(np.isfinite(d.values), d.values, 0.0)),
+            dtype=ctx.fd_dtype,
+            error_estimate=np.einsum("dm,md->d", np.abs(U), d.errors),
+            excluded=d.excluded.any(axis=0),
+            excluded_reason=EXCLUDED_FD,
+            note=ctx.fd_note,
+        )
+        return compare(label, refs, tolerance=ctx.tolerance, kink_mask=d.kinks.any(axis=0), label=lambda i: f"direction {i[0]}")
+
+    joint = quantity("u^T J v (all inputs)", np.ones(call.size, dtype=bool), fd)
+    ctx.result.quantities.append(joint)
+    if joint.verdict == "disagree" and len(call.slots) > 1:
+        ctx.result.notes.append("the joint directional derivatives disagree: each input checked alone below")
+        for slot in call.slots:
+            mask = np.zeros(call.size, dtype=bool)
+            mask[slot.cols] = True
+            ctx.result.quantities.append(quantity(f"u^T (d out/d {slot.name}) v", mask, None))
+    crossed = bool(fd.kinks.any() or fd.excluded.any())
+    return np.full(call.size, crossed) | ~ctx.finite_inputs
+
+
+def _vjps(call: TorchCall, spec: OutputSpec, U: np.ndarray) -> np.ndarray:
+    graph = Graph(call, spec)
+    return np.stack([graph.vjp(u) for u in U])
+
+
+def _taylor(ctx: _Check, w: np.ndarray, g_w: np.ndarray, w_magnitude: float, blocked: np.ndarray, full: bool) -> None:
+    """The Taylor test per input (full mode) or along one joint direction."""
+    call, n = ctx.call, ctx.call.size
+    g_samples = noisy_runs(lambda: Graph(call, ctx.spec).vjp(w), ctx.samples, ctx.seed + 100)
+    g_noise = np.maximum(spread(g_samples, g_w), ctx.floor(w_magnitude))
+    finite = ctx.finite_outputs
+    s0 = float(np.dot(w[finite], ctx.f0[finite]))
+    s_noise = float(spread(ctx.f_samples.map(lambda fs: np.dot(w[finite], fs[finite])), s0)) if ctx.f_samples else 0.0
+    s_noise = max(s_noise, 10 * float(np.finfo(np.float64).eps) * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite]))))
+
+    def s(flat: np.ndarray) -> float:
+        values = ctx.f(flat)
+        return float(np.dot(w[finite], values[finite]))
+
+    for slot in call.slots if full else [None]:
+        label = slot.name if slot is not None else "all inputs"
+        cols = slot.cols if slot is not None else slice(0, n)
+        if slot is None and blocked.all():
+            ctx.result.taylor[label] = skipped(label, "the random direction crosses a kink, jump or domain edge (see the directional check)")
+            continue
+        v = np.zeros(n)
+        v[cols] = ctx.rng.standard_normal(cols.stop - cols.start)
+        v[blocked] = 0.0
+        if not np.any(v):
+            ctx.result.taylor[label] = skipped(label, "every coordinate sits at a kink, jump or domain edge")
+            continue
+        moved = v != 0
+        bound = float(ctx.rtol * np.dot(np.abs(g_w[moved]), np.abs(v[moved])) + SAFETY * np.dot(g_noise[moved], np.abs(v[moved])) + ctx.nondet * np.sum(np.abs(v)))
+        t = taylor_test(label, s, ctx.x0, g_w, v, noise=s_noise, slope_bound=bound)
+        left_out = int(blocked[cols].sum())
+        if left_out:
+            t.message += f" ({left_out} coordinate(s) at a kink, jump or domain edge left out of v)"
+        ctx.result.taylor[label] = t
+
+
+def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult | Finding:
+    """``u^T H v`` of ``w . out`` by double backward vs the four-point stencil."""
+    import torch
+
+    call, spec = ctx.call, ctx.spec
+    U = ctx.rng.standard_normal((directions, call.size)) * ctx.finite_inputs
+    V = ctx.rng.standard_normal((directions, call.size)) * ctx.finite_inputs
+    name = "second derivative u^T H v of w.out"
+
+    def double_backward() -> tuple[np.ndarray | None, float]:
+        graph = Graph(call, spec)
+        grads = graph.raw_grads(w, create_graph=True)
+        parts = []
+        for g, slot in zip(grads, call.slots):
+            if g is None:
+                parts.append(torch.zeros(slot.size, dtype=torch.float64, device=slot.tensor.device))
+            else:
+                parts.append((torch.view_as_real(g) if g.is_complex() else g).reshape(-1))
+        flat = torch.cat([p.to(torch.float64) for p in parts])
+        if not flat.requires_grad:
+            return None, 0.0
+        out, magnitude = [], 0.0
+        for u, v in zip(U, V):
+            weight = torch.as_tensor(u, dtype=flat.dtype, device=flat.device)
+            second, mag = observed(lambda weight=weight: torch.autograd.grad((flat * weight).sum(), graph.leaves, retain_graph=True, allow_unused=True))
+            magnitude = max(magnitude, mag)
+            out.append(float(np.dot(flat_grads(second, call), v)))
+        return np.array(out), magnitude
+
+    finite = ctx.finite_outputs
+
+    def s(flat: np.ndarray) -> float:
+        return float(np.dot(w[finite], ctx.f(flat)[finite]))
+
+    eps = float(np.finfo(np.float64).eps)
+    s_noise = 10 * eps * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite])))
+    ref, err = zip(*(second_directional(s, ctx.x0, u, v, noise=s_noise) for u, v in zip(U, V)))
+    ref_a, err_a = np.array(ref), np.array(err)
+    try:
+        auto, magnitude = double_backward()
+    except RuntimeError as exc:
+        if "once_differentiable" in str(exc):
+            return Finding(name, "once differentiable", True, "the backward is marked @once_differentiable: it declares that it has no derivative of its own, so the second derivative is not checked")
+        raise InvalidArgument(f"the double backward (create_graph=True) of {ctx.what} failed: {type(exc).__name__}: {exc}") from exc
+    if auto is None:
+        marked = _once_differentiable(ctx.graph.outs)
+        if marked:
+            return Finding(name, "once differentiable", True, f"the backward of {', '.join(marked)} is marked @once_differentiable: it declares that it has no derivative of its own, so the second derivative is not checked")
+        scale = float(np.max(np.abs(ref_a), initial=0.0))
+        if np.all(np.abs(ref_a) <= ctx.tolerance.fd_safety * err_a + ctx.tolerance.rtol_for(ctx.user_dtype, "float64") * scale):
+            return Finding(name, "zero", True, f"the gradient does not depend on the inputs through autograd, and finite differences agree that the second derivative is zero (|u^T H v| <= {scale:.3g})")
+        worst = int(np.argmax(np.abs(ref_a) - ctx.tolerance.fd_safety * err_a))
+        return Finding(
+            name,
+            "not differentiable",
+            False,
+            f"your backward is not differentiable: its result does not depend on the inputs through autograd (computed outside torch, or detached), so create_graph=True gives a second derivative of 0, while finite differences give u^T H v = {ref_a[worst]:.6g} (+- {err_a[worst]:.2g}); "
+            "write the backward with differentiable torch ops, or mark it @once_differentiable",
+            measured=float(abs(ref_a[worst])),
+            bound=float(ctx.tolerance.fd_safety * err_a[worst]),
+        )
+
+    def perturbed() -> np.ndarray:
+        value, _ = double_backward()
+        if value is None:
+            raise ValueError("no graph under rounding noise")
+        return value
+
+    runs = noisy_runs(perturbed, ctx.samples, ctx.seed + 200)
+    noise = np.maximum(spread(runs, auto), ctx.floor(magnitude) * (np.abs(U).sum(axis=1) * np.abs(V).sum(axis=1)) ** 0.5)
+    refs = {
+        "autograd (create_graph)": EngineValue(auto, dtype=ctx.user_dtype, error_estimate=noise),
+        "finite_diff": EngineValue(ref_a, error_estimate=err_a, note=f"four-point mixed stencil of your forward, {ctx.fd_dtype}"),
+    }
+    return compare(name, refs, tolerance=ctx.tolerance, label=lambda i: f"direction {i[0]}")
+
+
+def _once_differentiable(outs: list[Any]) -> list[str]:
+    """Names of the custom Functions in the graph behind `outs` whose backward is wrapped by
+    ``torch.autograd.function.once_differentiable``."""
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [o.grad_fn for o in outs if getattr(o, "grad_fn", None) is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        cls = getattr(node, "_forward_cls", None)
+        backward = getattr(cls, "backward", None)
+        code = getattr(backward, "__code__", None)
+        if hasattr(backward, "__wrapped__") and code is not None and code.co_name == "wrapper" and code.co_filename.replace("\\", "/").endswith("torch/autograd/function.py"):
+            found.append(cls.__name__)
+        stack.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
+    return sorted(set(found))
+
+
+def _symbolic_jacobian(text: str, x: Any) -> np.ndarray:
+    """Diagonal Jacobian ``(n, n)`` of an elementwise formula in ``x``, derived by SymPy."""
+    expression = parse_expression(text, ["x"], what="expr")
+    derivative = sp.diff(expression, make_symbol("x"))
+    fn = sp.lambdify([make_symbol("x")], derivative, modules=NUMPY_MODULES, cse=True)
+    flat = to_real(x)
+    with np.errstate(all="ignore"):
+        values = np.broadcast_to(np.asarray(fn(flat), dtype=float), flat.shape)
+    return np.diag(values)
+
