@@ -61,13 +61,19 @@ CANCELLING_OPS = frozenset(
     _log_softmax _softmax_backward_data _log_softmax_backward_data _safe_softmax var var_mean
     std std_mean norm _euclidean_dist cdist _cdist_forward _cdist_backward convolution
     convolution_backward _convolution embedding_dense_backward index_add scatter_add
-    scatter_reduce index_put _index_put_impl sigmoid_backward tanh_backward trace
+    scatter_reduce index_put _index_put_impl sigmoid_backward tanh_backward trace gelu
+    gelu_backward silu_backward logit logit_backward mse_loss mse_loss_backward l1_loss
+    smooth_l1_loss smooth_l1_loss_backward huber_loss huber_loss_backward binary_cross_entropy
+    binary_cross_entropy_backward binary_cross_entropy_with_logits nll_loss nll_loss_forward
+    nll_loss_backward nll_loss2d_forward nll_loss2d_backward kl_div cosine_similarity pdist
+    _pdist_forward _pdist_backward multi_margin_loss multilabel_margin_loss_forward
     """.split()
 )
 """Operators whose result can cancel -- be far smaller than their operands -- and so carry
 an absolute rounding error of about ``eps`` times their operands' size: additions and
 reductions, products that sum (matmul, convolution), and fused kernels built on them
-(softmax and normalisation backwards, ``1 - s`` in sigmoid's). Multiplications,
+(softmax and normalisation backwards, ``1 - s`` in sigmoid's, ``1 + erf`` in GELU, the
+differences inside losses). Multiplications,
 divisions and elementwise functions err relative to their own result and are not counted.
 Names starting with one of :data:`CANCELLING_PREFIXES` count too."""
 

@@ -88,7 +88,7 @@ def _short(exc: BaseException) -> str:
 
 def check_numpy(
     forward: Callable[..., Any],
-    backward: Callable[..., Any],
+    backward: Callable[..., Any] | None,
     *inputs: Any,
     cache: bool | None = None,
     name: str | None = None,
@@ -106,7 +106,9 @@ def check_numpy(
     - `forward`: ``forward(*inputs) -> out`` (an array, or a tuple/list/dict of arrays), or
       ``-> (out, cache)`` (see `cache`).
     - `backward`: ``backward(dout, *inputs) -> grads``, or ``backward(dout, cache) -> grads``;
-      ``dout`` has the structure and shapes of ``out``.
+      ``dout`` has the structure and shapes of ``out``. ``None``: `forward` returns
+      ``(loss, grads)`` itself, as ``softmax_loss(x, y) -> (loss, dx)`` or a model's
+      ``loss(X, y) -> (loss, grads)`` do (the loss must be a scalar).
     - `inputs`: arrays, dicts or lists of arrays, and pass-through values.
     - `cache`: ``True``: forward returns ``(out, cache)``; ``False``: it returns ``out``;
       ``None`` (default): a returned 2-tuple is ``(out, cache)``.
@@ -116,8 +118,8 @@ def check_numpy(
     **Returns:** a :class:`~derivcheck.check.result.CheckResult`.
     """
     check_common(1, "auto", max_full, directions)
-    if not callable(forward) or not callable(backward):
-        raise InvalidType("forward and backward must be callables")
+    if not callable(forward) or not (backward is None or callable(backward)):
+        raise InvalidType("forward and backward must be callables (backward=None: forward returns (loss, grads))")
     if not inputs:
         raise InvalidArgument("check_numpy needs at least one input array")
     if cache not in (None, True, False):
@@ -146,15 +148,21 @@ def check_numpy(
             raise InvalidArgument(f"calling forward on the inputs failed: {_short(exc)}") from exc
 
     raw0 = call_forward(tuple(inputs))
+    value_and_grad = backward is None
+    if value_and_grad and not (isinstance(raw0, (tuple, list)) and len(raw0) == 2 and np.size(raw0[0]) == 1):
+        raise InvalidArgument(f"backward=None: forward must return (loss, grads) with a scalar loss, got {type(raw0).__name__}")
     uses_cache = (isinstance(raw0, tuple) and len(raw0) == 2) if cache is None else cache
+    uses_cache = uses_cache and not value_and_grad
     if uses_cache and not (isinstance(raw0, tuple) and len(raw0) == 2):
         raise InvalidArgument(f"cache=True: forward must return (out, cache), got {type(raw0).__name__}")
 
     def run_forward(args: tuple[Any, ...]) -> tuple[Any, Any]:
         raw = call_forward(args)
+        if value_and_grad:
+            return np.asarray(raw[0], dtype=np.float64).reshape(()), raw[1]
         return (raw[0], raw[1]) if uses_cache else (raw, None)
 
-    out0 = raw0[0] if uses_cache else raw0
+    out0 = run_forward(tuple(inputs))[0] if value_and_grad else (raw0[0] if uses_cache else raw0)
     out_leaves = flatten(out0, is_leaf=_is_array)
     out_arrays = []
     for path, leaf in out_leaves:
@@ -193,6 +201,8 @@ def check_numpy(
     notes: list[str] = []
 
     def call_backward(w: np.ndarray, args: tuple[Any, ...]) -> Any:
+        if value_and_grad:
+            return _scaled(run_forward(args)[1], float(w.reshape(-1)[0]))
         if uses_cache:
             _, fresh_cache = run_forward(args)
             first = (structured_dout(w, np.float64), copy.deepcopy(fresh_cache))
@@ -320,11 +330,11 @@ def check_numpy(
             bound = float(rtol * np.dot(np.abs(g), np.abs(v)) + SAFETY * np.dot(g_noise, np.abs(v)))
             result.taylor[label] = taylor_test(label, lambda z: float(np.dot(w, f(z))), x0, g, v, noise=s_noise, slope_bound=bound)
     # a zero output gradient must give zero input gradients
-    zero = pullback(np.zeros(m))
+    zero = pullback(np.zeros(m)) if not value_and_grad else np.zeros(0)
     if np.any(zero[np.isfinite(zero)] != 0):
         worst = float(np.max(np.abs(zero[np.isfinite(zero)])))
         result.findings.append(Finding("zero output gradient", "not multiplied by dout", False, f"with dout = 0 the backward returns non-zero gradients (max |grad| = {worst:.3g}): it is not multiplied by dout", measured=worst, bound=0.0))
-    else:
+    elif not value_and_grad:
         result.findings.append(Finding("zero output gradient", "zero", True, "dout = 0 gives zero gradients"))
     for s in slots:
         if s.name in reshaped:
@@ -334,6 +344,8 @@ def check_numpy(
         notes.append("the backward returns float64 gradients for float32 inputs (compared as they are)")
     if uses_cache:
         notes.append("convention: forward -> (out, cache), backward(dout, cache)")
+    if value_and_grad:
+        notes.append("convention: forward -> (loss, grads)")
     result.notes.extend(notes)
     return result
 
@@ -380,6 +392,15 @@ def _match_gradients(grads: Any, inputs: Sequence[Any], names: list[str], candid
             return out
         raise InvalidArgument(f"backward must return {len(differentiable)} gradient(s), one per floating-point input ({', '.join(names[i] for i in differentiable)}), got {len(grads)}")
     raise InvalidArgument(f"backward must return an array, a tuple/list of arrays or a dict of arrays, got {type(grads).__name__}")
+
+
+def _scaled(grads: Any, factor: float) -> Any:
+    """`grads` (an array or a tuple/list/dict of them) times `factor`."""
+    if isinstance(grads, dict):
+        return {k: _scaled(v, factor) for k, v in grads.items()}
+    if isinstance(grads, (tuple, list)):
+        return type(grads)(_scaled(v, factor) for v in grads)
+    return None if grads is None else np.asarray(grads) * factor
 
 
 def _sum_to(g: np.ndarray, slot: _Slot, notes: dict[str, str]) -> np.ndarray:

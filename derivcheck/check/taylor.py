@@ -35,7 +35,7 @@ import numpy as np
 
 EPS = float(np.finfo(np.float64).eps)
 RATIO = 4.0
-STEPS = 10
+STEPS = 12
 SAFETY = 10.0
 """A remainder is usable at step h when it stands this many times above its floor."""
 

@@ -115,6 +115,7 @@ class _Check:
     rng: np.random.Generator
     nondet: float = 0.0
     fd_note: str = ""
+    f_floor: float = 0.0
     result: CheckResult = field(default_factory=lambda: CheckResult("", []))
 
     @property
@@ -275,7 +276,11 @@ def check_torch(
             "torch's global RNG is re-seeded before every call (dropout and torch.rand inside fn are fine); seed any other randomness (a torch.Generator, numpy) inside fn"
         )
     f_samples = noisy_runs(lambda: f(x0), rounding_samples, seed)
-    f_noise = spread(f_samples, f0)
+    # the forward's noise: measured, and at least eps times the operands of its cancelling
+    # operators (a fused kernel that cancels inside -- 1 + erf(x) in GELU far left -- is
+    # flat to perturbation yet rounds to eps of its operands)
+    f_floor = magnitude_floor(fd_dtype, observed(lambda: f(x0))[1])
+    f_noise = np.maximum(spread(f_samples, f0), f_floor)
     if fd_failure is not None:
         result.notes.append(f"finite differences ran in {fd_dtype}: {what} failed in float64 ({fd_failure}); pass a function that accepts float64 tensors for a sharper check")
     if not np.all(np.isfinite(x0)):
@@ -292,7 +297,7 @@ def check_torch(
             result.notes.append(f"forward mode not checked: {what} does not support it ({unsupported})")
             fwd = False
 
-    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, fd_dtype, f, x0, f0, f_noise, f_samples, rev, fwd, rounding_samples, seed, np.random.default_rng(seed), fd_note=f"Richardson central differences of your forward, {fd_dtype}", result=result)
+    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, fd_dtype, f, x0, f0, f_noise, f_samples, rev, fwd, rounding_samples, seed, np.random.default_rng(seed), fd_note=f"Richardson central differences of your forward, {fd_dtype}", result=result, f_floor=f_floor)
     full = not fast and all(spec.size * s.size <= max_full for s in call.slots)
     result.mode = "full" if full else "directional"
     result.tolerances = {f"rtol {user_dtype} vs {fd_dtype}": ctx.rtol, "fd_safety": tolerance.fd_safety}
@@ -460,7 +465,7 @@ def _taylor(ctx: _Check, w: np.ndarray, g_w: np.ndarray, w_magnitude: float, blo
     finite = ctx.finite_outputs
     s0 = float(np.dot(w[finite], ctx.f0[finite]))
     s_noise = float(spread(ctx.f_samples.map(lambda fs: np.dot(w[finite], fs[finite])), s0)) if ctx.f_samples else 0.0
-    s_noise = max(s_noise, 10 * float(np.finfo(np.float64).eps) * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite]))))
+    s_noise = max(s_noise, 10 * float(np.finfo(np.float64).eps) * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite]))), ctx.f_floor * float(np.sum(np.abs(w[finite]))))
 
     def s(flat: np.ndarray) -> float:
         values = ctx.f(flat)
@@ -522,7 +527,7 @@ def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult
         return float(np.dot(w[finite], ctx.f(flat)[finite]))
 
     eps = float(np.finfo(np.float64).eps)
-    s_noise = 10 * eps * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite])))
+    s_noise = max(10 * eps * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite]))), ctx.f_floor * float(np.sum(np.abs(w[finite]))))
     ref, err = zip(*(second_directional(s, ctx.x0, u, v, noise=s_noise) for u, v in zip(U, V)))
     ref_a, err_a = np.array(ref), np.array(err)
     try:
