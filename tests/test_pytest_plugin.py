@@ -59,7 +59,8 @@ def pytest_configure(config):
     assert props[("broken", "verdict")] == "error"
 
 
-def test_fixture_records_properties(pytester):
+def test_fixture_records_properties(pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
     pytester.makepyfile(
         """
 import torch
@@ -78,9 +79,11 @@ def test_bad(derivcheck):
     derivcheck.assert_torch(Wrong.apply, torch.linspace(0.5, 1, 3, dtype=torch.float64))
 """
     )
-    result = pytester.runpytest_subprocess("--junitxml=out.xml", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--junitxml=out.xml", "-p", "no:cacheprovider", "-rf")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*DerivativeMismatch*", "*derivcheck MISMATCH*"])
+    # the short summary line carries the first failure, not an empty "DerivativeMismatch: "
+    result.stdout.fnmatch_lines(["FAILED *test_bad - derivcheck.DerivativeMismatch: Wrong.apply: d out/d x: your backward*"])
     tree = ET.parse(pytester.path / "out.xml")
     verdicts = {tc.get("name"): {p.get("name"): p.get("value") for p in tc.iter("property")} for tc in tree.iter("testcase")}
     assert verdicts["test_ok"]["derivcheck_verdict"] == "agree"

@@ -44,12 +44,17 @@ class Finding:
 
 class DerivativeMismatch(DerivcheckError, AssertionError):
     """Raised by ``assert_torch``/``assert_numpy``/``assert_operator``. The first line
-    names the first failing evidence (it is what pytest's summary shows); the rest is the
-    full result. `result` holds the :class:`CheckResult`."""
+    names the function and the first failing evidence (it is what pytest's short summary
+    shows); the rest is the full result. `result` holds the :class:`CheckResult`."""
 
     def __init__(self, result: CheckResult):
         self.result = result
-        super().__init__(str(result))
+        failures = result.failures()
+        first = f"{result.what}: {failures[0]}" if failures else f"{result.what}: not ok"
+        super().__init__(first + "\n" + str(result))
+
+
+DerivativeMismatch.__module__ = "derivcheck"  # tracebacks and pytest's summary show the public name
 
 
 @dataclass
@@ -87,6 +92,20 @@ class CheckResult:
         lines += [f"{f.name}: {f.message}" for f in self.findings if not f.ok]
         return lines
 
+    def caveats(self) -> list[str]:
+        """Comparisons that agree only because their bound is wide: where rounding alone
+        moves a derivative by a tenth of its size (an ill-conditioned or discontinuous
+        point), agreement says little, and the result says so."""
+        out = []
+        for q in self.quantities:
+            worst = q.worst
+            if q.ok and worst is not None and q.scale > 0 and worst.tolerance > 0.1 * q.scale:
+                out.append(
+                    f"{q.name}: weak evidence: the bound at {worst.label} ({worst.tolerance:.3g}) exceeds a tenth of the values' size ({q.scale:.3g}); "
+                    "rounding noise or the finite-difference error is that large here (an ill-conditioned or discontinuous point), so agreement says little"
+                )
+        return out
+
     def finding(self, name: str) -> Finding | None:
         """The finding called `name`, if that check ran."""
         return next((f for f in self.findings if f.name == name), None)
@@ -114,6 +133,7 @@ class CheckResult:
             )
         if rows:
             lines.append(tabulate(rows, headers=["quantity", "verdict", "odd engine", "worst entry", "values", "error", "bound"], tablefmt="simple"))
+        lines.extend(f"  {c}" for c in self.caveats())
         for q in self.quantities:
             for engine, reason in q.excluded.items():
                 lines.append(f"  {q.name}: {engine}: {reason}")
@@ -137,6 +157,7 @@ class CheckResult:
             "mode": self.mode,
             "dtype": self.dtype,
             "failures": self.failures(),
+            "caveats": self.caveats(),
             "quantities": [q.to_dict() for q in self.quantities],
             "taylor": {k: t.to_dict() for k, t in self.taylor.items()},
             "findings": [f.to_dict() for f in self.findings],

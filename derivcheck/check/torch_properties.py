@@ -101,10 +101,10 @@ def _slot_of(call: TorchCall, j: int) -> int:
     return len(call.slots) - 1
 
 
-def gradient_attributes(graph: Graph, w: np.ndarray) -> Finding:
-    """Each gradient's dtype, device, shape and layout equal its input's."""
+def gradient_attributes(graph: Graph, grads: list[Any]) -> Finding:
+    """Each gradient's dtype, device, shape and layout equal its input's (`grads`: one
+    backward pass's result, one entry per slot)."""
     name = "gradient dtype/device/shape/layout"
-    grads = graph.raw_grads(w)
     problems = []
     for g, leaf, slot in zip(grads, graph.leaves, graph.call.slots):
         if g is None:
