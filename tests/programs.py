@@ -92,6 +92,37 @@ def programs(draw: st.DrawFn, dtype: torch.dtype | None = None) -> Program:
     return Program(steps, inputs)
 
 
+def random_program(seed: int, dtype: torch.dtype) -> Program:
+    """The same kind of program as :func:`programs`, from a plain seed (for benchmarks)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batch, width = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    scale = float(rng.choice([0.5, 1.0, 3.0, 10.0]))
+    inputs = [torch.randn(batch, width, generator=gen, dtype=torch.float64).to(dtype) * scale]
+    steps: list[tuple[str, object]] = []
+    k = width
+    for _ in range(int(rng.integers(1, 6))):
+        op = str(rng.choice(["matmul", "unary", "unary", "softmax", "log_softmax", "layer_norm", "mul", "saturate"]))
+        if op == "matmul":
+            k2 = int(rng.integers(1, 5))
+            inputs.append(torch.randn(k, k2, generator=gen, dtype=torch.float64).to(dtype))
+            steps.append(("matmul", len(inputs) - 1))
+            k = k2
+        elif op == "mul":
+            inputs.append(torch.randn(batch, k, generator=gen, dtype=torch.float64).to(dtype))
+            steps.append(("mul", len(inputs) - 1))
+        elif op == "unary":
+            steps.append(("unary", str(rng.choice(sorted(UNARY)))))
+        elif op == "saturate":
+            steps += [("unary", "sigmoid")] * int(rng.integers(2, 5))
+        else:
+            steps.append((op, None))
+    steps.append(("end", str(rng.choice(ENDS))))
+    return Program(steps, inputs)
+
+
 class ScaleGrad(torch.autograd.Function):
     """Identity whose backward multiplies the gradient by ``1 + rel``: a seeded bug."""
 

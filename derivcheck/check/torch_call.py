@@ -356,7 +356,8 @@ class TorchCall:
         reason float64 failed."""
         torch = _torch()
         target: Any = self.fn
-        if self.module is not None:
+        wide_already = all(t.dtype in (torch.float64, torch.complex128) for t in [*self.module.parameters(), *self.module.buffers()] if t.is_floating_point() or t.is_complex()) if self.module is not None else True
+        if self.module is not None and not wide_already:
             try:
                 target = copy.deepcopy(self.module).to(torch.float64)
             except Exception:  # noqa: BLE001 - a module that cannot be copied is used as is

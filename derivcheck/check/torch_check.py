@@ -430,10 +430,11 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
         if ctx.rev:
             raise
     tangents = np.stack([jvp(call, spec, v) for v in V]) if ctx.fwd else None
-    fd = directional(ctx.f, ctx.x0, V, noise=ctx.f_noise, f0=ctx.f0)
+    method = "central" if fast else "richardson"
+    fd = directional(ctx.f, ctx.x0, V, noise=ctx.f_noise, f0=ctx.f0, method=method)
 
     def quantity(label: str, mask: np.ndarray, d: Differences | None) -> QuantityResult:
-        Vm = V * mask
+        Vm = V if mask.all() else V * mask
         refs: dict[str, EngineValue] = {}
         noise = np.einsum("dn,dn->d", grad_noise, np.abs(Vm)) if grad_noise is not None else np.zeros(directions)
         if ctx.rev and grads is not None:
@@ -441,7 +442,7 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
         if ctx.fwd:
             tv = tangents if mask.all() and tangents is not None else np.stack([jvp(call, spec, v) for v in Vm])
             refs["forward_ad"] = EngineValue(np.einsum("dm,dm->d", U, tv), dtype=ctx.user_dtype, error_estimate=noise)
-        d = d if d is not None else directional(ctx.f, ctx.x0, Vm, noise=ctx.f_noise, f0=ctx.f0)
+        d = d if d is not None else directional(ctx.f, ctx.x0, Vm, noise=ctx.f_noise, f0=ctx.f0, method=method)
         refs["finite_diff"] = EngineValue(
             np.einsum("dm,md->d", U, np.where(np.isfinite(d.values), d.values, 0.0)),
             dtype=ctx.fd_dtype,
