@@ -45,7 +45,7 @@ def test_directional_retries_a_kinked_direction_with_a_smaller_step():
     x[0] = 1e-6  # a unit just above its kink
     v = np.zeros((1, 2000))
     v[0, :] = rng.standard_normal(2000)
-    d = directional(lambda z: np.array([np.sum(np.maximum(z, 0))]), x, v)
+    d = directional(lambda z: np.array([np.sum(np.maximum(z, 0))]), x, v, np.ones((1, 1)))
     exact = np.sum(v[0][x > 0])
     assert not d.kinks.any() and abs(d.values[0, 0] - exact) < 1e-6 * abs(exact) + 1e-8
 

@@ -170,8 +170,14 @@ def along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f
     return value, error, kink, np.zeros_like(kink), undefined
 
 
-def directional(f: Function, x: np.ndarray, directions: np.ndarray, noise: np.ndarray | float = 0.0, f0: np.ndarray | None = None, method: str = "richardson") -> Differences:
-    """``J v`` for each row ``v`` of `directions` ``(k, n)``: values ``(m, k)``.
+def directional(f: Function, x: np.ndarray, directions: np.ndarray, weights: np.ndarray, noise: np.ndarray | float = 0.0, f0: np.ndarray | None = None, method: str = "richardson") -> Differences:
+    """``u_k . J v_k`` for each row ``v_k`` of `directions` ``(k, n)`` and ``u_k`` of
+    `weights` ``(k, m)``: values and flags ``(1, k)``.
+
+    Each direction differentiates the scalar ``s_k(z) = u_k . f(z)``, so the truncation
+    error is that of the projected quantity and the rounding noise adds up in quadrature
+    over the outputs (independent roundings), instead of output by output in absolute
+    value -- which, over thousands of outputs, would bury the derivative.
 
     `method`: ``"richardson"`` (the eight-point stencil of :func:`along`) or ``"central"``
     (the four-point :func:`along_central`, at the step ``eps^(1/3)`` suits it).
@@ -183,15 +189,25 @@ def directional(f: Function, x: np.ndarray, directions: np.ndarray, noise: np.nd
     x = np.asarray(x, dtype=np.float64)
     flat = lambda z: np.asarray(f(z), dtype=np.float64).ravel()  # noqa: E731
     f0 = flat(x) if f0 is None else f0
+    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), f0.shape)
     stencil = along_central if method == "central" else along
     shrink = EPS ** (1 / 3 - 1 / 5) if method == "central" else 1.0
     size = float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0))
+    finite = np.isfinite(f0)
     cols = []
-    for v in directions:
+    for v, u in zip(directions, weights):
+        u = np.where(finite, u, 0.0)
+
+        def projected(z: np.ndarray, u: np.ndarray = u) -> np.ndarray:
+            values = flat(z)
+            return np.array([np.dot(u, np.where(finite, values, 0.0)) if np.all(np.isfinite(values[finite])) else np.nan])
+
+        s0 = np.array([np.dot(u, np.where(finite, f0, 0.0))])
+        s_noise = float(np.sqrt(np.sum((u * sigma) ** 2)) + 10 * EPS * np.dot(np.abs(u), np.abs(np.where(finite, f0, 0.0))) / max(np.sqrt(finite.sum()), 1.0))
         h = directional_step(x, v, size) * shrink
-        col = stencil(flat, x, v, h, f0, noise)
+        col = stencil(projected, x, v, h, s0, s_noise)
         if col[2].any() or col[3].any() or col[4].any():
-            retry = stencil(flat, x, v, h * 1e-3, f0, noise)
+            retry = stencil(projected, x, v, h * 1e-3, s0, s_noise)
             if not (retry[2].any() or retry[3].any() or retry[4].any()):
                 col = retry
         cols.append(col)

@@ -431,7 +431,7 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
             raise
     tangents = np.stack([jvp(call, spec, v) for v in V]) if ctx.fwd else None
     method = "central" if fast else "richardson"
-    fd = directional(ctx.f, ctx.x0, V, noise=ctx.f_noise, f0=ctx.f0, method=method)
+    fd = directional(ctx.f, ctx.x0, V, U, noise=ctx.f_noise, f0=ctx.f0, method=method)
 
     def quantity(label: str, mask: np.ndarray, d: Differences | None) -> QuantityResult:
         Vm = V if mask.all() else V * mask
@@ -442,12 +442,12 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
         if ctx.fwd:
             tv = tangents if mask.all() and tangents is not None else np.stack([jvp(call, spec, v) for v in Vm])
             refs["forward_ad"] = EngineValue(np.einsum("dm,dm->d", U, tv), dtype=ctx.user_dtype, error_estimate=noise)
-        d = d if d is not None else directional(ctx.f, ctx.x0, Vm, noise=ctx.f_noise, f0=ctx.f0, method=method)
+        d = d if d is not None else directional(ctx.f, ctx.x0, Vm, U, noise=ctx.f_noise, f0=ctx.f0, method=method)
         refs["finite_diff"] = EngineValue(
-            np.einsum("dm,md->d", U, np.where(np.isfinite(d.values), d.values, 0.0)),
+            np.where(np.isfinite(d.values[0]), d.values[0], 0.0),
             dtype=ctx.fd_dtype,
-            error_estimate=np.einsum("dm,md->d", np.abs(U), d.errors),
-            excluded=d.excluded.any(axis=0),
+            error_estimate=d.errors[0],
+            excluded=d.excluded[0],
             excluded_reason=EXCLUDED_FD,
             note=ctx.fd_note,
         )
