@@ -35,7 +35,7 @@ from ..errors import InvalidArgument, InvalidType
 from ..values import EngineValue
 from .differences import directional, jacobian
 from .evidence import compare
-from .noise import spread
+from .noise import SCALES, NoiseSamples, spread
 from .result import CheckResult, Finding
 from .taylor import SAFETY, skipped, taylor_test
 from .torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_FULL, ROUNDING_SAMPLES, check_common
@@ -208,6 +208,7 @@ def check_numpy(
             first = (structured_dout(w, np.float64), copy.deepcopy(fresh_cache))
         else:
             first = (structured_dout(w, np.float64), *args)
+        assert backward is not None
         try:
             return backward(*first)
         except Exception as exc:
@@ -256,19 +257,24 @@ def check_numpy(
     x0 = np.concatenate([s.array.astype(np.float64).ravel() for s in slots])
     f0 = f(x0)
 
-    def ulp_runs(compute: Callable[[tuple[Any, ...], np.ndarray], np.ndarray]) -> list[np.ndarray]:
-        runs = []
+    def ulp_runs(compute: Callable[[tuple[Any, ...], np.ndarray], np.ndarray]) -> NoiseSamples:
+        """`compute` at inputs moved by one to four ``eps`` (times the run's scale, see
+        :data:`~derivcheck.check.noise.SCALES`), each in its input's dtype."""
+        runs = NoiseSamples()
         for k in range(rounding_samples):
+            scale = SCALES[k % len(SCALES)]
             noise_rng = np.random.default_rng(seed + 1 + k)
             moved = x0.copy()
             for s in slots:
-                unit = np.finfo(s.array.dtype).eps / 2
-                step = unit * (1 + noise_rng.random(s.size)) * noise_rng.choice([-1.0, 1.0], s.size)
+                unit = np.finfo(s.array.dtype).eps * scale
+                step = unit * (1 + 3 * noise_rng.random(s.size)) * noise_rng.choice([-1.0, 1.0], s.size)
                 moved[s.cols] = (s.array.ravel() * (1 + step)).astype(s.array.dtype)
             try:
-                runs.append(compute(rebuild(moved, None), moved))
+                value = np.asarray(compute(rebuild(moved, None), moved), dtype=np.float64)
             except Exception:  # noqa: BLE001 - a moved input the code cannot handle tells nothing
                 continue
+            runs.append(value)
+            runs.scales.append(scale)
         return runs
 
     f_runs = ulp_runs(lambda args, moved: f(moved))
@@ -283,18 +289,18 @@ def check_numpy(
         rows = np.stack([pullback(e) for e in np.eye(m)]) if m else np.zeros((0, n))
         noise = spread(ulp_runs(lambda args, moved: np.stack([pullback_at(e, args) for e in np.eye(m)])), rows)
         fd = jacobian(f, x0, noise=f_noise, f0=f0)
-        kinks = fd.kinks.any(axis=0) | fd.rough.any(axis=0)
+        kinks = np.asarray(fd.kinks.any(axis=0) | fd.excluded.any(axis=0))
         for s in slots:
             cols = s.cols
             refs = {
                 "backward": EngineValue(rows[:, cols], dtype=user_dtype, error_estimate=noise[:, cols]),
-                "finite_diff": EngineValue(fd.values[:, cols], error_estimate=fd.errors[:, cols], excluded=fd.rough[:, cols], excluded_reason="a jump or staircase inside the finite-difference stencil", note=fd_note),
+                "finite_diff": EngineValue(fd.values[:, cols], error_estimate=fd.errors[:, cols], excluded=fd.excluded[:, cols], excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain", note=fd_note),
             }
 
-            def label(index: tuple[int, ...], s: _Slot = s) -> str:
+            def entry_label(index: tuple[int, ...], s: _Slot = s) -> str:
                 return f"d {out_label(index[0])}/d {s.label(index[1])}"
 
-            result.quantities.append(compare(f"d {quantity_out}/d {s.name}", refs, tolerance=tolerance, kink_mask=fd.kinks[:, cols], label=label))
+            result.quantities.append(compare(f"d {quantity_out}/d {s.name}", refs, tolerance=tolerance, kink_mask=fd.kinks[:, cols], label=entry_label))
     else:
         U = rng.standard_normal((directions, m))
         V = rng.standard_normal((directions, n))
@@ -313,14 +319,14 @@ def check_numpy(
         w = rng.standard_normal(m)
         g = pullback(w)
         g_noise = spread(ulp_runs(lambda args, moved: pullback_at(w, args)), g)
-        s_noise = max([abs(float(np.dot(w, r - f0))) for r in f_runs] + [10 * EPS * float(np.dot(np.abs(w), np.abs(f0)))])
-        targets = slots if full else [None]
-        for s in targets:
-            label = s.name if s is not None else "all inputs"
+        s_noise = max(float(spread(f_runs.map(lambda r: np.dot(w, r)), np.asarray(np.dot(w, f0)))), 10 * EPS * float(np.dot(np.abs(w), np.abs(f0))))
+        targets: list[_Slot | None] = list(slots) if full else [None]
+        for target in targets:
+            label = target.name if target is not None else "all inputs"
             v = np.zeros(n)
-            cols = s.cols if s is not None else slice(0, n)
+            cols = target.cols if target is not None else slice(0, n)
             v[cols] = rng.standard_normal(cols.stop - cols.start)
-            if s is None and kinks.any():
+            if target is None and kinks.any():
                 result.taylor[label] = skipped(label, "the random direction crosses a kink or jump")
                 continue
             v[kinks] = 0.0

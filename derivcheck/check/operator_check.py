@@ -190,7 +190,7 @@ def check_operator(
     }
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     quantities = []
-    tried = [("manufactured field", f, i) for i, f in enumerate(_manufactured_fields(list(variables), list(fields), manufactured, rng))]
+    tried: list[tuple[str, dict[str, str] | None, int]] = [("manufactured field", f, i) for i, f in enumerate(_manufactured_fields(list(variables), list(fields), manufactured, rng))]
     tried += [("tanh network", None, i) for i in range(networks)]
     for kind, formulas, index in tried:
         net_seed = index
@@ -203,7 +203,7 @@ def check_operator(
             case = case_from_dict(table, file="check_operator")
         except InvalidArgument as exc:
             raise InvalidArgument(str(exc).replace("check_operator: key 'pde'", "operator")) from None
-        (problem,) = case.problems
+        (problem,) = case.problems  # type: ignore[attr-defined]  # a field case; case_from_dict returns the union
         user = _UserOperator(op_fn, torch_dtype, rounding_samples, seed)
         engines = make_engines(["symbolic", "finite_diff", "torch"]) + [user]
         result = run_field_problem(problem, engines, ["residual"], tolerance=tolerance, zero_residual=False)  # type: ignore[arg-type]

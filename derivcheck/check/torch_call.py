@@ -139,7 +139,7 @@ def argument_names(fn: Any, count: int) -> list[str]:
     if isinstance(fn, torch.nn.Module):
         target = fn.forward
     elif inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
-        target = owner.forward
+        target = getattr(owner, "forward")  # noqa: B009 - a class attribute the type checker cannot see
         new_style = getattr(owner, "setup_context", None) is not getattr(torch.autograd.Function, "setup_context", None)
         skip = 0 if new_style else 1  # old-style forward(ctx, ...)
     names: list[str] = []

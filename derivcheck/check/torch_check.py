@@ -198,8 +198,6 @@ def check_torch(
 
     **Returns:** a :class:`~derivcheck.check.result.CheckResult`; ``result.ok`` is the verdict.
     """
-    import torch
-
     check_common(order, reference, max_full, directions)
     rev, fwd, fwd_required = _modes(modes)
     if batched not in ("auto", True, False):
@@ -257,41 +255,7 @@ def check_torch(
     raw_w, w_magnitude = _first_backward(graph, what, w) if rev else ([None] * len(call.slots), 0.0)
     g_w = flat_grads(raw_w, call)
 
-    # -- references: a float64 forward, deterministic, and its noise --------------------
-    forward, _, fd_failure = call.float64_twin()
-    fd_dtype = "float64" if fd_failure is None else user_dtype
-
-    def f(flat: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            try:
-                return spec.real(forward(flat))
-            except (InvalidType, InvalidArgument):
-                raise
-            except Exception:  # noqa: BLE001 - outside the function's domain: flagged undefined
-                return np.full(spec.size, np.nan)
-
-    x0 = call.base()
-    f0 = f(x0)
-    again, f_magnitude = observed(lambda: f(x0))
-    if not np.array_equal(f0, again, equal_nan=True):
-        worst = float(np.nanmax(np.abs(f0 - again)))
-        raise InvalidArgument(
-            f"{what} is not deterministic: two calls with the same inputs differ by up to {worst:.3g}, so finite differences cannot check it. "
-            "torch's global RNG is re-seeded before every call (dropout and torch.rand inside fn are fine); seed any other randomness (a torch.Generator, numpy) inside fn"
-        )
-    f_samples = noisy_runs(lambda: f(x0), rounding_samples, seed)
-    # the forward's noise: measured, and at least eps times the operands of its cancelling
-    # operators (a fused kernel that cancels inside -- 1 + erf(x) in GELU far left -- is
-    # flat to perturbation yet rounds to eps of its operands)
-    f_floor = magnitude_floor(fd_dtype, f_magnitude)
-    f_noise = np.maximum(spread(f_samples, f0), f_floor)
-    if fd_failure is not None:
-        result.notes.append(f"finite differences ran in {fd_dtype}: {what} failed in float64 ({fd_failure}); pass a function that accepts float64 tensors for a sharper check")
-    if not np.all(np.isfinite(x0)):
-        result.notes.append(f"{int((~np.isfinite(x0)).sum())} input coordinate(s) are infinite or NaN: no derivative is checked with respect to them")
-    if not np.all(np.isfinite(f0)):
-        result.notes.append(f"{int((~np.isfinite(f0)).sum())} output coordinate(s) are infinite or NaN at these inputs: their derivatives are not checked")
-
+    refs = _references(call, spec, what, user_dtype, rounding_samples, seed, result)
     # -- forward mode: supported? ----------------------------------------------------------
     if fwd:
         unsupported = forward_mode_support(call, spec)
@@ -301,10 +265,10 @@ def check_torch(
             result.notes.append(f"forward mode not checked: {what} does not support it ({unsupported})")
             fwd = False
 
-    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, fd_dtype, f, x0, f0, f_noise, f_samples, rev, fwd, rounding_samples, seed, rng, fd_note=f"Richardson central differences of your forward, {fd_dtype}", result=result, f_floor=f_floor)
+    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, refs.dtype, refs.f, refs.x0, refs.f0, refs.noise, refs.samples, rev, fwd, rounding_samples, seed, rng, fd_note=f"Richardson central differences of your forward, {refs.dtype}", result=result, f_floor=refs.floor)
     full = not fast and all(spec.size * s.size <= max_full for s in call.slots)
     result.mode = "full" if full else "directional"
-    result.tolerances = {f"rtol {user_dtype} vs {fd_dtype}": ctx.rtol, "fd_safety": tolerance.fd_safety}
+    result.tolerances = {f"rtol {user_dtype} vs {ctx.fd_dtype}": ctx.rtol, "fd_safety": tolerance.fd_safety}
 
     if rev and not fast:
         _nondeterminism(ctx, w, g_w, nondet_tol)
@@ -317,16 +281,74 @@ def check_torch(
         second = _second_order(ctx, w, directions)
         (result.findings if isinstance(second, Finding) else result.quantities).append(second)  # type: ignore[arg-type]
     if rev:
-        nonfinite_slots = {k for k, s in enumerate(call.slots) if not np.all(np.isfinite(g_w[s.cols]))}
-        if check_undefined:
-            result.findings.append(zero_output_gradient(graph, nonfinite_slots))
-            undefined = undefined_output_gradients(graph, tolerance, user_dtype, ctx.rng)
-            if undefined is not None:
-                result.findings.append(undefined)
-        result.findings.append(gradient_attributes(graph, raw_w))
-        if batched is not False:
-            result.findings.extend(batched_gradients(call, graph, tolerance, user_dtype, ctx.rng, required=batched is True))
+        _properties(ctx, g_w, raw_w, check_undefined, batched)
     return result
+
+
+@dataclass
+class _References:
+    """The float64 forward finite differences perturb, where they start, and its noise."""
+
+    f: Callable[[np.ndarray], np.ndarray]
+    x0: np.ndarray
+    f0: np.ndarray
+    noise: np.ndarray
+    samples: NoiseSamples
+    floor: float
+    dtype: str
+
+
+def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, samples: int, seed: int, result: CheckResult) -> _References:
+    """A float64 (complex128) forward in real coordinates, checked to be deterministic,
+    with its rounding noise: measured, and at least ``eps`` times the operands of its
+    cancelling operators (a fused kernel that cancels inside -- ``1 + erf(x)`` in GELU far
+    left -- is flat to perturbation yet rounds to ``eps`` of its operands)."""
+    import torch
+
+    forward, _, failure = call.float64_twin()
+    dtype = "float64" if failure is None else user_dtype
+
+    def f(flat: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            try:
+                return spec.real(forward(flat))
+            except (InvalidType, InvalidArgument):
+                raise
+            except Exception:  # noqa: BLE001 - outside the function's domain: flagged undefined
+                return np.full(spec.size, np.nan)
+
+    x0 = call.base()
+    f0 = f(x0)
+    again, magnitude = observed(lambda: f(x0))
+    if not np.array_equal(f0, again, equal_nan=True):
+        worst = float(np.nanmax(np.abs(f0 - again)))
+        raise InvalidArgument(
+            f"{what} is not deterministic: two calls with the same inputs differ by up to {worst:.3g}, so finite differences cannot check it. "
+            "torch's global RNG is re-seeded before every call (dropout and torch.rand inside fn are fine); seed any other randomness (a torch.Generator, numpy) inside fn"
+        )
+    runs = noisy_runs(lambda: f(x0), samples, seed)
+    floor = magnitude_floor(dtype, magnitude)
+    if failure is not None:
+        result.notes.append(f"finite differences ran in {dtype}: {what} failed in float64 ({failure}); pass a function that accepts float64 tensors for a sharper check")
+    if not np.all(np.isfinite(x0)):
+        result.notes.append(f"{int((~np.isfinite(x0)).sum())} input coordinate(s) are infinite or NaN: no derivative is checked with respect to them")
+    if not np.all(np.isfinite(f0)):
+        result.notes.append(f"{int((~np.isfinite(f0)).sum())} output coordinate(s) are infinite or NaN at these inputs: their derivatives are not checked")
+    return _References(f, x0, f0, np.maximum(spread(runs, f0), floor), runs, floor, dtype)
+
+
+def _properties(ctx: _Check, g_w: np.ndarray, raw_w: list[Any], check_undefined: bool, batched: bool | str) -> None:
+    """The property checks of :mod:`derivcheck.check.torch_properties`."""
+    call, graph = ctx.call, ctx.graph
+    if check_undefined:
+        nonfinite_slots = {k for k, s in enumerate(call.slots) if not np.all(np.isfinite(g_w[s.cols]))}
+        ctx.result.findings.append(zero_output_gradient(graph, nonfinite_slots))
+        undefined = undefined_output_gradients(graph, ctx.tolerance, ctx.user_dtype, ctx.rng)
+        if undefined is not None:
+            ctx.result.findings.append(undefined)
+    ctx.result.findings.append(gradient_attributes(graph, raw_w))
+    if batched is not False:
+        ctx.result.findings.extend(batched_gradients(call, graph, ctx.tolerance, ctx.user_dtype, ctx.rng, required=batched is True))
 
 
 def _directions(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
@@ -451,7 +473,7 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
             excluded_reason=EXCLUDED_FD,
             note=ctx.fd_note,
         )
-        return compare(label, refs, tolerance=ctx.tolerance, kink_mask=d.kinks.any(axis=0), label=lambda i: f"direction {i[0]}")
+        return compare(label, refs, tolerance=ctx.tolerance, kink_mask=np.asarray(d.kinks.any(axis=0)), label=lambda i: f"direction {i[0]}")
 
     joint = quantity("u^T J v (all inputs)", np.ones(call.size, dtype=bool), fd)
     ctx.result.quantities.append(joint)
@@ -477,7 +499,7 @@ def _taylor(ctx: _Check, w: np.ndarray, g_w: np.ndarray, w_magnitude: float, blo
     g_noise = np.maximum(spread(g_samples, g_w), ctx.floor(w_magnitude))
     finite = ctx.finite_outputs
     s0 = float(np.dot(w[finite], ctx.f0[finite]))
-    s_noise = float(spread(ctx.f_samples.map(lambda fs: np.dot(w[finite], fs[finite])), s0)) if ctx.f_samples else 0.0
+    s_noise = float(spread(ctx.f_samples.map(lambda fs: np.dot(w[finite], fs[finite])), np.asarray(s0))) if ctx.f_samples else 0.0
     s_noise = max(s_noise, 10 * float(np.finfo(np.float64).eps) * float(np.dot(np.abs(w[finite]), np.abs(ctx.f0[finite]))), ctx.f_floor * float(np.sum(np.abs(w[finite]))))
 
     def s(flat: np.ndarray) -> float:
@@ -529,7 +551,10 @@ def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult
         out, magnitude = [], 0.0
         for u, v in zip(U, V):
             weight = torch.as_tensor(u, dtype=flat.dtype, device=flat.device)
-            second, mag = observed(lambda weight=weight: torch.autograd.grad((flat * weight).sum(), graph.leaves, retain_graph=True, allow_unused=True))
+            def hvp(weight: Any = weight) -> Any:
+                return torch.autograd.grad((flat * weight).sum(), graph.leaves, retain_graph=True, allow_unused=True)
+
+            second, mag = observed(hvp)
             magnitude = max(magnitude, mag)
             out.append(float(np.dot(flat_grads(second, call), v)))
         return np.array(out), magnitude
@@ -596,7 +621,7 @@ def _once_differentiable(outs: list[Any]) -> list[str]:
         cls = getattr(node, "_forward_cls", None)
         backward = getattr(cls, "backward", None)
         code = getattr(backward, "__code__", None)
-        if hasattr(backward, "__wrapped__") and code is not None and code.co_name == "wrapper" and code.co_filename.replace("\\", "/").endswith("torch/autograd/function.py"):
+        if cls is not None and hasattr(backward, "__wrapped__") and code is not None and code.co_name == "wrapper" and code.co_filename.replace("\\", "/").endswith("torch/autograd/function.py"):
             found.append(cls.__name__)
         stack.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
     return sorted(set(found))

@@ -204,7 +204,7 @@ def _vmapped_function(call: TorchCall, graph: Graph, tolerance: Tolerance, dtype
         return tuple(spec.tensors(call.call(list(tensors))))
 
     def per_sample(*tensors: Any) -> Any:
-        outs, pullback = torch.func.vjp(outputs, *tensors)
+        outs, pullback = torch.func.vjp(outputs, *tensors)[:2]
         grads = pullback(tuple(spec.cotangents(w, list(outs))))
         return outs, tuple(g for k, g in enumerate(grads) if k in inputs)
 
@@ -213,7 +213,7 @@ def _vmapped_function(call: TorchCall, graph: Graph, tolerance: Tolerance, dtype
         stacked = [torch.stack([samples[0][k], samples[1][k]]) if k in inputs else samples[0][k] for k in range(len(call.slots))]
         vmapped_outs, vmapped_grads = torch.func.vmap(per_sample, in_dims=in_dims)(*stacked)
         batched_fn = torch.func.vmap(outputs, in_dims=in_dims)
-        outs, pullback = torch.func.vjp(lambda *ts: batched_fn(*[t if k in inputs else samples[0][k] for k, t in enumerate(ts)]), *stacked)
+        outs, pullback = torch.func.vjp(lambda *ts: batched_fn(*[t if k in inputs else samples[0][k] for k, t in enumerate(ts)]), *stacked)[:2]
         cotangents = tuple(torch.stack([c, c]) for c in spec.cotangents(w, [o[0] for o in outs]))
         grads_of_batched = [g for k, g in enumerate(pullback(cotangents)) if k in inputs]
     except Exception as exc:  # noqa: BLE001 - fn does not run under torch.func transforms
