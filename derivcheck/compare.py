@@ -36,7 +36,7 @@ from .values import EngineValue
 
 VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error")
 
-_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
+_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
 _TINY = 1e-300
 
 

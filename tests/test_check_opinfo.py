@@ -96,9 +96,11 @@ def sweep(dtype):
             try:
                 result = dc.check_torch(fn, *args, **options)
             except dc.InvalidArgument as exc:
-                if "nothing to differentiate" in str(exc) or "not deterministic" in str(exc):
+                if "nothing to differentiate" in str(exc):
                     continue
                 raise
+            if result.finding("deterministic forward") is not None:
+                continue  # a random op (bernoulli with its own generator): nothing to check by finite differences
             checked += 1
             if (name, dtype) in UPSTREAM:
                 found.append(name)

@@ -241,8 +241,19 @@ def test_random_forwards_are_reseeded():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
     assert dc.check_torch(model, torch.randn(3, 4, dtype=torch.float64)).ok
     generator = torch.Generator().manual_seed(1)
-    with pytest.raises(dc.InvalidArgument, match="not deterministic"):
-        dc.check_torch(lambda t: t * torch.rand(t.shape, generator=generator, dtype=t.dtype), x64(3))
+    r = dc.check_torch(lambda t: t * torch.rand(t.shape, generator=generator, dtype=t.dtype), x64(3))
+    found = r.finding("deterministic forward")
+    assert not r.ok and not found.ok and "cannot check a non-deterministic forward by finite differences" in found.message
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_judged_at_its_own_precision(dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.GELU(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2)).to(dtype)
+    r = dc.check_torch(model, torch.randn(4, 3).to(dtype))
+    assert r.ok and r.dtype == str(dtype).replace("torch.", "")
+    assert any("run the same code in float32 or float64" in n for n in r.notes)
+    assert not dc.check_torch(make_softplus(0.5), torch.randn(6).to(dtype)).ok
 
 
 def test_broadcast_shaped_gradients_from_a_custom_function_are_summed_by_autograd():

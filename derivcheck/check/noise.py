@@ -233,9 +233,12 @@ def observed(compute: Callable[[], Any]) -> tuple[Any, float]:
     return value, float(mode.magnitude)
 
 
+EPS_BY_NAME = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
+
+
 def magnitude_floor(dtype: str, magnitude: float) -> float:
     """The rounding floor ``eps(dtype) * magnitude`` (see :func:`observed`)."""
-    return float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps) * magnitude
+    return EPS_BY_NAME[dtype] * magnitude
 
 
 def RoundingNoise(seed: int, scale: float = 1.0) -> Any:
