@@ -181,3 +181,47 @@ def test_bad_arguments(call, error, fragment):
         call()
     assert isinstance(info.value, dc.DerivcheckError)
     assert fragment in str(info.value)
+
+
+# -- found by a new user's review ---------------------------------------------------------------
+
+
+def test_float32_numpy_code_is_held_to_float32_precision_not_looser():
+    """The noise of float32 numpy code is the difference to the same code on float64 inputs
+    (moving float32 inputs by ulps changes the function, and buried a 0.1% error)."""
+    x, w, b = (RNG.standard_normal(s).astype(np.float32) for s in ((4, 2, 3), (6, 5), (5,)))
+
+    def off(dout, cache):
+        dx, dw, db = affine_backward(dout, cache)
+        return dx, dw * np.float32(1.001), db
+
+    assert dc.check_numpy(affine_forward, affine_backward, x, w, b).ok
+    assert not dc.check_numpy(affine_forward, off, x, w, b).ok
+
+
+def test_directional_numpy_disagreement_names_the_input():
+    x, w = RNG.standard_normal((40, 30)), RNG.standard_normal((30, 20))
+
+    def backward(dout, x, w):
+        return dout @ w.T, 1.1 * (x.T @ dout)
+
+    r = dc.check_numpy(lambda x, w: x @ w, backward, x, w, max_full=16)
+    verdicts = {q.name: q.verdict for q in r.quantities}
+    assert verdicts["u^T J v (all inputs)"] == "disagree" and verdicts["u^T (d out/d x) v"] == "agree" and verdicts["u^T (d out/d w) v"] == "disagree"
+
+
+def test_a_random_numpy_forward_is_not_checked():
+    def dropout(x):
+        mask = np.random.default_rng().random(x.shape) < 0.5
+        return x * mask / 0.5
+
+    r = dc.check_numpy(dropout, lambda g, x: (g,), RNG.standard_normal(5))
+    assert not r.ok and "cannot check a non-deterministic forward" in r.finding("deterministic forward").message
+
+
+def test_the_cache_guess_is_explained_when_it_fails():
+    def moments(x):
+        return x.mean(0), x.var(0)  # two outputs, which the (out, cache) guess takes for a cache
+
+    with pytest.raises(dc.InvalidArgument, match="pass cache=False if it returns two outputs"):
+        dc.check_numpy(moments, lambda douts, x: (douts[0] / len(x) + 2 * douts[1] * (x - x.mean(0)) / len(x),), RNG.standard_normal((4, 3)))

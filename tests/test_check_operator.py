@@ -82,3 +82,20 @@ def test_bad_arguments(call, error, fragment):
         call()
     assert isinstance(info.value, dc.DerivcheckError)
     assert fragment in str(info.value)
+
+
+def burgers(u, xt, nu=1e-4):
+    value = u(xt)
+    du = torch.autograd.grad(value, xt, torch.ones_like(value), create_graph=True)[0]
+    u_x, u_t = du[:, 0], du[:, 1]
+    u_xx = torch.autograd.grad(u_x, xt, torch.ones_like(u_x), create_graph=True)[0][:, 0]
+    return u_t + value * u_x - nu * u_xx
+
+
+def test_float32_operator_catches_a_small_term():
+    """A viscosity of 1e-4 with the wrong sign changes the residual by ~1e-3: visible in
+    float32, whose operator is held to 256 eps plus its measured noise."""
+    options = dict(constants={"nu": 1e-4}, domain={"x": [-1, 1], "t": [0, 1]}, points=16, dtype="float32")
+    operator = "d(u,t) + u*d(u,x) - nu*d(u,x,2)"
+    assert dc.check_operator(burgers, operator, ["x", "t"], **options).ok
+    assert not dc.check_operator(lambda u, xt: burgers(u, xt, nu=-1e-4), operator, ["x", "t"], **options).ok

@@ -655,3 +655,123 @@ def test_bad_arguments(call, error, fragment):
         call()
     assert isinstance(info.value, dc.DerivcheckError)
     assert fragment in str(info.value)
+
+
+# -- found by a new user's review ---------------------------------------------------------------
+
+
+def test_a_forward_that_takes_derivatives_itself():
+    """Forces F = -dE/dx (also gradient penalties, PINN losses): the forward calls
+    torch.autograd.grad, so finite differences must run it with grad enabled."""
+    torch.manual_seed(0)
+    energy = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+
+    def forces(x):
+        x = x if x.requires_grad else x.clone().requires_grad_(True)
+        return -torch.autograd.grad(energy(x).sum(), x, create_graph=True)[0]
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert dc.check_torch(forces, x).ok and dc.check_torch(forces, x, fast=True).ok
+
+
+def test_masked_scores_with_infinities():
+    causal = torch.triu(torch.full((4, 4), float("-inf"), dtype=torch.float64), 1)
+    q, k = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    r = dc.check_torch(lambda a, b: a @ b.T / 8**0.5 + causal, q, k)
+    assert r.ok, str(r)
+    assert dc.check_torch(lambda a, b: torch.softmax(a @ b.T / 8**0.5 + causal, -1), q, k).ok
+
+
+def test_linear_algebra_that_decomposes_differently_under_a_dispatch_mode():
+    a = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for fn in (torch.linalg.svdvals, lambda m: torch.linalg.matrix_norm(m, ord=2), lambda m: torch.linalg.matrix_norm(m, ord="nuc"), torch.linalg.cond):
+        assert dc.check_torch(fn, a).ok
+
+
+def test_ties_skip_the_vmap_comparison():
+    r = dc.check_torch(lambda x: x.max(), torch.tensor([1.0, 3.0, 3.0], dtype=torch.float64))
+    assert r.ok and r.quantities[0].verdict == "kink"
+    assert r.finding("vmap over inputs (torch.func)").verdict == "skipped"
+
+
+def test_embedding_padding_row_is_zero_by_design():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4, padding_idx=0), torch.nn.Flatten(), torch.nn.Linear(12, 2)).double()
+    r = dc.check_torch(model, torch.tensor([[5, 3, 0], [7, 0, 0]]))
+    assert r.ok and any("padding row" in n for n in r.notes)
+
+
+class ScaledLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, s):
+        ctx.save_for_backward(x, w)
+        ctx.s = s
+        return x @ w.T + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, ctx.s * (g.T @ x), g.sum(0), None
+
+
+class ScaledLayer(torch.nn.Linear):
+    def __init__(self, n_in, n_out, s=1.0):
+        super().__init__(n_in, n_out)
+        self.s = s
+
+    def forward(self, x):
+        return ScaledLinear.apply(x, self.weight, self.bias, self.s)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_directional_float32_bounds_do_not_grow_with_the_parameter_count(fast):
+    """One layer's weight gradient off by 1% in a 20k-parameter float32 MLP: the entries'
+    rounding floors add up in quadrature, not in absolute value, so it is caught."""
+    torch.manual_seed(0)
+    good = torch.nn.Sequential(ScaledLayer(32, 128), torch.nn.GELU(), ScaledLayer(128, 128), torch.nn.GELU(), ScaledLayer(128, 10))
+    x = torch.randn(8, 32)
+    assert dc.check_torch(good, x, fast=fast).ok
+    good[2].s = 1.01
+    assert not dc.check_torch(good, x, fast=fast).ok
+
+
+class ExpForgotSaveForForward(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.exp()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+    @staticmethod
+    def jvp(ctx, t):
+        (y,) = ctx.saved_tensors  # empty in forward mode: ctx.save_for_forward was forgotten
+        return t * y
+
+
+def test_a_jvp_that_raises_is_a_broken_jvp():
+    r = dc.check_torch(ExpForgotSaveForForward.apply, x64(4))
+    found = r.finding("forward mode")
+    assert not r.ok and found.verdict == "jvp raised" and "save_for_forward" in found.message
+
+
+def test_constants_are_widened_with_the_inputs():
+    a = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(4, 2)  # float32, requires_grad=False: passed through, but float64 for finite differences
+    r = dc.check_torch(lambda x, m: (x @ m).tanh(), a, w)
+    assert r.ok and not any("failed in float64" in n for n in r.notes)
+
+
+def test_many_input_coordinates_use_directional_derivatives():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.LazyLinear(1)).double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    net(x)
+    r = dc.check_torch(lambda inp: net(inp).sum(), x)
+    assert r.ok and r.mode == "directional" and any("8 forward passes each" in n for n in r.notes)

@@ -80,6 +80,11 @@ def along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.nd
 
     `noise` is the forward's rounding noise per output (or one number for all).
     """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite values are flagged, not warned about
+        return _along(f, x, direction, h, f0, noise)
+
+
+def _along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float) -> Column:
     plus = [f(x + m * h * direction) for m in (1.0, 0.5, 0.25)]
     minus = [f(x - m * h * direction) for m in (1.0, 0.5, 0.25)]
     probe = f(x + PROBE * h * direction)
@@ -151,6 +156,11 @@ def along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f
     """The lean stencil of ``fast=True``: four evaluations (``x ± h v``, ``x ± h/2 v``),
     one Richardson step, the error estimate ``|D(h) - D(h/2)|`` plus rounding, kink and
     undefined flags (no quartic misfit: four points cannot show a staircase)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _along_central(f, x, direction, h, f0, noise)
+
+
+def _along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float) -> Column:
     values = []
     for m in (1.0, 0.5):
         step = (m * h) * direction

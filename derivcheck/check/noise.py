@@ -251,7 +251,7 @@ def RoundingNoise(seed: int, scale: float = 1.0) -> Any:
     return _MODE_CLASS(seed, scale)
 
 
-SCALES = (1.0, 8.0)
+SCALES = (8.0, 1.0)
 """Perturbation sizes of successive noise runs (cycled). A result may be *quantised*: a
 cancellation that lands on one of two or three neighbouring floats (``1 - sum(p)`` is
 either 0 or one ulp), so that runs at the ordinary size can all land where the unperturbed
@@ -279,8 +279,9 @@ def spread(samples: list[np.ndarray], base: np.ndarray) -> np.ndarray:
     if not samples:
         return np.zeros_like(base)
     scales = getattr(samples, "scales", [1.0] * len(samples))
-    deviations = [np.abs(np.asarray(sample, dtype=np.float64) - base) / max(1.0, scale / 2) for sample, scale in zip(samples, scales)]
-    deviation = np.max(np.stack(deviations), axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: no information, counted as 0
+        deviations = [np.abs(np.asarray(sample, dtype=np.float64) - base) / max(1.0, scale / 2) for sample, scale in zip(samples, scales)]
+        deviation = np.max(np.stack(deviations), axis=0)
     return np.where(np.isfinite(deviation), deviation, 0.0)
 
 

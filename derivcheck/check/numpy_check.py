@@ -38,7 +38,7 @@ from .evidence import compare
 from .noise import SCALES, NoiseSamples, spread
 from .result import CheckResult, Finding
 from .taylor import SAFETY, skipped, taylor_test
-from .torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_FULL, ROUNDING_SAMPLES, check_common
+from .torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_COLUMNS, MAX_FULL, ROUNDING_SAMPLES, check_common
 from .tree import Path, flatten, path_name, unflatten
 
 EPS = float(np.finfo(np.float64).eps)
@@ -217,8 +217,16 @@ def check_numpy(
 
     # which inputs does the backward return gradients for?
     rng = np.random.default_rng(seed)
-    probe = call_backward(rng.standard_normal(m), tuple(inputs))
-    matched = _match_gradients(probe, inputs, arg_names, candidates)
+    try:
+        probe = call_backward(rng.standard_normal(m), tuple(inputs))
+        matched = _match_gradients(probe, inputs, arg_names, candidates)
+        for s in candidates:
+            if s.path in matched and matched[s.path] is not None:
+                _sum_to(np.asarray(matched[s.path]), s, {})
+    except InvalidArgument as exc:
+        if uses_cache and cache is None:  # the guess may be what went wrong: say so
+            raise InvalidArgument(f"{exc}; forward returned a 2-tuple, taken as (out, cache): pass cache=False if it returns two outputs") from exc
+        raise
     slots = [s for s in candidates if s.path in matched]
     unmatched = [s.name for s in candidates if s.path not in matched]
     if unmatched:
@@ -257,29 +265,54 @@ def check_numpy(
     x0 = np.concatenate([s.array.astype(np.float64).ravel() for s in slots])
     f0 = f(x0)
 
-    def ulp_runs(compute: Callable[[tuple[Any, ...], np.ndarray], np.ndarray]) -> NoiseSamples:
+    def ulp_runs(compute: Callable[[tuple[Any, ...], np.ndarray], np.ndarray], own_dtype: bool) -> NoiseSamples:
         """`compute` at inputs moved by one to four ``eps`` (times the run's scale, see
-        :data:`~derivcheck.check.noise.SCALES`), each in its input's dtype."""
+        :data:`~derivcheck.check.noise.SCALES`): in each input's own dtype, or in float64."""
         runs = NoiseSamples()
         for k in range(rounding_samples):
             scale = SCALES[k % len(SCALES)]
             noise_rng = np.random.default_rng(seed + 1 + k)
             moved = x0.copy()
             for s in slots:
-                unit = np.finfo(s.array.dtype).eps * scale
-                step = unit * (1 + 3 * noise_rng.random(s.size)) * noise_rng.choice([-1.0, 1.0], s.size)
-                moved[s.cols] = (s.array.ravel() * (1 + step)).astype(s.array.dtype)
+                dtype = s.array.dtype if own_dtype else np.float64
+                step = np.finfo(dtype).eps * scale * (1 + 3 * noise_rng.random(s.size)) * noise_rng.choice([-1.0, 1.0], s.size)
+                moved[s.cols] = (x0[s.cols] * (1 + step)).astype(dtype)
             try:
-                value = np.asarray(compute(rebuild(moved, None), moved), dtype=np.float64)
+                value = np.asarray(compute(rebuild(moved, None if own_dtype else np.float64), moved), dtype=np.float64)
             except Exception:  # noqa: BLE001 - a moved input the code cannot handle tells nothing
                 continue
             runs.append(value)
             runs.scales.append(scale)
         return runs
 
-    f_runs = ulp_runs(lambda args, moved: f(moved))
+    def backward_noise(compute: Callable[[tuple[Any, ...]], np.ndarray], base: np.ndarray) -> np.ndarray:
+        """The rounding noise of the backward's `base` result. In float64: the spread over
+        inputs moved by float64 ulps. In float32: the same code run on float64 inputs --
+        numpy code is dtype-generic, so the difference is exactly the float32 rounding
+        (moving float32 inputs by float32 ulps would change the function, not just its
+        rounding, and bury a 1e-3 error); if the code cannot run in float64, the spread."""
+        if user_dtype != "float64":
+            try:
+                twin = np.asarray(compute(rebuild(x0, np.float64)), dtype=np.float64)
+                if twin.shape == base.shape:
+                    with np.errstate(invalid="ignore"):
+                        return np.where(np.isfinite(twin - base), np.abs(twin - base), 0.0)
+            except Exception:  # noqa: BLE001 - not dtype-generic: fall back to the spread
+                pass
+        return spread(ulp_runs(lambda args, moved: compute(args), own_dtype=True), base)
+
+    # the finite-difference forward runs in float64: its noise is float64 rounding
+    f_runs = ulp_runs(lambda args, moved: f(moved), own_dtype=False)
     f_noise = spread(f_runs, f0)
-    full = all(m * s.size <= max_full for s in slots)
+    again = f(x0)
+    with np.errstate(invalid="ignore"):
+        differs = ~((again == f0) | (np.isnan(again) & np.isnan(f0)))
+    if differs.any():
+        result = CheckResult(what=what, quantities=[], dtype=user_dtype)
+        result.findings.append(Finding("deterministic forward", "nondeterministic", False, f"cannot check a non-deterministic forward by finite differences: two calls of {what} with the same inputs differ (by up to {float(np.nanmax(np.abs(again - f0))):.3g}); seed its randomness (np.random.default_rng(seed) inside forward) or check it in eval mode"))
+        result.notes.extend(notes)
+        return result
+    full = all(m * s.size <= max_full for s in slots) and n <= MAX_COLUMNS
     rtol = tolerance.rtol_for(user_dtype, "float64")
     result = CheckResult(what=what, quantities=[], mode="full" if full else "directional", dtype=user_dtype, tolerances={f"rtol {user_dtype} vs float64": rtol, "fd_safety": tolerance.fd_safety})
     fd_note = "Richardson central differences of your forward, float64"
@@ -287,7 +320,7 @@ def check_numpy(
     kinks = np.zeros(n, dtype=bool)
     if full:
         rows = np.stack([pullback(e) for e in np.eye(m)]) if m else np.zeros((0, n))
-        noise = spread(ulp_runs(lambda args, moved: np.stack([pullback_at(e, args) for e in np.eye(m)])), rows)
+        noise = backward_noise(lambda args: np.stack([pullback_at(e, args) for e in np.eye(m)]), rows)
         fd = jacobian(f, x0, noise=f_noise, f0=f0)
         kinks = np.asarray(fd.kinks.any(axis=0) | fd.excluded.any(axis=0))
         for s in slots:
@@ -305,20 +338,32 @@ def check_numpy(
         U = rng.standard_normal((directions, m))
         V = rng.standard_normal((directions, n))
         pulled = np.stack([pullback(u) for u in U])
-        noise = spread(ulp_runs(lambda args, moved: np.stack([pullback_at(u, args) for u in U])), pulled)
-        fd = directional(f, x0, V, U, noise=f_noise, f0=f0)
-        refs = {
-            "backward": EngineValue(np.einsum("dn,dn->d", pulled, V), dtype=user_dtype, error_estimate=np.einsum("dn,dn->d", noise, np.abs(V))),
-            "finite_diff": EngineValue(fd.values[0], error_estimate=fd.errors[0], excluded=fd.excluded[0], excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain", note=fd_note),
-        }
-        result.quantities.append(compare("u^T J v (all inputs)", refs, tolerance=tolerance, kink_mask=fd.kinks[0], label=lambda i: f"direction {i[0]}"))
-        if fd.kinks.any() or fd.rough.any():
-            kinks[:] = True
+        grad_noise = backward_noise(lambda args: np.stack([pullback_at(u, args) for u in U]), pulled)
+
+        def quantity(label: str, Vm: np.ndarray, d: Any = None) -> Any:
+            d = d if d is not None else directional(f, x0, Vm, U, noise=f_noise, f0=f0)
+            refs = {
+                # entries' noise adds up in quadrature over the entries (independent roundings)
+                "backward": EngineValue(np.einsum("dn,dn->d", pulled, Vm), dtype=user_dtype, error_estimate=np.sqrt(np.einsum("dn,dn->d", grad_noise**2, Vm**2))),
+                "finite_diff": EngineValue(d.values[0], error_estimate=d.errors[0], excluded=d.excluded[0], excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain", note=fd_note),
+            }
+            return compare(label, refs, tolerance=tolerance, kink_mask=d.kinks[0], label=lambda i: f"direction {i[0]}"), d
+
+        joint, fd = quantity("u^T J v (all inputs)", V)
+        result.quantities.append(joint)
         result.notes.append(f"Jacobians above {max_full} entries: checked {directions} random directional derivatives u^T J v, each direction through all inputs jointly")
+        if joint.verdict == "disagree" and len(slots) > 1:
+            result.notes.append("the joint directional derivatives disagree: each input checked alone below")
+            for s in slots:
+                Vs = np.zeros_like(V)
+                Vs[:, s.cols] = V[:, s.cols]
+                result.quantities.append(quantity(f"u^T (d out/d {s.name}) v", Vs)[0])
+        if fd.kinks.any() or fd.excluded.any():
+            kinks[:] = True
     if taylor and m:
         w = rng.standard_normal(m)
         g = pullback(w)
-        g_noise = spread(ulp_runs(lambda args, moved: pullback_at(w, args)), g)
+        g_noise = backward_noise(lambda args: pullback_at(w, args), g)
         s_noise = max(float(spread(f_runs.map(lambda r: np.dot(w, r)), np.asarray(np.dot(w, f0)))), 10 * EPS * float(np.dot(np.abs(w), np.abs(f0))))
         targets: list[_Slot | None] = list(slots) if full else [None]
         for target in targets:
@@ -333,7 +378,7 @@ def check_numpy(
             if not np.any(v):
                 result.taylor[label] = skipped(label, "every coordinate sits at a kink or jump")
                 continue
-            bound = float(rtol * np.dot(np.abs(g), np.abs(v)) + SAFETY * np.dot(g_noise, np.abs(v)))
+            bound = float(rtol * np.dot(np.abs(g), np.abs(v)) + SAFETY * np.sqrt(np.dot(g_noise**2, v**2)))
             result.taylor[label] = taylor_test(label, lambda z: float(np.dot(w, f(z))), x0, g, v, noise=s_noise, slope_bound=bound)
     # a zero output gradient must give zero input gradients
     zero = pullback(np.zeros(m)) if not value_and_grad else np.zeros(0)

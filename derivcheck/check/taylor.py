@@ -130,6 +130,11 @@ def taylor_test(
 
     **Returns:** a :class:`TaylorResult`.
     """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _taylor_test(name, s, x, gradient, v, noise=noise, slope_bound=slope_bound, h0=h0, steps=steps)
+
+
+def _taylor_test(name: str, s: Callable[[np.ndarray], float], x: np.ndarray, gradient: np.ndarray, v: np.ndarray, *, noise: float, slope_bound: float, h0: float, steps: int) -> TaylorResult:
     x = np.asarray(x, dtype=np.float64)
     s0 = float(s(x))
     moved = v != 0

@@ -107,11 +107,17 @@ def forward_jacobian(call: TorchCall, spec: OutputSpec) -> np.ndarray:
     return cols
 
 
-def forward_mode_support(call: TorchCall, spec: OutputSpec) -> str | None:
-    """``None`` when forward-mode AD runs on `fn`, else why not (the error, shortened)."""
+UNSUPPORTED_FORWARD = ("You must implement the jvp function", "does not support it", "not implemented for forward", "Trying to use forward AD", "forward AD is not supported", "is not implemented for forward-mode")
+"""Fragments of torch's messages for a function with no forward-mode derivative at all."""
+
+
+def forward_mode_support(call: TorchCall, spec: OutputSpec) -> tuple[str | None, bool]:
+    """``(None, False)`` when forward-mode AD runs on `fn`; else ``(the error, shortened,
+    broken)`` where `broken` says the error is not torch's "no forward-mode formula" but
+    a failure inside one (a custom Function's ``jvp`` that raises)."""
     try:
         jvp(call, spec, np.ones(call.size))
-    except Exception as exc:  # noqa: BLE001 - any failure means: not supported
+    except Exception as exc:  # noqa: BLE001 - any failure means: not supported, or broken
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {text[:200]}"
-    return None
+        return f"{type(exc).__name__}: {text[:200]}", not any(fragment in str(exc) for fragment in UNSUPPORTED_FORWARD)
+    return None, False

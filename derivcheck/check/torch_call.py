@@ -263,6 +263,7 @@ class TorchCall:
         self.module = fn if isinstance(fn, torch.nn.Module) else None
         self.notes: list[str] = []
         self.passthrough: list[str] = []
+        self.constants: list[Path] = []  # floating tensors passed through (widened with the rest for finite differences)
         names = argument_names(fn, len(self.inputs))
         self.slots: list[Slot] = []
         offset = 0
@@ -275,6 +276,7 @@ class TorchCall:
             name = path_name(root, path[1:])
             if is_differentiable_tensor(leaf) and chosen and not leaf.requires_grad:
                 self.passthrough.append(f"{name} (requires_grad=False while other inputs require grad)")
+                self.constants.append(path)
                 continue
             if not is_differentiable_tensor(leaf):
                 if isinstance(leaf, torch.Tensor):
@@ -309,10 +311,33 @@ class TorchCall:
             raise InvalidArgument("nothing to differentiate: no input is a floating-point or complex tensor" + (" and the module has no such parameters" if self.module is not None else ""))
         self.size = offset
         self.call_notes = list(self.notes)
+        self.by_design = np.zeros(self.size, dtype=bool)
+        """Coordinates whose gradient the code zeroes on purpose (an embedding's padding
+        row): not derivatives of the forward, so not compared (see :meth:`_by_design`)."""
+        self._by_design()
+
+    def _by_design(self) -> None:
+        """Mark the padding rows of ``nn.Embedding``/``nn.EmbeddingBag(padding_idx=...)``,
+        whose gradient torch zeroes by design, and say so in the notes."""
+        torch = _torch()
+        if self.module is None:
+            return
+        by_name = {s.param: s for s in self.slots if s.param is not None}
+        for prefix, sub in self.module.named_modules():
+            index = getattr(sub, "padding_idx", None)
+            if isinstance(sub, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and index is not None:
+                name = f"{prefix}.weight" if prefix else "weight"
+                slot = by_name.get(name)
+                if slot is None:
+                    continue
+                row = index % slot.shape[0]
+                per_row = int(np.prod(slot.shape[1:], dtype=np.int64)) * (2 if slot.is_complex else 1)
+                self.by_design[slot.offset + row * per_row : slot.offset + (row + 1) * per_row] = True
+                self.notes.append(f"{name}[{row}, :] is the padding row of {type(sub).__name__}(padding_idx={index}): torch zeroes its gradient by design, so it is not compared")
 
     # -- calling --------------------------------------------------------------------------
 
-    def call(self, tensors: Sequence[Any], fn: Any = None) -> Any:
+    def call(self, tensors: Sequence[Any], fn: Any = None, widen: bool = False) -> Any:
         """Call `fn` (default: the user's) with the slots replaced by `tensors`.
 
         torch's global RNG is re-seeded (inside ``fork_rng``, so the caller's state is
@@ -321,6 +346,11 @@ class TorchCall:
         torch = _torch()
         target = self.fn if fn is None else fn
         replace = {s.path: t for s, t in zip(self.slots, tensors) if s.path is not None}
+        if widen:  # the float64 twin: constants in float64 (complex128) too
+            leaves = dict(flatten(self.inputs, is_leaf=lambda o: isinstance(o, torch.Tensor)))
+            for path in self.constants:
+                t = leaves[path]
+                replace[path] = t.to(torch.complex128 if t.is_complex() else torch.float64)
         args = unflatten(self.inputs, replace)
         state = {s.param: t for s, t in zip(self.slots, tensors) if s.param is not None}
         devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
@@ -365,11 +395,10 @@ class TorchCall:
         wide = [torch.complex128 if s.is_complex else torch.float64 for s in self.slots]
 
         def forward64(flat: np.ndarray) -> Any:
-            return self.call(self.split(flat, wide), fn=target)
+            return self.call(self.split(flat, wide), fn=target, widen=True)
 
         try:
-            with torch.no_grad():
-                OutputSpec.of(forward64(self.base()))
+            OutputSpec.of(forward64(self.base()))
             return forward64, wide, None
         except Exception as exc:  # noqa: BLE001 - fall back to the user's dtype
             own = [s.tensor.dtype for s in self.slots]
