@@ -483,7 +483,11 @@ def _full(ctx: _Check, expr: str | None, reference: str) -> np.ndarray:
         # kinks, domain edges (a derivative may be infinite there) and gradients zero by
         # design are not compared, by any engine
         skip = fd.kinks[pick] | fd.undefined[pick] | call.by_design[cols][None, :]
-        ctx.result.quantities.append(compare(f"d {quantity_out}/d {slot.name}", refs, tolerance=ctx.tolerance, kink_mask=skip, label=label))
+        q = compare(f"d {quantity_out}/d {slot.name}", refs, tolerance=ctx.tolerance, kink_mask=skip, label=label)
+        edge = fd.undefined[pick].any(axis=0)
+        if q.verdict == "nonfinite" and edge.any():
+            q.message += f" -- {slot.label(int(cols[np.argmax(edge)]) - slot.offset)} sits at the edge of the function's domain, where its derivative is infinite (d/dx sqrt(x) at 0) and a backward multiplies a zero output gradient by it: NaN"
+        ctx.result.quantities.append(q)
     return fd.kinks.any(axis=0) | fd.excluded.any(axis=0) | ~ctx.finite_inputs | call.by_design
 
 
