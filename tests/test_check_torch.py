@@ -648,6 +648,12 @@ def test_infinite_inputs_are_not_differentiated():
         (lambda: dc.check_torch(Square.apply, x64(2), nondet_tol=-1), dc.InvalidArgument, "nondet_tol"),
         (lambda: dc.check_torch(Square.apply, x64(2).to_sparse()), dc.InvalidArgument, "to_dense()"),
         (lambda: dc.check_torch(lambda t: torch.special.zeta(t, t), x64(2)), dc.InvalidArgument, "the backward of <lambda> raised"),
+        (lambda: dc.check_torch(Square.apply, x64(2), seed=-1), dc.InvalidArgument, "seed must be a non-negative integer, got -1"),
+        (lambda: dc.check_torch(Square.apply, x64(2), tolerance=1e-3), dc.InvalidType, "tolerance must be a derivcheck.Tolerance"),
+        (lambda: dc.check_torch(Square.apply, x64(2), taylor="yes"), dc.InvalidType, "taylor must be True or False"),
+        (lambda: dc.check_torch(Square.apply, x64(2), name=3), dc.InvalidType, "name must be a string"),
+        (lambda: dc.check_torch(torch.sin, torch.empty(3, device="meta")), dc.InvalidArgument, "meta device"),
+        (lambda: dc.check_numpy(np.sin, lambda g, a: (g,), np.ones(2), seed=-1), dc.InvalidArgument, "seed must be a non-negative integer"),
     ],
 )
 def test_bad_arguments(call, error, fragment):

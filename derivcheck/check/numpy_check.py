@@ -117,7 +117,9 @@ def check_numpy(
 
     **Returns:** a :class:`~derivcheck.check.result.CheckResult`.
     """
-    check_common(1, "auto", max_full, directions)
+    check_common(1, "auto", max_full, directions, seed=seed, tolerance=tolerance, name=name, flags={"taylor": taylor})
+    if isinstance(rounding_samples, bool) or not isinstance(rounding_samples, int) or not 0 <= rounding_samples <= 16:
+        raise InvalidArgument(f"rounding_samples must be an integer in 0..16, got {rounding_samples!r}")
     if not callable(forward) or not (backward is None or callable(backward)):
         raise InvalidType("forward and backward must be callables (backward=None: forward returns (loss, grads))")
     if not inputs:

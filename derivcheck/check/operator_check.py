@@ -181,6 +181,12 @@ def check_operator(
         raise InvalidArgument("try at least one field: manufactured + networks must be >= 1")
     if dtype not in ("float64", "float32"):
         raise InvalidArgument(f"dtype must be float64 or float32, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise InvalidArgument(f"seed must be a non-negative integer, got {seed!r}")
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise InvalidType(f"tolerance must be a derivcheck.Tolerance, got {type(tolerance).__name__} {tolerance!r}")
+    if isinstance(rounding_samples, bool) or not isinstance(rounding_samples, int) or not 0 <= rounding_samples <= 16:
+        raise InvalidArgument(f"rounding_samples must be an integer in 0..16, got {rounding_samples!r}")
     tolerance = tolerance or OPERATOR_TOLERANCE
     domain = dict(domain or {v: [-1.0, 1.0] for v in variables})
     rng = np.random.default_rng(seed)

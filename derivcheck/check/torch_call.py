@@ -288,6 +288,8 @@ class TorchCall:
             if tensor.numel() == 0:
                 self.notes.append(f"{name} has no elements (shape {tuple(tensor.shape)}): nothing to check for it")
                 continue
+            if tensor.device.type == "meta":
+                raise InvalidArgument(f"{name} is on the meta device: it has no values to differentiate; pass a tensor on the CPU or a GPU")
             if tensor.layout != torch.strided:
                 raise InvalidArgument(f"{name} is a {tensor.layout} tensor: check_torch checks dense (strided) tensors; pass {name}.to_dense()")
             if _overlaps(tensor):

@@ -65,8 +65,17 @@ ROUNDING_SAMPLES = 2
 EXCLUDED_FD = "finite differences cannot vouch for these (a jump or staircase inside the stencil, or the stencil leaves the function's domain)"
 
 
-def check_common(order: int, reference: str, max_full: int, directions: int) -> None:
-    """Validate the options every check shares."""
+def check_common(order: int, reference: str, max_full: int, directions: int, *, seed: Any = 0, tolerance: Any = None, name: Any = None, flags: dict[str, Any] | None = None) -> None:
+    """Validate the options every check shares (each error names the option and value)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise InvalidArgument(f"seed must be a non-negative integer, got {seed!r}")
+    if tolerance is not None and not isinstance(tolerance, Tolerance):
+        raise InvalidType(f"tolerance must be a derivcheck.Tolerance (e.g. dc.Tolerance(rtol=1e-6)), got {type(tolerance).__name__} {tolerance!r}")
+    if name is not None and not isinstance(name, str):
+        raise InvalidType(f"name must be a string, got {type(name).__name__}")
+    for flag, value in (flags or {}).items():
+        if not isinstance(value, bool):
+            raise InvalidType(f"{flag} must be True or False, got {value!r}")
     if isinstance(order, bool) or order not in (1, 2):
         raise InvalidArgument(f"order must be 1 or 2, got {order!r}")
     if reference not in REFERENCES:
@@ -213,7 +222,7 @@ def check_torch(
 
     **Returns:** a :class:`~derivcheck.check.result.CheckResult`; ``result.ok`` is the verdict.
     """
-    check_common(order, reference, max_full, directions)
+    check_common(order, reference, max_full, directions, seed=seed, tolerance=tolerance, name=name, flags={"params": params, "taylor": taylor, "check_undefined": check_undefined, "fast": fast})
     rev, fwd, fwd_required = _modes(modes)
     if batched not in ("auto", True, False):
         raise InvalidArgument(f"batched must be 'auto', True or False, got {batched!r}")
