@@ -225,3 +225,21 @@ def test_the_cache_guess_is_explained_when_it_fails():
 
     with pytest.raises(dc.InvalidArgument, match="pass cache=False if it returns two outputs"):
         dc.check_numpy(moments, lambda douts, x: (douts[0] / len(x) + 2 * douts[1] * (x - x.mean(0)) / len(x),), RNG.standard_normal((4, 3)))
+
+
+def test_course_loss_signature_matches_the_gradient_by_shape():
+    """svm_loss_vectorized(W, X, y, reg) -> (loss, dW): X is a float array too, but only W
+    has the gradient's shape."""
+
+    def svm_loss(W, X, y, reg):
+        scores = X @ W
+        margins = np.maximum(0, scores - scores[np.arange(len(y)), y][:, None] + 1)
+        margins[np.arange(len(y)), y] = 0
+        loss = margins.sum() / len(y) + reg * np.sum(W * W)
+        mask = (margins > 0).astype(float)
+        mask[np.arange(len(y)), y] = -mask.sum(axis=1)
+        return loss, X.T @ mask / len(y) + 2 * reg * W
+
+    W, X, y = RNG.standard_normal((7, 4)) * 0.1, RNG.standard_normal((6, 7)), np.array([0, 1, 3, 2, 3, 1])
+    r = dc.check_numpy(svm_loss, None, W, X, y, 0.1)
+    assert r.ok and [q.name for q in r.quantities] == ["d out/d W"] and "no gradient returned for X" in " ".join(r.notes)

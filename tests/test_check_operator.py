@@ -99,3 +99,19 @@ def test_float32_operator_catches_a_small_term():
     operator = "d(u,t) + u*d(u,x) - nu*d(u,x,2)"
     assert dc.check_operator(burgers, operator, ["x", "t"], **options).ok
     assert not dc.check_operator(lambda u, xt: burgers(u, xt, nu=-1e-4), operator, ["x", "t"], **options).ok
+
+
+def test_points_marked_by_the_residual_itself():
+    """x_ = x.clone(); x_.requires_grad = True -- the idiom of many PINN repositories, which
+    needs points that do not already require grad."""
+
+    def residual(u_fn, x):
+        x_ = x.clone()
+        x_.requires_grad = True
+        u = u_fn(x_)
+        du = torch.autograd.grad(u, x_, torch.ones_like(u), create_graph=True)[0]
+        u_xx = torch.autograd.grad(du[:, [0]], x_, torch.ones_like(u), create_graph=True)[0][:, [0]]
+        return du[:, [1]] + u * du[:, [0]] - 0.01 * u_xx
+
+    r = dc.check_operator(residual, "d(u, t) + u*d(u, x) - nu*d(u, x, 2)", ["x", "t"], constants={"nu": 0.01}, points=8)
+    assert r.ok and "points without requires_grad" in r.quantities[0].notes.get("user", "")

@@ -82,3 +82,9 @@ def test_to_dict_is_json_safe():
     t = run(smooth, smooth_grad(X))
     doc = json.loads(json.dumps(t.to_dict(), allow_nan=False))
     assert doc["verdict"] == "order 2" and doc["ok"] is True
+
+
+def test_an_isolated_step_above_the_floor_on_a_smooth_function_is_inconclusive_not_a_jump():
+    g = smooth_grad(X) * (1 + 1e-9)
+    t = run(smooth, g, slope_bound=float(np.dot(np.abs(g), np.abs(V))) * 1e-2)
+    assert t.ok and t.verdict in ("inconclusive", "affine", "order 2")

@@ -781,3 +781,84 @@ def test_many_input_coordinates_use_directional_derivatives():
     net(x)
     r = dc.check_torch(lambda inp: net(inp).sum(), x)
     assert r.ok and r.mode == "directional" and any("8 forward passes each" in n for n in r.notes)
+
+
+class SwishSavedGrad(torch.autograd.Function):
+    """CoinCheung/pytorch-loss's SwishFunction pattern: the derivative computed in forward,
+    kept on ctx and multiplied in place in backward (right once, wrong a second time)."""
+
+    @staticmethod
+    def forward(ctx, feat, wrong=False):
+        sig = torch.sigmoid(feat)
+        ctx.grad = sig * (1 + (-1 if wrong else 1) * feat * (1 - sig))
+        return feat * sig
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = ctx.grad
+        grad *= grad_output  # in place: the saved derivative is gone after one backward
+        return grad, None
+
+
+def test_a_backward_that_is_not_reentrant_is_reported_and_does_not_hide_a_wrong_formula():
+    x = x64(4, 3) * 2 - 2
+    r = dc.check_torch(SwishSavedGrad.apply, x)
+    found = r.finding("reentrant backward")
+    assert r.ok and found.verdict == "not reentrant" and found.measured > 0
+    assert not dc.check_torch(SwishSavedGrad.apply, x, nondet_tol=0.0).ok
+    wrong = dc.check_torch(SwishSavedGrad.apply, x, True)
+    assert not wrong.ok and wrong.quantities[0].verdict == "disagree"
+
+
+def test_a_mask_sentinel_does_not_loosen_float32_bounds():
+    """-1e6 written into masked logits (as large-margin softmax losses do) is an operand of
+    softmax, which subtracts the maximum first: it must not set the rounding floor."""
+
+    def masked_ce(x, labels, scale):
+        logits = x.masked_fill(torch.nn.functional.one_hot(labels, x.shape[1]).bool(), -1e6)
+        return torch.nn.functional.cross_entropy(logits * scale, (labels + 1) % x.shape[1])
+
+    x, labels = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 1, 2, 0])
+    assert dc.check_torch(masked_ce, x, labels, 1.0).ok
+    r = dc.check_torch(lambda a, b: ScaleGradBy.apply(masked_ce(a, b, 1.0), 1.02), x, labels)
+    assert not r.ok
+
+
+class ScaleGradBy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor, None
+
+
+class GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.neg() * ctx.alpha, None
+
+
+class SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_deliberate_non_derivatives_are_named_as_such():
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reversal = dc.check_torch(GradientReversal.apply, x, 0.5)
+    assert not reversal.ok and "-0.5 times the derivative at every entry: a gradient reversal or gradient multiplier?" in reversal.failures()[0]
+    ste = dc.check_torch(SignSTE.apply, x)
+    assert not ste.ok and "a straight-through estimator" in ste.failures()[0]

@@ -57,7 +57,40 @@ def compare(
     q = compare_quantity(name, values, tolerance=tolerance, kink_mask=kink_mask if kink_mask is not None and kink_mask.any() else None, label=label, scale=scale)
     if q.verdict == "disagree":
         q.message = explain(q)
+        tested = next((e for e in ("autograd", "backward") if e in values), None)
+        if tested is not None:
+            q.message += surrogate_hint(values, tested)
     return q
+
+
+def surrogate_hint(values: Mapping[str, EngineValue], tested: str) -> str:
+    """A deliberate non-derivative, recognised: the `tested` engine (your backward) is a
+    constant multiple of the finite differences everywhere (gradient reversal, a gradient
+    multiplier), or the finite differences are zero wherever they measure while the
+    backward is not (a straight-through estimator). ``""`` when neither."""
+    if tested not in values or "finite_diff" not in values:
+        return ""
+    mine = np.asarray(values[tested].values, dtype=np.float64).ravel()
+    fd = values["finite_diff"]
+    ref = np.asarray(fd.values, dtype=np.float64).ravel()
+    err = np.zeros_like(ref) if fd.error_estimate is None else np.abs(np.asarray(fd.error_estimate, dtype=np.float64)).ravel()
+    keep = np.isfinite(mine) & np.isfinite(ref)
+    if fd.excluded is not None:
+        keep &= ~np.asarray(fd.excluded).ravel()
+    mine, ref, err = mine[keep], ref[keep], err[keep]
+    if mine.size == 0:
+        return ""
+    measured = np.abs(ref) > 100 * err + 1e-300
+    if not measured.any():
+        if np.max(np.abs(mine), initial=0.0) > 0:
+            return " -- finite differences find your forward flat (zero slope wherever they can measure it) while your backward passes gradients: a straight-through estimator or another surrogate gradient? Its backward is not the derivative of its forward, which is what derivcheck checks"
+        return ""
+    ratios = mine[measured] / ref[measured]
+    c = float(np.median(ratios))
+    consistent = np.all(np.abs(ratios - c) <= 1e-6 * abs(c) + 1e-12) and np.all(np.abs(mine[~measured]) <= abs(c) * 100 * err[~measured] + 1e-300)
+    if consistent and abs(c - 1) > 1e-6:
+        return f" -- your backward is {c:.6g} times the derivative at every entry: a gradient reversal or gradient multiplier? Its backward is not the derivative of its forward, which is what derivcheck checks"
+    return ""
 
 
 def explain(q: QuantityResult, vocabulary: dict[str, str] | None = None) -> str:

@@ -226,7 +226,9 @@ def check_numpy(
             if s.path in matched and matched[s.path] is not None:
                 _sum_to(np.asarray(matched[s.path]), s, {})
     except InvalidArgument as exc:
-        if uses_cache and cache is None:  # the guess may be what went wrong: say so
+        second = raw0[1] if isinstance(raw0, tuple) and len(raw0) == 2 else None
+        looks_like_output = _is_array(second) or (isinstance(second, (tuple, list)) and bool(second) and all(_is_array(v) for v in second))
+        if uses_cache and cache is None and looks_like_output:  # the guess may be what went wrong: say so
             raise InvalidArgument(f"{exc}; forward returned a 2-tuple, taken as (out, cache): pass cache=False if it returns two outputs") from exc
         raise
     slots = [s for s in candidates if s.path in matched]
@@ -424,10 +426,15 @@ def _match_gradients(grads: Any, inputs: Sequence[Any], names: list[str], candid
             out[s.path] = node
 
     if _is_array(grads) or np.isscalar(grads):
-        if len(differentiable) != 1 or len(by_top[differentiable[0]]) != 1:
-            raise InvalidArgument(f"backward returned one array, but {len(candidates)} inputs are floating-point arrays ({', '.join(s.name for s in candidates)}); return one gradient per input")
-        out[by_top[differentiable[0]][0].path] = grads
-        return out
+        if len(differentiable) == 1 and len(by_top[differentiable[0]]) == 1:
+            out[by_top[differentiable[0]][0].path] = grads
+            return out
+        # loss(W, X, y, reg) -> (loss, dW): the one input of the gradient's shape
+        same = [s for s in candidates if len(s.path) == 1 and s.array.shape == np.shape(grads)]
+        if len(same) == 1:
+            out[same[0].path] = grads
+            return out
+        raise InvalidArgument(f"backward returned one array of shape {np.shape(grads)}, but {len(candidates)} inputs are floating-point arrays ({', '.join(f'{s.name} {s.array.shape}' for s in candidates)}) and the shape does not tell which; return one gradient per input")
     if isinstance(grads, dict):
         dict_inputs = [i for i in differentiable if isinstance(inputs[i], dict) and set(inputs[i]) >= set(grads)]
         if len(dict_inputs) == 1:

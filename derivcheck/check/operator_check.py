@@ -62,7 +62,7 @@ class _UserOperator:
         self.dtype = dtype
         self.samples = samples
         self.seed = seed
-        self.column: bool | None = None
+        self.style: tuple[bool, bool] | None = None  # (fields as (P, 1), points require grad)
 
     def compute(self, problem: Any, quantities: Sequence[Any]) -> dict[str, Any]:
         import torch
@@ -85,9 +85,10 @@ class _UserOperator:
 
             return u
 
-        def evaluate(column: bool) -> np.ndarray:
+        def evaluate(style: tuple[bool, bool]) -> np.ndarray:
+            column, marked = style
             callables = {name: field(i, name, column) for i, name in enumerate(spec.fields)}
-            x = torch.tensor(problem.points, dtype=self.dtype, requires_grad=True)
+            x = torch.tensor(problem.points, dtype=self.dtype, requires_grad=marked)
             value = self.op_fn(callables[spec.fields[0]] if len(spec.fields) == 1 else callables, x)
             if not isinstance(value, torch.Tensor):
                 raise InvalidType(f"op_fn must return a tensor, got {type(value).__name__}")
@@ -100,27 +101,29 @@ class _UserOperator:
             if q.kind != "residual":
                 result[q.name] = Skipped("the user's operator gives the operator's value only")
                 continue
-            attempts = [self.column] if self.column is not None else [False, True]
+            # the styles PINN code is written in: fields as (P,) or (P, 1), points handed over
+            # requiring grad, or plain (for code that does x = x.clone(); x.requires_grad = True)
+            attempts = [self.style] if self.style is not None else [(False, True), (True, True), (False, False), (True, False)]
             failure: Exception | None = None
-            for column in attempts:
+            for style in attempts:
                 try:
-                    values = evaluate(column)
-                except (InvalidType, InvalidArgument) as exc:
+                    values = evaluate(style)
+                except Exception as exc:  # noqa: BLE001 - retried in the next style
                     failure = failure or exc
                     continue
-                except Exception as exc:  # noqa: BLE001 - retried with the other field shape
-                    failure = failure or exc
-                    continue
-                self.column = column
+                self.style = style
                 break
             else:
                 assert failure is not None
-                shapes = " and with u(x) -> (P, 1)" if len(attempts) == 2 else ""
-                raise type(failure)(f"{failure} (tried u(x) -> (P,){shapes})") if isinstance(failure, (InvalidType, InvalidArgument)) else failure
-            chosen = bool(self.column)
+                tried = "; tried u(x) -> (P,) and (P, 1), points with and without requires_grad" if len(attempts) > 1 else ""
+                if isinstance(failure, (InvalidType, InvalidArgument)):
+                    raise type(failure)(f"{failure}{tried}")
+                raise failure
+            chosen = self.style
+            assert chosen is not None
             _, magnitude = observed(lambda: evaluate(chosen))
             noise = np.maximum(spread(noisy_runs(lambda: evaluate(chosen), self.samples, self.seed), values), magnitude_floor(_dtype_name(self.dtype), magnitude))
-            shape = "(P, 1)" if chosen else "(P,)"
+            shape = ("(P, 1)" if chosen[0] else "(P,)") + ("" if chosen[1] else ", points without requires_grad")
             result[q.name] = EngineValue(values, dtype=_dtype_name(self.dtype), error_estimate=noise, note=f"your operator (fields passed as u(x) -> {shape})")
         return result
 

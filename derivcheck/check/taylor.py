@@ -156,9 +156,18 @@ def _taylor_test(name: str, s: Callable[[np.ndarray], float], x: np.ndarray, gra
             result.verdict = "affine"
             result.message = f"no curvature to fit: the remainder stays within its noise floor at every step (|R| <= {np.nanmax(r, initial=0.0):.2g}; the function is affine or flat along v, or the gradient's precision hides the curvature)"
         else:
-            largest = float(h[np.flatnonzero(usable)[-1]])
-            result.verdict = "jump"
-            result.message = f"the remainder stands above its floor only at isolated steps (up to h = {largest:.3g}) and at its floor below them: a jump or kink lies within that distance of x along v, and the function is smooth (or flat) closer in"
+            last = int(np.flatnonzero(usable)[-1])
+            largest = float(h[last])
+            below = r[last + 1 :]
+            # a jump: the remainder vanishes below the step that crosses it (a piecewise-
+            # constant or -linear function is exact there); a smooth function's remainder
+            # shrinks by at most 4**order per step and merely sinks under its floor
+            if below.size and np.all(below[np.isfinite(below)] <= 1e-3 * r[last]):
+                result.verdict = "jump"
+                result.message = f"the remainder stands above its floor only at isolated steps (up to h = {largest:.3g}) and vanishes below them: a jump or kink lies within that distance of x along v, and the function is exactly flat or linear closer in"
+            else:
+                result.verdict = "inconclusive"
+                result.message = f"the remainder stands above its floor only at isolated steps (up to h = {largest:.3g}): no order can be fitted; below them the gradient's precision or the forward's rounding hides the curvature"
         return result
     ks = window
     window_orders = [orders[k] for k in ks[:-1]]

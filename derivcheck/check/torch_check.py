@@ -139,6 +139,25 @@ class _Check:
     nondet: float = 0.0
     fd_note: str = ""
     f_floor: float = 0.0
+    reentrant: bool = True
+
+    def backward_graph(self) -> Graph:
+        """The graph for one more backward pass: the first one, or a fresh one when the
+        backward is not reentrant (see :func:`_nondeterminism`)."""
+        return self.graph if self.reentrant else Graph(self.call, self.spec)
+
+    def jacobian(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reverse-mode Jacobian and each row's operand magnitude, a fresh graph per
+        row when the backward is not reentrant."""
+        if self.reentrant:
+            return self.graph.jacobian(observe=True)
+        m = self.spec.size
+        rows, magnitudes = np.zeros((m, self.call.size)), np.zeros(m)
+        for i in range(m):
+            e = np.zeros(m)
+            e[i] = 1.0
+            rows[i], magnitudes[i] = Graph(self.call, self.spec).vjp_observed(e)
+        return rows, magnitudes
     result: CheckResult = field(default_factory=lambda: CheckResult("", []))
 
     @property
@@ -398,7 +417,7 @@ def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, s
 
 def _properties(ctx: _Check, g_w: np.ndarray, raw_w: list[Any], check_undefined: bool, batched: bool | str) -> None:
     """The property checks of :mod:`derivcheck.check.torch_properties`."""
-    call, graph = ctx.call, ctx.graph
+    call, graph = ctx.call, ctx.backward_graph()
     if check_undefined:
         nonfinite_slots = {k for k, s in enumerate(call.slots) if not np.all(np.isfinite(g_w[s.cols]))}
         ctx.result.findings.append(zero_output_gradient(graph, nonfinite_slots))
@@ -435,19 +454,51 @@ def _first_backward(graph: Graph, what: str, w: np.ndarray) -> tuple[list[Any], 
 
 
 def _nondeterminism(ctx: _Check, w: np.ndarray, g_w: np.ndarray, nondet_tol: float | None) -> None:
-    """Run the backward twice more with the same output gradient; report any difference."""
-    repeats = [ctx.graph.vjp(w) for _ in range(2)]
-    with np.errstate(invalid="ignore"):
-        differences = [np.abs(r - g_w) for r in repeats]
-    nondet = float(max(np.max(np.where(np.isfinite(d), d, 0.0), initial=0.0) for d in differences))
+    """Two questions about the backward, from the first backward's result `g_w`:
+
+    - *reentrant*: does a second backward through the same graph give the same result? A
+      backward that changes what it saved (a ``ctx`` attribute or a saved tensor updated in
+      place) does not; it breaks ``retain_graph=True`` and double backward, and a Jacobian
+      taken row by row through one graph would check garbage (and its spread would hide a
+      wrong formula). It is reported (failing past `nondet_tol`, as gradcheck's "backward is
+      not reentrant"), and every later backward runs on a fresh graph.
+    - *deterministic*: do fresh forward and backward passes agree? Their spread is reported
+      (and widens the comparisons), failing only past `nondet_tol`.
+    """
+    fresh = [Graph(ctx.call, ctx.spec).vjp(w) for _ in range(2)]
+    again = ctx.graph.vjp(w)
+
+    def largest(a: np.ndarray) -> float:
+        with np.errstate(invalid="ignore"):
+            d = np.abs(a - g_w)
+        return float(np.max(np.where(np.isfinite(d), d, 0.0), initial=0.0))
+
+    nondet = max(largest(r) for r in fresh)
+    reentry = largest(again)
+    scale = float(np.max(np.abs(g_w[np.isfinite(g_w)]), initial=0.0))
+    if reentry > max(4 * nondet, 1e-8 * scale):
+        ctx.reentrant = False
+        within = nondet_tol is None or reentry <= nondet_tol
+        ctx.result.findings.append(
+            Finding(
+                "reentrant backward",
+                "not reentrant",
+                within,
+                f"a second backward through the same graph differs from the first by up to {reentry:.3g} (fresh passes agree to {nondet:.3g}): your backward changes state it saved "
+                "(a ctx attribute or a saved tensor updated in place), so retain_graph=True or a double backward through it gets wrong gradients; "
+                "derivcheck takes every derivative on a fresh graph instead" + ("" if nondet_tol is None else f" (nondet_tol={nondet_tol:g})"),
+                measured=reentry,
+                bound=nondet_tol,
+            )
+        )
     ctx.nondet = nondet
     if nondet > 0 or nondet_tol is not None:
         within = nondet_tol is None or nondet <= nondet_tol
         bound_text = "" if nondet_tol is None else f" (nondet_tol={nondet_tol:g})"
         message = (
-            f"repeated backward passes with the same inputs and output gradient differ by up to {nondet:.3g}{bound_text}; the comparisons allow for it"
+            f"fresh forward and backward passes with the same inputs and output gradient differ by up to {nondet:.3g}{bound_text}; the comparisons allow for it"
             if nondet > 0
-            else f"repeated backward passes agree bit for bit{bound_text}"
+            else f"fresh forward and backward passes agree bit for bit{bound_text}"
         )
         ctx.result.findings.append(Finding("nondeterminism", "nondeterministic" if nondet > 0 else "deterministic", within, message, measured=nondet, bound=nondet_tol))
 
@@ -460,8 +511,8 @@ def _full(ctx: _Check, expr: str | None, reference: str) -> np.ndarray:
     # rounding noise of the Jacobian, measured on the reverse pass (forward-mode AD does not
     # run under a dispatch mode; it computes the same entries and gets the same bound)
     try:
-        jac, magnitudes = ctx.graph.jacobian(observe=True)
-        runs = noisy_runs(lambda: Graph(call, spec).jacobian(), ctx.samples, ctx.seed)
+        jac, magnitudes = ctx.jacobian()
+        runs = noisy_runs(lambda: Graph(call, spec).jacobian() if ctx.reentrant else np.stack([Graph(call, spec).vjp(e) for e in np.eye(spec.size)]), ctx.samples, ctx.seed)
         noise = np.maximum(spread(runs, jac), np.array([ctx.floor(mag) for mag in magnitudes])[:, None])
     except Exception:
         if ctx.rev:
@@ -517,10 +568,10 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
     # each gradient entry adds up in quadrature over the entries (independent roundings)
     grads = runs = floors = None
     try:
-        observed_vjps = [(first[1], first[2]) if first is not None and d == 0 else ctx.graph.vjp_observed(u) for d, u in enumerate(U)]
+        observed_vjps = [(first[1], first[2]) if first is not None and d == 0 else ctx.backward_graph().vjp_observed(u) for d, u in enumerate(U)]
         grads = np.stack([g for g, _ in observed_vjps])
         floors = np.array([ctx.floor(mag) for _, mag in observed_vjps])
-        runs = noisy_runs(lambda: _vjps(call, spec, U), ctx.samples, ctx.seed)
+        runs = noisy_runs(lambda: _vjps(call, spec, U) if ctx.reentrant else np.stack([Graph(call, spec).vjp(u) for u in U]), ctx.samples, ctx.seed)
     except Exception:
         if ctx.rev:
             raise
