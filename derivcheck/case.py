@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from .compare import Tolerance
 from .engines import ENGINE_NAMES, NETWORK_ENGINES
 from .engines.finite_diff import METHODS as FD_METHODS
 from .errors import CaseError, InvalidArgument
+from .escaping import is_plain_name, one_line, terminal
 from .expr import NUMPY_MODULES, make_symbol, parse_expression
 from .layers import LAYERS, LOSSES, Layer, Loss
 from .problem import DTYPES, Network, Problem
@@ -61,6 +64,9 @@ DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
 INPUT_KEYS = ("batch", "scale", "targets", "distribution", "noise")
 MAX_BATCH = 100_000
 MAX_CASE_BYTES = 1_000_000
+MIN_FD_STEP, MAX_FD_STEP = 1e-8, 0.1
+"""The finite-difference steps a case may set (float64 central differences are best near
+1e-5; at 1e-300 every quotient is rounding noise)."""
 
 
 @dataclass
@@ -163,18 +169,24 @@ def _build_loss(spec: Any, file: str | None) -> Loss:
     return cls.from_spec(spec, file=file, key="loss", type_key="loss")
 
 
-def _read_csv(path: Path, file: str | None) -> tuple[list[str], list[list[str]]]:
+def _read_csv(relative: str, base_dir: Path, file: str | None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the data file `relative` (confined to the case's folder or a
+    ``--data-root``, see :mod:`derivcheck.data_paths`)."""
+    from .data_paths import open_data_file
+
+    raw = open_data_file(relative, base_dir, file=file, key="data.csv")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise CaseError("data file not found", file=file, key="data.csv", value=str(path), allowed="a CSV path relative to the case file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CaseError(f"data file could not be read: {exc}", file=file, key="data.csv", value=str(path)) from None
+        text = raw.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except UnicodeDecodeError:
+        raise CaseError("data file is not UTF-8 text (a CSV file is expected)", file=file, key="data.csv", value=relative) from None
+    except csv.Error:
+        raise CaseError("data file is not valid CSV", file=file, key="data.csv", value=relative) from None
     rows = [r for r in rows if r]
     if len(rows) < 2:
-        raise CaseError("data file needs a header row and at least one data row", file=file, key="data.csv", value=str(path))
-    return rows[0], rows[1:]
+        raise CaseError("data file needs a header row and at least one data row", file=file, key="data.csv", value=relative)
+    header = [one_line(c) for c in rows[0]]
+    return header, rows[1:]
 
 
 def _load_data(spec: Any, base_dir: Path, file: str | None, network: Network, loss: Loss | None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -183,7 +195,7 @@ def _load_data(spec: Any, base_dir: Path, file: str | None, network: Network, lo
     reader = _Reader(spec, file, "data.")
     reader.check_keys(DATA_KEYS)
     rel = reader.get("csv", str, required=True, what="path of a CSV file")
-    header, rows = _read_csv(base_dir / rel, file)
+    header, rows = _read_csv(rel, base_dir, file)
     target = reader.get("target", (str, list))
     targets = [target] if isinstance(target, str) else list(target or [])
     for column in targets:
@@ -317,8 +329,20 @@ def case_from_dict(
     device = table.get("device")
     if device is not None and device not in DEVICES:
         raise CaseError("unknown device", file=file, key="device", value=device, allowed=", ".join(DEVICES))
+    for key, limit in (("name", MAX_NAME), ("description", MAX_DESCRIPTION)):
+        text = table.get(key)
+        if isinstance(text, str):
+            plain = is_plain_name(text) if key == "name" else terminal(text) == text
+            if not plain or not text.strip() and key == "name":
+                raise CaseError("must be printable text" + (" on one line" if key == "name" else " (control characters are not allowed)"), file=file, key=key, value=text, allowed="letters, digits, spaces and punctuation")
+            if len(text) > limit:
+                raise CaseError(f"is longer than {limit} characters ({len(text)})", file=file, key=key)
     case = _case_of_kind({k: v for k, v in table.items() if k != "device"}, file=file, base_dir=base_dir, overrides=overrides)
     return dataclasses.replace(case, device=device) if device is not None else case
+
+
+MAX_NAME = 200
+MAX_DESCRIPTION = 4000
 
 
 DEVICES = ("cpu", "cuda")
@@ -340,7 +364,7 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     reader = _Reader(table, file)
     reader.check_keys(TOP_LEVEL_KEYS)
     overrides = dict(overrides or {})
-    default_name = Path(file).stem if file else "case"
+    default_name = one_line(Path(file).stem) if file else "case"
     name = reader.get("name", str, default_name)
     description = reader.get("description", str, "")
     dtype = overrides.get("dtype") or reader.get("dtype", str, "float64")
@@ -370,7 +394,9 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     rng = np.random.default_rng([seed, 1])
     meta: dict[str, Any] = {}
     if has_data:
+        _check_budget(network, 1, table, overrides, file)  # before reading: the sizes that do not depend on the rows
         x, targets, meta = _load_data(table["data"], base_dir or Path("."), file, network, loss)
+        _check_budget(network, x.shape[0], table, overrides, file)
     else:
         inputs = table["inputs"]
         if not isinstance(inputs, dict):
@@ -383,6 +409,7 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         scale = sub.get("scale", float, 1.0)
         if not (np.isfinite(scale) and scale > 0):
             raise sub.error("must be a positive finite number", "scale", scale)
+        _check_budget(network, batch, table, overrides, file)
         x = _random_inputs(sub, rng, batch, network, scale)
         targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None
         if inputs.get("targets") == "noise":
@@ -419,6 +446,24 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     tolerance = _tolerance(table.get("tolerance"), file)
     finite_diff = _finite_diff(table.get("finite_diff"), file)
     return Case(name, problem, list(quantities), list(engines), description, file, seed, tolerance, finite_diff)
+
+
+def _check_budget(network: Network, batch: int, table: Mapping[str, Any], overrides: Mapping[str, Any], file: str | None) -> None:
+    """Refuse the case before anything is allocated when its estimated cost exceeds a
+    limit of :mod:`derivcheck.budget` (the quantities and engines as the file asks, else
+    the defaults: every parameter and input gradient, every engine)."""
+    from . import budget
+    from .quantities import ALL_PARAMS, INPUT_GRAD, JACOBIAN
+
+    engines = overrides.get("engines") or table.get("engines")
+    finite = "finite_diff" in engines if isinstance(engines, list) else True
+    names = table.get("quantities")
+    if isinstance(names, list) and all(isinstance(q, str) for q in names):
+        params = any(q == ALL_PARAMS or (q.startswith("dL/d") and q != INPUT_GRAD) or q in ("sgd_step", "clip_grad") for q in names)
+        inputs = sum(q in (INPUT_GRAD, JACOBIAN) for q in set(names))
+    else:
+        params, inputs = True, 2 if network.layers[0].input_is_differentiable else 0
+    budget.check_network(network, batch, file=file, finite_differences=finite, param_grads=params, input_grads=inputs)
 
 
 def _positive_option(table: Mapping[str, Any], key: str, name: str, what: str, example: str, file: str | None) -> float | None:
@@ -489,8 +534,8 @@ def _finite_diff(spec: Any, file: str | None) -> dict[str, Any]:
         result["method"] = method
     step = reader.get("step", float)
     if step is not None:
-        if not 0 < step < 1:
-            raise reader.error("out of range", "step", step, "0 < step < 1")
+        if not (MIN_FD_STEP <= step <= MAX_FD_STEP):
+            raise reader.error("out of range", "step", step, f"{MIN_FD_STEP:g} <= step <= {MAX_FD_STEP:g} (relative to max(1, |x|); below, rounding swamps the difference, above, truncation does)")
         result["step"] = step
     return result
 
@@ -500,15 +545,22 @@ def read_table(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_CASE_BYTES:
-            raise CaseError(f"case file is larger than {MAX_CASE_BYTES} bytes", file=file, value=size)
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CaseError("case file is not a regular file (a folder, FIFO or device)", file=file)
+        if info.st_size > MAX_CASE_BYTES:
+            raise CaseError(f"case file is larger than {MAX_CASE_BYTES} bytes", file=file, value=info.st_size)
         with path.open("rb") as handle:
-            table = tomllib.load(handle)
+            raw = handle.read(MAX_CASE_BYTES + 1)
+        if len(raw) > MAX_CASE_BYTES:
+            raise CaseError(f"case file is larger than {MAX_CASE_BYTES} bytes", file=file)
+        table = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise CaseError("case file not found", file=file) from None
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(f"not valid TOML: {exc}", file=file) from None
+    except RecursionError:
+        raise CaseError("not a case file: arrays or tables nested too deeply to read", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"case file could not be read: {exc}", file=file) from None
     return table

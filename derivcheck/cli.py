@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engine (default cpu)")
     run.add_argument("-v", "--verbose", action="store_true", help="show every engine pair, also for agreeing quantities")
     _scale_options(run)
+    _input_options(run)
     run.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
 
     rep = sub.add_parser("report", help="write Markdown, HTML and JSON reports with plots", description="Run case files and write report.md, index.html, report.json and plots/ (atomically).")
@@ -56,10 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the torch engines")
     rep.add_argument("--no-plots", action="store_true", help="skip the plots (they need matplotlib)")
     _scale_options(rep)
+    _input_options(rep)
 
     gen = sub.add_parser("generate", help="expand a suite file (a [grid] and a [template]) into case files", description="Write one case file per combination of a suite's grid.")
     gen.add_argument("suite", help="a suite file")
     gen.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the generated case files")
+    gen.add_argument("--force", action="store_true", help="overwrite case files that already exist in the folder")
+    _input_options(gen)
 
     cache = sub.add_parser("cache", help="show or clear the compile cache", description="The on-disk cache of SymPy derivations compiled with lambdify.")
     cache.add_argument("action", choices=("info", "clear"))
@@ -68,11 +72,44 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("explain", help="a step-by-step derivation of a small case, every step checked", description="Print the derivation of a case: forward pass, local derivatives, vector chain rule, total derivative (or, for PDE cases, the operators, the manufactured forcing and the autograd graph), each step checked numerically.")
     exp.add_argument("path", help="one case file")
     exp.add_argument("--format", choices=("text", "markdown", "latex"), default="text", help="output format (default text)")
+    _input_options(exp)
 
     lst = sub.add_parser("list", help="list cases with their quantities", description="List case files: name, description, network and quantities.")
     lst.add_argument("paths", nargs="+", help="case files or folders")
     lst.add_argument("--json", action="store_true", help="print the listing as JSON")
+    _input_options(lst)
     return parser
+
+
+def _input_options(command: argparse.ArgumentParser) -> None:
+    """``--data-root`` and the ``--max-...`` limits of :mod:`derivcheck.budget`."""
+    from .budget import LIMITS
+
+    command.add_argument("--data-root", action="append", metavar="DIR", help="a folder case files may read data from besides their own (repeatable)")
+    group = command.add_argument_group("limits", "refuse a case (exit 4) whose estimated cost exceeds a limit; 0 switches a limit off; case files cannot raise them")
+    for limit in LIMITS.values():
+        group.add_argument(limit.option, type=_non_negative_int, metavar="N", dest=_limit_dest(limit.name), help=f"{limit.what} (default {limit.default:,})")
+
+
+def _limit_dest(name: str) -> str:
+    return "max_" + name.replace("-", "_")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _configure_inputs(args: argparse.Namespace) -> None:
+    from . import budget, data_paths
+
+    budget.configure({name: getattr(args, _limit_dest(name), None) for name in budget.LIMITS})
+    data_paths.configure(getattr(args, "data_root", None))
 
 
 def _scale_options(command: argparse.ArgumentParser) -> None:
@@ -92,13 +129,22 @@ def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
 def _cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    cases = _load_all(args.paths, {})
-    if not cases:
+    from .case import discover, load_case_at
+    from .parallel import case_refs
+
+    _configure_inputs(args)
+    discover(args.paths)  # a missing path is an error before anything else
+    refs = case_refs(args.paths, {})
+    _require_case_count(len(refs))
+    # one case at a time: a large suite is summarised without holding every case
+    summaries = [load_case_at(ref.path, ref.index).summary() for ref in refs]
+    if not summaries:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
-    summaries = [c.summary() for c in cases]
     if args.json:
-        print(json.dumps(summaries, indent=2))
+        from .escaping import json_safe
+
+        print(json.dumps(json_safe(summaries), indent=2, allow_nan=False))
         return EXIT_OK
     for s in summaries:
         print(f"{s['name']}  ({s['file']})")
@@ -114,6 +160,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"  quantities: {', '.join(s['quantities'])}")
     print(tabulate([[s["name"], len(s["quantities"]), s["file"]] for s in summaries], headers=["case", "quantities", "file"]))
     return EXIT_OK
+
+
+def _require_case_count(count: int) -> None:
+    from . import budget
+
+    budget.require("cases", count, file=None, detail="every file, and every combination of a suite's grid")
+
+
+KEEP_LOADED = 256
+"""Up to this many cases stay in memory between validation and run; beyond it each is
+validated, dropped, and loaded again when its turn comes (memory stays bounded)."""
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path is checked before the run starts (not after an hour of it)."""
+    from .outputs import check_output_file, check_output_folder
+
+    for option in ("json", "junit"):
+        value = getattr(args, option, None)
+        if isinstance(value, str):
+            check_output_file(value, f"--{option}")
+    if getattr(args, "command", None) == "report":
+        check_output_folder(args.output, "-o/--output")
 
 
 def _run_cases(args: argparse.Namespace) -> list[Any] | int:
@@ -134,12 +203,25 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         if not cuda_available():
             print("derivcheck: error: --device cuda was requested but torch.cuda.is_available() is False on this machine (no GPU or a CPU-only torch build); use --device cpu", file=sys.stderr)
             return EXIT_USAGE
-    cases = _load_all(args.paths, overrides)  # validate everything before running anything
-    if not cases:
+    _configure_inputs(args)
+    _check_outputs(args)
+    from . import compile_cache
+    from .case import discover, load_case_at
+    from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_ref, run_refs
+
+    discover(args.paths)  # a missing path is an error before anything else
+    counted = case_refs(args.paths, overrides)
+    _require_case_count(len(counted))
+    # validate everything before running anything; keep the cases only while they are few
+    keep = len(counted) <= KEEP_LOADED
+    cases: list[Any] | None = [] if keep else None
+    for ref in counted:
+        case = load_case_at(ref.path, ref.index, overrides)
+        if cases is not None:
+            cases.append(case)
+    if not counted:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
-    from . import compile_cache
-    from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_refs
 
     compile_cache.configure(args.cache_dir, enabled=False if args.no_cache else None)
     # worker processes (and Dask workers on this machine) read the settings from the environment
@@ -149,8 +231,8 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         os.environ[compile_cache.ENV_SWITCH] = "off"
     jobs = parse_jobs(args.jobs)
     refs = case_refs(args.paths, overrides)
-    if len(refs) != len(cases):  # a file changed between the two reads
-        raise DerivcheckError(f"the case files changed while derivcheck was reading them ({len(cases)} cases, then {len(refs)}); run again")
+    if len(refs) != len(counted):  # a file changed between the two reads
+        raise DerivcheckError(f"the case files changed while derivcheck was reading them ({len(counted)} cases, then {len(refs)}); run again")
     quiet = getattr(args, "quiet", False)
 
     def progress(done: int, total: int, finished: list[Any]) -> None:
@@ -161,12 +243,15 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     if args.dask:
         if args.dask_workers < 1:
             raise DerivcheckError("--dask-workers must be at least 1")
-        return run_on_dask(refs, args.dask, device=args.device, workers=args.dask_workers, progress=progress, order=heavy_first_order(cases), alone=needs_derivation(cases))
+        order = heavy_first_order(cases) if cases is not None else None
+        return run_on_dask(refs, args.dask, device=args.device, workers=args.dask_workers, progress=progress, order=order, alone=needs_derivation(cases) if cases is not None else set())
     if jobs == 1:
         prepare_worker()  # as in the workers: the same numbers whatever -j is
-        return [r for case in cases for r in run_any(case, device=args.device)]
+        if cases is not None:
+            return [r for case in cases for r in run_any(case, device=args.device)]
+        return [r for ref in refs for r in run_ref(ref, device=args.device)]
     with inherited_cases(refs, cases):
-        return run_refs(refs, device=args.device, jobs=jobs, progress=progress, order=heavy_first_order(cases))
+        return run_refs(refs, device=args.device, jobs=jobs, progress=progress, order=heavy_first_order(cases) if cases is not None else None)
 
 
 def _exit_code(results: Sequence[Any]) -> int:
@@ -188,7 +273,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     results = _run_cases(args)
     if isinstance(results, int):
         return results
-    written = write_report(results, args.output, with_plots=not args.no_plots)
+    from .outputs import writing
+
+    with writing(f"the report to {args.output!r}"):
+        written = write_report(results, args.output, with_plots=not args.no_plots)
     print(_count_line(results))
     print(f"wrote {len(written)} file(s) to {args.output}/: " + ", ".join(sorted(p.name for p in written if p.parent.name != "plots")) + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)")
     return _exit_code(results)
@@ -198,8 +286,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .case import read_table
     from .suite import write_suite
 
-    written = write_suite(read_table(args.suite), args.output, args.suite)
-    print(f"wrote {len(written)} case file(s) to {args.output}/")
+    _configure_inputs(args)
+    written = write_suite(read_table(args.suite), args.output, args.suite, force=args.force)
+    print(f"wrote {len(written)} case file(s) to {args.output.rstrip('/') or '/'}/")
     return EXIT_OK
 
 
@@ -222,6 +311,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .case import load_case
     from .explain import explain
 
+    _configure_inputs(args)
     result = explain(load_case(args.path))
     render = {"text": result.to_text, "markdown": result.to_markdown, "latex": result.to_latex}[args.format]
     sys.stdout.write(render())
@@ -241,20 +331,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if text:
             print()
             print(text)
+    from .outputs import writing
+
     if args.json:
-        write_json(args.json, results)
+        with writing(f"--json {args.json!r}"):
+            write_json(args.json, results)
     if args.junit:
         from .report.junit import write_junit
 
-        write_junit(args.junit, results)
+        with writing(f"--junit {args.junit!r}"):
+            write_junit(args.junit, results)
     print("\n" + _count_line(results))
     return _exit_code(results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``derivcheck`` command; returns the exit code."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    previous_term = _interrupt_on_sigterm()
     if getattr(args, "dask", None):
         from .parallel import start_fork_server, uses_fork_server
 
@@ -275,8 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cache(args)
         return _cmd_run(args)
     except KeyboardInterrupt:
+        _remove_pending()
         print("\nderivcheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:
+        print("derivcheck: error: ran out of memory; the case is too large for this machine (lower its sizes, or the --max-values / --max-parameters limits)", file=sys.stderr)
+        return EXIT_USAGE
+    except RecursionError:
+        print("derivcheck: error: input nested too deeply to process", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # the reader went away (``derivcheck run | head``): stop quietly
         _silence_stdout()
         return EXIT_INTERRUPTED
@@ -289,6 +400,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print(f"derivcheck: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        _restore_sigterm(previous_term)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM (a CI job cancelled, ``timeout``) behaves like Ctrl-C: KeyboardInterrupt,
+    so temporary files are removed and the exit code is 2. Only in the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except (ValueError, OSError):  # pragma: no cover
+            pass
+
+
+def _remove_pending() -> None:
+    """Temporary files of an interrupted write (compile-cache entries being stored)."""
+    from . import compile_cache
+
+    compile_cache.remove_pending()
+
+
+class _EscapingStream:
+    """A text stream that shows control characters as escapes (newlines and tabs pass):
+    nothing a case file holds can steer the terminal (set its title, erase a line)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from .escaping import terminal
+
+        self._stream.write(terminal(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def entry() -> None:

@@ -40,7 +40,9 @@ import json
 import marshal
 import os
 import secrets
+import stat
 import sys
+import time
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +55,18 @@ ENV_SWITCH = "DERIVCHECK_CACHE"
 _SUFFIX = ".json"
 
 _settings: dict[str, Any] = {"directory": None, "enabled": None}
+_pending: set[str] = set()
+"""Temporary entry files being written (removed on SIGTERM/SIGINT by :func:`remove_pending`)."""
+
+
+def remove_pending() -> None:
+    """Delete the temporary files of entries still being written (an interrupted run)."""
+    for tmp in list(_pending):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _pending.discard(tmp)
 _stats = {"hits": 0, "misses": 0, "rejected": 0, "writes": 0}
 
 
@@ -138,11 +152,19 @@ def entry_key(kind: str, content: str) -> str:
 
 
 def _secret(directory: Path) -> bytes:
+    """The folder's MAC key (created on first use). A key file of any other shape -- not
+    hex, a folder, a special file -- is replaced by a fresh one: the entries it signed then
+    fail their MAC and are rebuilt."""
     path = directory / "key"
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        pass
+    text = _read_regular(path, 4096)
+    if text is not None:
+        try:
+            return _parse_secret(text)
+        except ValueError:
+            pass
+        _remove(path)
+    elif path.exists() or path.is_symlink():
+        _remove(path)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".key-")
     try:
@@ -155,7 +177,62 @@ def _secret(directory: Path) -> bytes:
             pass
     finally:
         os.unlink(tmp)
-    return bytes.fromhex(path.read_text().strip())
+    text = _read_regular(path, 4096)
+    if text is None:
+        raise OSError(f"the cache key {path} could not be read back")
+    return _parse_secret(text)
+
+
+def _parse_secret(text: bytes) -> bytes:
+    secret = bytes.fromhex(text.decode("ascii").strip())
+    if len(secret) < 16:
+        raise ValueError("cache key too short")
+    return secret
+
+
+MAX_ENTRY_BYTES = 256 * 1024 * 1024
+"""An entry larger than this is corrupt (the largest real ones are a few MB)."""
+
+
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file (no link followed, no FIFO or device
+    opened in a blocking way) of at most `limit` bytes; ``None`` otherwise."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete `path` whatever it is (file, link, FIFO, folder); errors ignored."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _mac(secret: bytes, payload: str) -> str:
@@ -199,16 +276,71 @@ def _building(key: str) -> Iterator[None]:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / f".{key}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(directory / f".{key}.lock", os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o600)
     except OSError:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = os.fstat(fd)
+        locked = stat.S_ISREG(info.st_mode) and _acquire(fcntl, fd, directory / f".{key}.lock")
+    except OSError:
+        locked = False
+    try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if locked:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+LOCK_TIMEOUT = 120.0
+"""Seconds to wait for another process deriving the same entry (``$DERIVCHECK_LOCK_TIMEOUT``
+overrides); then this process derives it as well, which is safe."""
+
+
+def _acquire(fcntl: Any, fd: int, path: Path) -> bool:
+    """Take the lock on `fd`, polling; a note on stderr after 5 s names the process that
+    holds it, and after :data:`LOCK_TIMEOUT` the wait ends (returns False)."""
+    try:
+        timeout = float(os.environ.get("DERIVCHECK_LOCK_TIMEOUT", LOCK_TIMEOUT))
+    except ValueError:
+        timeout = LOCK_TIMEOUT
+    start, told = time.monotonic(), False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                print(f"derivcheck: warning: gave up waiting after {waited:.0f} s for {_holder(path)}, which holds the lock {path}; deriving here as well", file=sys.stderr, flush=True)
+                return False
+            if waited >= 5 and not told:
+                print(f"derivcheck: waiting for {_holder(path)}, which is deriving the same entry (lock {path}; at most {timeout:.0f} s, DERIVCHECK_LOCK_TIMEOUT)", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.05)
+            continue
+        try:  # say who holds it, for the next process that waits
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {_hostname()}\n".encode(), 0)
+        except OSError:
+            pass
+        return True
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _holder(path: Path) -> str:
+    """``"process 1234 on host"`` as the lock file says, or ``"another process"``."""
+    text = _read_regular(path, 256)
+    try:
+        pid, host = text.decode("ascii").split() if text else ("", "")
+        return f"process {int(pid)} on {host}"
+    except (ValueError, UnicodeDecodeError):
+        return "another process"
 
 
 def has(kind: str, content: str) -> bool:
@@ -223,27 +355,27 @@ def load(kind: str, content: str, *, count_miss: bool = True) -> dict[str, Any] 
         return None
     directory = cache_dir()
     path = directory / (entry_key(kind, content) + _SUFFIX)
-    try:
-        raw = path.read_text()
-    except OSError:  # missing (or unreadable): derive afresh
+    if not (path.exists() or path.is_symlink()):
         _stats["misses"] += count_miss
         return None
+    raw = _read_regular(path, MAX_ENTRY_BYTES)
     try:
-        wrapper = json.loads(raw)
+        if raw is None:
+            raise ValueError("not a readable regular file")
+        wrapper = json.loads(raw.decode("utf-8"))
         payload = wrapper["payload"]
-        if not hmac.compare_digest(str(wrapper["mac"]), _mac(_secret(directory), payload)):
+        if not isinstance(payload, str) or not hmac.compare_digest(str(wrapper["mac"]), _mac(_secret(directory), payload)):
             raise ValueError("MAC mismatch")
         record = json.loads(payload)
-        if record.get("kind") != kind or record.get("content") != content:
+        if not isinstance(record, dict) or record.get("kind") != kind or record.get("content") != content:
             raise ValueError("entry for different content")
-        if set(record.get("code", {})) != set(record.get("functions", {})):
+        if not isinstance(record.get("code"), dict) or not isinstance(record.get("functions"), dict) or set(record["code"]) != set(record["functions"]):
             raise ValueError("compiled code missing")
-    except (ValueError, KeyError, TypeError, SyntaxError):
+    except (ValueError, KeyError, TypeError, AttributeError, SyntaxError, RecursionError, MemoryError, OSError):
+        # corrupt in any way (edited, truncated, not UTF-8, nested without end, a folder,
+        # a FIFO, a link): delete it, so that the caller's rebuild replaces it
         _stats["rejected"] += 1
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        _remove(path)
         return None
     _stats["hits"] += 1
     return record
@@ -263,23 +395,33 @@ def store(kind: str, content: str, record: dict[str, Any]) -> None:
         if not _resolves_as_lambdify(compiled):
             return  # a restored copy could compute something else: keep it uncached
         code[name] = base64.b64encode(marshal.dumps(compiled)).decode()
+    tmp: str | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({**record, "code": code, "kind": kind, "content": content}, sort_keys=True)
         text = json.dumps({"payload": payload, "mac": _mac(_secret(directory), payload)})
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".entry-", suffix=".tmp")
+        _pending.add(tmp)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, directory / (entry_key(kind, content) + _SUFFIX))
+        target = directory / (entry_key(kind, content) + _SUFFIX)
+        if target.is_dir() and not target.is_symlink():
+            _remove(target)  # a folder where the entry belongs
+        os.replace(tmp, target)
         _stats["writes"] += 1
-    except OSError:
+    except (OSError, ValueError):
         return
+    finally:
+        if tmp is not None:
+            _pending.discard(tmp)
+            if os.path.lexists(tmp):
+                _remove(Path(tmp))
 
 
 def info() -> dict[str, Any]:
     """Folder, entry count and size (for ``derivcheck cache info``)."""
     directory = cache_dir()
-    entries = list(directory.glob("*" + _SUFFIX)) if directory.is_dir() else []
+    entries = [p for p in directory.glob("*" + _SUFFIX) if p.is_file() and not p.is_symlink()] if directory.is_dir() else []
     return {
         "directory": str(directory), "enabled": enabled(), "entries": len(entries),
         "bytes": sum(p.stat().st_size for p in entries), "versions": versions(),
@@ -294,11 +436,9 @@ def clear() -> int:
     removed = 0
     leftovers = list(directory.glob(".entry-*.tmp")) + list(directory.glob(".*.lock")) + [directory / "key"]
     for path in list(directory.glob("*" + _SUFFIX)) + leftovers:
-        try:
-            path.unlink()
-            removed += path.suffix == _SUFFIX
-        except FileNotFoundError:
-            continue
+        if path.exists() or path.is_symlink():
+            _remove(path)
+            removed += path.suffix == _SUFFIX and not (path.exists() or path.is_symlink())
     return removed
 
 

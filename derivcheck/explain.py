@@ -93,7 +93,9 @@ class Explanation:
         return "\n".join(out) + "\n"
 
     def to_markdown(self) -> str:
-        out = [f"# derivcheck explain: {self.name}", "", self.intro, ""]
+        from .escaping import markdown
+
+        out = [f"# derivcheck explain: {markdown(self.name)}", "", self.intro, ""]
         for number, step in enumerate(self.steps, 1):
             out += [f"## {number}. {step.title}", ""]
             out += [f"$$ {eq} $$" for eq in step.latex]
@@ -106,8 +108,7 @@ class Explanation:
         return "\n".join(out) + "\n"
 
     def to_latex(self) -> str:
-        def esc(text: str) -> str:
-            return "".join({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "^": r"\^{}", "~": r"\~{}", "$": r"\$"}.get(ch, ch) for ch in text)
+        from .escaping import latex as esc
 
         out = [r"\documentclass{article}", r"\usepackage{amsmath,amssymb}", r"\begin{document}", rf"\section*{{derivcheck explain: {esc(self.name)}}}", esc(self.intro)]
         for step in self.steps:
@@ -440,6 +441,7 @@ def _pretty(expr: sp.Expr) -> str:
 
 
 def _explain_pde(case: Any) -> Explanation:
+    from .budget import tidy
     from .engines.fields_torch import _TorchFields
     from .fields import drop_dirac
     from .operators import derivative_name, derivative_nodes
@@ -474,14 +476,16 @@ def _explain_pde(case: Any) -> Explanation:
             derive.latex.append(f"{name} = {sp.latex(sol)}")
         for node in derivative_nodes(expr):
             closed = drop_dirac(node.subs(solution).doit())
-            derive.text.append(f"{derivative_name(node)} = {sp.simplify(closed)}")
-            derive.latex.append(f"{derivative_name(node).replace('_', '_{', 1)}}} = {sp.latex(sp.simplify(closed))}")
+            shown = tidy(closed)
+            derive.text.append(f"{derivative_name(node)} = {shown}")
+            derive.latex.append(f"{derivative_name(node).replace('_', '_{', 1)}}} = {sp.latex(shown)}")
             value = float(closed.subs(constants).subs(at))
             derive.checks.append(_compare(f"{derivative_name(node)} at the point", {"SymPy": np.array([value]), "torch autograd": torch_state.value(node).detach().numpy()}))
         if eq in spec.sources:
             source = spec.sources[eq]
-            derive.text.append(f"{source} = {forcing[eq]}   (solve {eq} = 0 for {source})")
-            derive.latex.append(f"{sp.latex(source)} = {sp.latex(forcing[eq])}")
+            shown = tidy(forcing[eq])
+            derive.text.append(f"{source} = {shown}   (solve {eq} = 0 for {source})")
+            derive.latex.append(f"{sp.latex(source)} = {sp.latex(shown)}")
             rest, coefficient = spec.source_coefficient(eq)
             value = float(forcing[eq].subs(constants).subs(at))
             derive.checks.append(_compare(f"{source} at the point", {"SymPy": np.array([value]), "torch autograd": torch_state.value(-rest / coefficient).detach().numpy()}, scale=terms))

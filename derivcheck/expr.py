@@ -112,6 +112,26 @@ _ALLOWED_SUMMARY = (
 )
 
 
+RESERVED_OPERATORS = ("d", "laplacian", "div", "advect")
+"""Names of the differential operators of PDE formulas (:mod:`derivcheck.operators`)."""
+
+
+def name_problem(ident: object, operators: Mapping[str, object] | None = None) -> str | None:
+    """Why `ident` cannot name a variable, constant, field or source, or ``None``:
+    it must be an identifier, not a Python keyword, not a dunder, and not one of the
+    reserved names (``pi``, ``e``, the functions, the operators) -- redefining ``pi``
+    would silently change every formula that uses it."""
+    import keyword
+
+    if not isinstance(ident, str) or not ident.isidentifier() or not ident.isascii() or _is_dunder(ident) or keyword.iskeyword(ident):
+        return f"{ident!r} is not a valid name (ASCII letters, digits, _; not a Python keyword; no dunder)"
+    if ident in BUILTIN_CONSTANTS:
+        return f"name {ident!r} is reserved (the constant {'pi' if ident == 'pi' else 'e = exp(1)'}); choose another name"
+    if ident in FUNCTIONS or ident in RESERVED_OPERATORS or (operators and ident in operators):
+        return f"name {ident!r} is reserved (a function of the formula language); choose another name"
+    return None
+
+
 def make_symbol(name: str) -> sp.Symbol:
     """Return the real SymPy symbol derivcheck uses for `name` (``real=True``: assumption
     queries on plain symbols are ~50x slower)."""
@@ -297,14 +317,14 @@ def parse_expression(
     names: dict[str, sp.Expr] = {name: getattr(sp, attribute) for name, attribute in BUILTIN_CONSTANTS.items()}
     for group in (variables, constants):
         for ident in group:
-            if not isinstance(ident, str) or not ident.isidentifier() or _is_dunder(ident):
-                raise ExpressionError(f"{what}: {ident!r} is not a valid name (letters, digits, _; no dunder)")
-            if ident in FUNCTIONS:
-                raise ExpressionError(f"{what}: name {ident!r} clashes with a function of the same name")
+            problem = name_problem(ident)
+            if problem:
+                raise ExpressionError(f"{what}: {problem}")
             names[ident] = make_symbol(ident)
     for ident, value in (extra_names or {}).items():
-        if ident in FUNCTIONS or (operators and ident in operators):
-            raise ExpressionError(f"{what}: name {ident!r} clashes with a function of the same name")
+        problem = name_problem(ident, operators)
+        if problem:
+            raise ExpressionError(f"{what}: {problem}")
         names[ident] = value
     try:
         tree = ast.parse(text.strip(), mode="eval")
@@ -319,6 +339,33 @@ def parse_expression(
         if ident is not None and _is_dunder(ident):
             raise parser.fail(f"dunder name {ident!r} is not allowed", node)
     try:
-        return parser.visit(tree.body, 0)
+        expr = parser.visit(tree.body, 0)
     except RecursionError:
         raise ExpressionError(f"{what}: expression is nested too deeply") from None
+    except ExpressionError:
+        raise
+    except (OverflowError, MemoryError, ValueError, TypeError, ZeroDivisionError) as exc:
+        raise ExpressionError(f"{what}: expression could not be built ({type(exc).__name__}: {exc}); simplify it", text.strip()) from None
+    check_real(expr, what, text.strip())
+    return expr
+
+
+def check_real(expr: sp.Expr, what: str, text: str = "") -> None:
+    """Raise :class:`ExpressionError` when `expr` holds a value that is not a finite real
+    number: ``log(0)`` or ``tan(pi/2)`` (infinite or undefined), ``sqrt(-1)``,
+    ``x**sqrt(-1)`` or ``(-8)**(1/3)`` (complex: SymPy's principal root), or a number
+    beyond float range (a product of huge literals). Formulas are real, and a complex
+    value evaluated as a float would silently lose its imaginary part."""
+    for node in sp.preorder_traversal(expr):
+        if node in (sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(node, (sp.core.numbers.Infinity, sp.core.numbers.NegativeInfinity, sp.core.numbers.ComplexInfinity, sp.core.numbers.NaN)):
+            raise ExpressionError(f"{what}: the formula has an infinite or undefined value ({node}), e.g. log(0) or tan(pi/2)", text)
+        if node is sp.I or isinstance(node, sp.core.numbers.ImaginaryUnit):
+            raise ExpressionError(f"{what}: the formula has a complex value (the imaginary unit appears, e.g. from sqrt(-1) or log(-1)); formulas must be real", text)
+        if isinstance(node, sp.Number):
+            if abs(node) > MAX_LITERAL:
+                raise ExpressionError(f"{what}: the formula holds the number {sp.N(node, 6)}, beyond {MAX_LITERAL:g} (float range)", text)
+            continue
+        if getattr(node, "is_number", False) and not isinstance(node, sp.Number) and len(node.args) <= 4:
+            real = node.is_extended_real
+            if real is False:
+                raise ExpressionError(f"{what}: the formula has a complex value ({node}); formulas must be real (note: (-8)**(1/3) is the complex principal root, as in Python; write -(8**(1/3)) for the real one)", text)

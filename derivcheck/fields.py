@@ -109,7 +109,9 @@ class PDESpec:
         out = {}
         for equation in self.sources:
             rest, coefficient = self.source_coefficient(equation)
-            out[equation] = drop_dirac(sp.simplify((-rest / coefficient).subs(self.solution_map()).doit()))
+            # no sympy.simplify: its time has no bound (minutes on x**10000 + sin(x)*sin(y)),
+            # and the closed form is evaluated, not read; explain tidies it for display
+            out[equation] = drop_dirac((-rest / coefficient).subs(self.solution_map()).doit())
         self._derived = out
         return out
 

@@ -227,6 +227,7 @@ def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapp
     """Build a :class:`GanCase` from a case table with ``generator`` and ``discriminator``
     layer arrays, ``loss`` (``"bce_with_logits"`` or ``"bce"``) and ``inputs = { batch,
     latent, real_mean, real_std }`` (latent ``z`` standard normal; real samples normal)."""
+    from . import budget
     from .case import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
     from .problem import DTYPES
 
@@ -238,6 +239,8 @@ def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapp
     if dtype not in DTYPES:
         raise reader.error("unknown dtype", "dtype", dtype, ", ".join(DTYPES))
     seed = overrides["seed"] if overrides.get("seed") is not None else reader.get("seed", int, 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise reader.error("must be a non-negative integer", "seed", seed)
     nets = {}
     for key in ("generator", "discriminator"):
         layers = _build_layers(table.get(key), file)
@@ -264,6 +267,9 @@ def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapp
     real_mean, real_std = sub.get("real_mean", float, 2.0), sub.get("real_std", float, 0.5)
     if not (np.isfinite(real_mean) and np.isfinite(real_std) and real_std > 0):
         raise sub.error("must be finite numbers, real_std > 0", "real_std", real_std)
+    engines_asked = overrides.get("engines") or table.get("engines")
+    for key, net in nets.items():
+        budget.check_network(net, batch, file=file, finite_differences=not isinstance(engines_asked, list) or "finite_diff" in engines_asked, input_grads=1)
     rng = np.random.default_rng([seed, 2])
     z = rng.standard_normal((batch, generator.in_size))
     x_real = real_mean + real_std * rng.standard_normal((batch, discriminator.in_size))

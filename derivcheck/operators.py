@@ -81,6 +81,8 @@ def torch_derivative(y: Any, x: Any) -> Any:
     ``create_graph=True``. A ``y`` that does not depend on ``x`` gives zeros."""
     import torch
 
+    if not y.requires_grad:  # a constant (or a derivative that came out constant): zero
+        return torch.zeros_like(x)
     (grad,) = torch.autograd.grad(y, x, grad_outputs=torch.ones_like(y), create_graph=True, allow_unused=True)
     return torch.zeros_like(x) if grad is None else grad
 
@@ -100,6 +102,8 @@ def torch_gradient_all(y: Any, xs: Sequence[Any]) -> list[Any]:
     """``[dy/dx for x in xs]`` from a single ``autograd.grad`` call (one backward pass)."""
     import torch
 
+    if not y.requires_grad:
+        return [torch.zeros_like(x) for x in xs]
     grads = torch.autograd.grad(y, list(xs), grad_outputs=torch.ones_like(y), create_graph=True, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
 

@@ -35,10 +35,12 @@ from ._lazy import sympy as sp
 
 from .compare import Tolerance
 from .errors import CaseError, ExpressionError
-from .expr import make_symbol, parse_expression
+from .expr import check_real, make_symbol, name_problem, parse_expression
 from .fields import FieldProblem, PDESpec, field_quantities
 from .layers import LAYERS
-from .operators import OperatorRecord, operator_handlers
+from . import budget
+from .escaping import one_line
+from .operators import MAX_ORDER, OperatorRecord, derivative_name, derivative_nodes, operator_handlers
 from .problem import DTYPES, Network
 
 PDE_KEYS = (
@@ -48,6 +50,11 @@ PDE_KEYS = (
 )  # fmt: skip
 ACTIVATIONS = ("tanh", "sigmoid")
 MAX_POINTS = 100_000
+MAX_CONSTANT = 1e12
+"""Largest magnitude of a constant: beyond it derivatives overflow or lose every digit."""
+MAX_COORDINATE = 1e6
+"""Largest magnitude of a domain bound or point coordinate (finite-difference steps are
+relative to ``max(1, |x|)``, and a PDE posed on such a domain is better rescaled)."""
 FIELD_ENGINES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")
 
 
@@ -95,6 +102,10 @@ def _names(table: Mapping[str, Any], key: str, default: list[str] | None, file: 
         raise _err(file, key, "must be a non-empty array of names", value, '["x", "y"]')
     if len(set(value)) != len(value):
         raise _err(file, key, "names must be distinct", value)
+    for name in value:
+        problem = name_problem(name)
+        if problem:
+            raise _err(file, key, problem, name)
     return list(value)
 
 
@@ -119,11 +130,12 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     for key, value in table.items():
         if key not in PDE_KEYS:
             raise _err(file, key, "unknown key", value, ", ".join(PDE_KEYS))
-    name = table.get("name", Path(file).stem if file else "case")
+    name = table.get("name", one_line(Path(file).stem) if file else "case")
     description = table.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise _err(file, "name", "name and description must be strings", name)
     variables = _names(table, "variables", None, file)
+    budget.require("variables", len(variables), file=file, key="variables")
     fields = _names(table, "fields", ["u"], file)
     time = table.get("time", "t" if "t" in variables else None)
     if time is not None and time not in variables:
@@ -134,8 +146,11 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         raise _err(file, "constants", "must be a table of numbers", constants_raw, "{ k = 1.0 }")
     constants: dict[str, float] = {}
     for cname, cvalue in constants_raw.items():
-        if isinstance(cvalue, bool) or not isinstance(cvalue, (int, float)) or not np.isfinite(cvalue):
-            raise _err(file, f"constants.{cname}", "must be a finite number", cvalue)
+        problem = name_problem(cname)
+        if problem:
+            raise _err(file, f"constants.{cname}", problem, cname)
+        if isinstance(cvalue, bool) or not isinstance(cvalue, (int, float)) or not np.isfinite(cvalue) or abs(cvalue) > MAX_CONSTANT:
+            raise _err(file, f"constants.{cname}", "must be a finite number", cvalue, f"|value| <= {MAX_CONSTANT:g} (rescale the problem)")
         constants[cname] = float(cvalue)
     if table.get("sources") == []:
         sources: list[str] = []
@@ -157,7 +172,7 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
 
     def parse(text: str, key: str, allow_fields: bool, allow_sources: bool) -> sp.Expr:
         try:
-            return parse_expression(
+            expr = parse_expression(
                 text,
                 variables=variables,
                 constants=list(constants) + (sources if allow_sources else []),
@@ -167,6 +182,15 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
             )
         except ExpressionError as exc:
             raise CaseError(str(exc), file=file) from None
+        if constants:
+            try:
+                check_real(expr.subs({make_symbol(k): v for k, v in constants.items()}), f"key '{key}' with the constants' values", text)
+            except ExpressionError as exc:
+                raise CaseError(str(exc), file=file) from None
+        for node in derivative_nodes(expr):
+            if node.derivative_count > MAX_ORDER:  # operators nested inside operators
+                raise _err(file, key, f"a derivative of total order {node.derivative_count} ({derivative_name(node)}) is beyond the supported maximum {MAX_ORDER}", text, "nest operators only up to a total order of 4")
+        return expr
 
     if "pde" not in table:
         raise _err(file, "pde", "missing required key (the PDE residual, e.g. \"laplacian(u) + k**2*u - f\")")
@@ -258,7 +282,35 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
                 raise _err(file, "quantities", "; ".join(errors))
     engines = overrides.get("engines") or table.get("engines", list(FIELD_ENGINES))
     validate_engine_names(engines, file=file, key="engines")
+    _check_budget(problems, quantities, engines, file)
     return FieldCase(name, problems, quantities, list(engines), description, file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file))
+
+
+def _check_budget(problems: list[FieldProblem], quantities: list[str] | None, engines: list[str], file: str | None) -> None:
+    """Refuse a PDE case whose derivatives would cost beyond a limit of
+    :mod:`derivcheck.budget`: how many distinct partials it needs, and the finite-difference
+    engine's network evaluations (stencil points grow as 6^order)."""
+    for problem in problems:
+        nodes: set[Any] = set()
+        highest = 0
+        d = len(problem.spec.variables)
+        for q in field_quantities(problem, quantities):
+            if q.kind == "grad":
+                nodes.update((q.field_name, i) for i in range(d))
+            elif q.kind == "hessian":
+                nodes.update((q.field_name, i, j) for i in range(d) for j in range(i, d))
+                highest = max(highest, 2)
+            elif q.expr is not None:
+                for node in derivative_nodes(q.expr):
+                    nodes.add(node)
+                    highest = max(highest, int(node.derivative_count))
+        budget.require("derivatives", len(nodes), file=file, key="quantities", detail=f"{problem.kind} field, {d} variable(s)")
+        if problem.network is not None:
+            budget.check_network(problem.network, problem.n_points, file=file, finite_differences=False, param_grads=False, input_grads=0)
+            if "finite_diff" in engines:
+                per_pass = problem.n_points * sum(layer.work_per_sample() for layer in problem.network.layers)
+                passes = len(nodes) * 6.0 ** max(highest, 1)
+                budget.require("work", passes * per_pass, file=file, key="network", detail=f"{len(nodes)} partial derivative(s) up to order {highest}, {problem.n_points} points")
 
 
 def _domain(spec: Any, variables: list[str], file: str | None) -> dict[str, tuple[float, float]]:
@@ -267,9 +319,9 @@ def _domain(spec: Any, variables: list[str], file: str | None) -> dict[str, tupl
     out = {}
     for v in variables:
         bounds = spec.get(v)
-        ok = isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b) for b in bounds)
-        if not ok or bounds[0] >= bounds[1]:
-            raise _err(file, f"domain.{v}", "must be [low, high] with low < high", bounds)
+        ok = isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b) and abs(b) <= MAX_COORDINATE for b in bounds)
+        if not ok or bounds[0] >= bounds[1] or (bounds[1] - bounds[0]) < 1e-6 * max(1.0, abs(bounds[0]), abs(bounds[1])):
+            raise _err(file, f"domain.{v}", "must be [low, high] with low < high", bounds, f"finite numbers within +-{MAX_COORDINATE:g}, high - low at least 1e-6 of their size")
         out[v] = (float(bounds[0]), float(bounds[1]))
     extra = set(spec) - set(variables)
     if extra:
@@ -288,6 +340,12 @@ def _points(spec: Any, domain: dict[str, tuple[float, float]], variables: list[s
             raise _err(file, "points.values", "must be an array of points (arrays of numbers)", values) from None
         if array.ndim != 2 or array.shape[1] != len(variables) or array.shape[0] < 1:
             raise _err(file, "points.values", f"each point needs {len(variables)} coordinates ({', '.join(variables)})", values)
+        if array.shape[0] > MAX_POINTS:
+            raise _err(file, "points.values", f"{array.shape[0]} points", allowed=f"at most {MAX_POINTS}")
+        bad = ~(np.isfinite(array) & (np.abs(array) <= MAX_COORDINATE))
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise _err(file, f"points.values[{row}]", "coordinates must be finite numbers", array[row].tolist(), f"finite numbers within +-{MAX_COORDINATE:g}")
         return array
     count = spec.get("count", 32)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_POINTS:
@@ -322,12 +380,14 @@ def _network(spec: Any, n_in: int, n_out: int, seed: int, file: str | None) -> t
     activation = spec.get("activation", "tanh")
     if activation not in ACTIVATIONS:
         raise _err(file, "network.activation", "unsupported activation (a field needs smooth second derivatives)", activation, ", ".join(ACTIVATIONS))
+    budget.require("layers", 2 * len(widths) - 3, file=file, key="network.widths")
     layers = []
     for i in range(len(widths) - 1):
         layers.append(LAYERS["linear"](**{"in": widths[i], "out": widths[i + 1], "bias": True}))
         if i < len(widths) - 2:
             layers.append(LAYERS[activation]())
     network = Network.build(layers)
+    budget.check_network(network, 1, file=file, finite_differences=False, param_grads=False, input_grads=0)
     return network, network.init_params(seed)
 
 

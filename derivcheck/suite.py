@@ -24,7 +24,9 @@ Grid order is the order of the keys, the last varying fastest; names must be uni
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +35,8 @@ from typing import Any
 from .errors import CaseError
 
 MAX_CASES = 10_000
+"""Largest grid a suite may expand to (a run also has the ``cases`` limit of
+:mod:`derivcheck.budget`)."""
 SUITE_KEYS = ("grid", "template", "description")
 MLP_KEYS = ("in", "hidden", "depth", "activation", "out", "bias")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -112,38 +116,100 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
 
 
 def to_toml(table: Mapping[str, Any]) -> str:
-    """A case table as TOML (top-level keys; nested tables inline, as case files write them)."""
+    """A case table as TOML (top-level keys; nested tables inline, as case files write them).
+
+    Strings are written as TOML basic strings with every control character escaped, so
+    whatever a value holds the file reads back as the same value; dates and times (which
+    TOML has) are written as such."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, (int, float)):
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "nan"
+            if math.isinf(v):
+                return "inf" if v > 0 else "-inf"
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            return _toml_string(v)
+        if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+            return v.isoformat()
         if isinstance(v, list):
             if v and all(isinstance(item, dict) for item in v):
                 return "[\n" + "".join(f"  {value(item)},\n" for item in v) + "]"
             return "[" + ", ".join(value(item) for item in v) + "]"
         if isinstance(v, dict):
             return "{ " + ", ".join(f"{_key(k)} = {value(item)}" for k, item in v.items()) + " }"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        raise CaseError(f"cannot write a value of type {type(v).__name__} to TOML", value=v)
 
     return "".join(f"{_key(k)} = {value(v)}\n" for k, v in table.items())
 
 
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif code < 0x20 or code == 0x7F or 0x80 <= code <= 0x9F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name + '"'
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_string(name)
 
 
-def write_suite(table: Mapping[str, Any], output: str | Path, file: str | None = None) -> list[Path]:
-    """Expand a suite and write one ``<name>.toml`` per case into `output`."""
+def file_stem(name: str) -> str:
+    """The file name (without ``.toml``) a case named `name` is written to."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip(".") or "case"
+    return stem[:150]
+
+
+def write_suite(table: Mapping[str, Any], output: str | Path, file: str | None = None, *, force: bool = False) -> list[Path]:
+    """Expand a suite and write one ``<name>.toml`` per case into `output`.
+
+    Everything is checked before the first file is written: every name maps to its own
+    file (also on case-insensitive file systems), no file would replace the suite itself,
+    and no existing file is overwritten unless `force`. Each file is written atomically.
+
+    **Raises:** :class:`~derivcheck.errors.CaseError`."""
+    from .escaping import is_plain_name
+    from .outputs import write_atomic
+
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for case in expand_suite(table, file):
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", case["name"])
-        path = folder / f"{stem}.toml"
-        path.write_text(to_toml(case))
-        written.append(path)
-    return written
+    if folder.exists() and not folder.is_dir():
+        raise CaseError("the output must be a folder, and this is a file", key="-o/--output", value=str(folder))
+    cases = expand_suite(table, file)
+    targets: dict[str, tuple[str, Path]] = {}
+    suite_path = Path(file).resolve() if file else None
+    for case in cases:
+        name = case["name"]
+        if not is_plain_name(name):
+            raise CaseError("every generated name must be printable text on one line", file=file, key="template.name", value=name)
+        path = folder / f"{file_stem(name)}.toml"
+        key = path.name.lower()
+        if key in targets:
+            raise CaseError(f"cases {targets[key][0]!r} and {name!r} would be written to the same file {path.name!r} (names are compared ignoring case and characters outside A-Z a-z 0-9 _ . -)", file=file, key="template.name", allowed="names that differ in letters or digits")
+        if suite_path is not None and path.resolve() == suite_path:
+            raise CaseError(f"case {name!r} would overwrite the suite file itself", file=file, key="-o/--output", value=str(folder), allowed="another output folder")
+        if (path.exists() or path.is_symlink()) and not force:
+            raise CaseError(f"{str(path)!r} already exists (case {name!r}); pass --force to overwrite the generated files", file=file, key="-o/--output")
+        if path.exists() and not path.is_file():
+            raise CaseError(f"{str(path)!r} exists and is not a regular file", file=file, key="-o/--output")
+        targets[key] = (name, path)
+    texts = [(path, to_toml(case)) for case, (_, path) in zip(cases, targets.values())]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, text in texts:
+            write_atomic(path, text)
+    except OSError as exc:
+        raise CaseError(f"could not write the case files: {exc.strerror or exc}", key="-o/--output", value=str(folder)) from None
+    return [path for path, _ in texts]

@@ -102,7 +102,7 @@ def test_size_limits():
 def test_names_are_validated():
     with pytest.raises(ExpressionError, match="not a valid name"):
         parse_expression("x", ["__x__"])
-    with pytest.raises(ExpressionError, match="clashes"):
+    with pytest.raises(ExpressionError, match="reserved"):
         parse_expression("x", ["sin"])
     with pytest.raises(ExpressionError, match="expected a string"):
         parse_expression(3, ["x"])  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from derivcheck import cli, load_case
+from derivcheck import cli, load_case, outputs
 from derivcheck.report import json_report, plots, writer
 from derivcheck.report.markdown import render_markdown
 from derivcheck.runner import run_any
@@ -105,7 +105,7 @@ def test_interrupted_report_leaves_previous_files_intact(tmp_path, monkeypatch, 
             raise KeyboardInterrupt  # the user presses Ctrl-C in the middle of writing
         return real_replace(src, dst)
 
-    monkeypatch.setattr(json_report.os, "replace", interrupted)
+    monkeypatch.setattr(outputs.os, "replace", interrupted)
     changed = [r for r in tiny_results]
     changed[0].description = "changed description"
     with pytest.raises(KeyboardInterrupt):

@@ -186,6 +186,10 @@ class ScaledDotProductAttention(Layer):
     def d(self) -> int:
         return self.in_shape[1] // 3
 
+    def work_per_sample(self) -> float:
+        t_len = float(self.in_shape[0])
+        return 2 * t_len * t_len * self.d + super().work_per_sample()
+
     def _qkv_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         index = np.arange(self.in_size, dtype=np.int64).reshape(self.in_shape)
         return index[:, : self.d], index[:, self.d : 2 * self.d], index[:, 2 * self.d :]
@@ -237,6 +241,10 @@ class _SelfAttentionBase(Layer):
 
     def output_shape(self, in_shape):
         return self._model_dims(in_shape)
+
+    def work_per_sample(self) -> float:
+        t_len, d_model = (float(v) for v in self.in_shape)
+        return float(self.param_count()) * t_len + 2 * t_len * t_len * d_model + super().work_per_sample()
 
     @property
     def heads(self) -> int:

@@ -208,6 +208,20 @@ class Layer(Configurable):
         """Shapes of this layer's parameters by local name (PyTorch layout)."""
         return {}
 
+    def param_count(self) -> int:
+        """How many numbers the parameters hold (from the shapes; nothing is allocated)."""
+        return sum(int(np.prod(shape, dtype=np.float64)) for shape in self.param_shapes().values())
+
+    def work_per_sample(self) -> float:
+        """Rough multiply-adds of one sample's forward pass (for :mod:`derivcheck.budget`):
+        every parameter used once plus every input and output touched. Layers that reuse
+        their parameters (over positions, time steps, tokens) override it."""
+        return float(self.param_count() + int(np.prod(self.in_shape or (1,), dtype=np.float64)) + int(np.prod(getattr(self, "out_shape", ()) or (1,), dtype=np.float64)))
+
+    def python_steps(self) -> int:
+        """Python-level applications in one forward pass (a recurrence: one per time step)."""
+        return 1
+
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Seeded float64 initial parameters (PyTorch's default ranges)."""
         return {}

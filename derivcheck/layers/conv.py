@@ -160,6 +160,10 @@ class _Conv(_Windowed):
             raise ValueError(f"{self.kind} expects {c_in} input channels but receives shape {in_shape}")
         return (c_out,) + spatial
 
+    def work_per_sample(self) -> float:
+        positions = float(np.prod(self.out_shape[1:], dtype=np.float64))
+        return float(self.param_count()) * positions + super().work_per_sample()
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         c_in, c_out, groups = self.options["in_channels"], self.options["out_channels"], self.options["groups"]
         shapes = {"weight": (c_out, c_in // groups) + self.kernel}

@@ -70,6 +70,12 @@ class _Recurrent(Layer):
     def steps(self) -> int:
         return int(self.in_shape[0])
 
+    def work_per_sample(self) -> float:
+        return float(self.param_count()) * self.steps + super().work_per_sample()
+
+    def python_steps(self) -> int:
+        return self.steps
+
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(in_shape) != 2 or in_shape[1] != self.features:
             raise ValueError(

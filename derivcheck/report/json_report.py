@@ -25,12 +25,12 @@ The file is written atomically (a temporary file renamed into place).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..escaping import json_safe
+from ..outputs import write_atomic
 from ..runner import CaseResult, verdict_counts
 
 SCHEMA_VERSION = 1
@@ -50,28 +50,11 @@ def run_to_dict(results: Sequence[CaseResult]) -> dict[str, Any]:
     }
 
 
-def write_atomic(path: str | Path, content: str | bytes) -> None:
-    """Write `content` (text or bytes) to `path` through a temporary file and a rename:
-    readers see the old file or the new one, never half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        if isinstance(content, bytes):
-            with os.fdopen(fd, "wb") as binary:
-                binary.write(content)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(content)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report should be readable like any file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | Path, results: Sequence[CaseResult]) -> None:
     """Write the run as JSON to `path` atomically."""
-    write_atomic(path, json.dumps(run_to_dict(results), indent=2, sort_keys=False) + "\n")
+    write_atomic(path, run_to_json(results))
+
+
+def run_to_json(results: Sequence[CaseResult]) -> str:
+    """The run as strict JSON text (no bare NaN or Infinity: see the module docstring)."""
+    return json.dumps(json_safe(run_to_dict(results)), indent=2, sort_keys=False, allow_nan=False) + "\n"

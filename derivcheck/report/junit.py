@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..runner import CaseResult
-from .json_report import write_atomic
+from ..escaping import xml as _x
+from ..outputs import write_atomic
 from .table import details
 
 
@@ -26,23 +27,23 @@ def junit_xml(results: Sequence[CaseResult], suite: str = "derivcheck") -> str:
     errors = sum(1 for r in results if r.crashed)
     skipped = sum(1 for r in results if r.skipped)
     root = ET.Element("testsuites")
-    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors=str(errors), skipped=str(skipped))
+    node = ET.SubElement(root, "testsuite", name=_x(suite), tests=str(len(results)), failures=str(failures), errors=str(errors), skipped=str(skipped))
     for result in results:
         classname = Path(result.file).stem if result.file else "derivcheck"
-        case = ET.SubElement(node, "testcase", classname=f"derivcheck.{classname}", name=result.name, time=f"{sum(result.timings.values()):.3f}")
+        case = ET.SubElement(node, "testcase", classname=_x(f"derivcheck.{classname}"), name=_x(result.name), time=f"{sum(result.timings.values()):.3f}")
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="verdict", value=result.verdict)
         ET.SubElement(props, "property", name="max_rel_error", value=f"{max_rel_error(result):.3e}")
         ET.SubElement(props, "property", name="quantities", value=str(len(result.quantities)))
         if result.skipped:
-            ET.SubElement(case, "skipped", message=result.skipped)
+            ET.SubElement(case, "skipped", message=_x(result.skipped))
         elif result.crashed:
-            error = ET.SubElement(case, "error", message="; ".join(result.errors))
-            error.text = details([result])
+            error = ET.SubElement(case, "error", message=_x("; ".join(result.errors)))
+            error.text = _x(details([result]))
         elif not result.ok:
             bad = [q for q in result.quantities if not q.ok]
-            failure = ET.SubElement(case, "failure", message=f"{result.verdict}: " + "; ".join(f"{q.name}: {q.message}" for q in bad[:3]))
-            failure.text = details([result])
+            failure = ET.SubElement(case, "failure", message=_x(f"{result.verdict}: " + "; ".join(f"{q.name}: {q.message}" for q in bad[:3])))
+            failure.text = _x(details([result]))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

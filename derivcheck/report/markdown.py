@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..compare import QuantityResult
+from ..escaping import markdown
 from ..runner import CaseResult, preferred_gradient_norms, verdict_counts
 
 ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error", "skipped": "⏭️ skipped"}
@@ -16,7 +17,8 @@ def _e(value: float | None) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Untrusted text as literal Markdown (see :func:`derivcheck.escaping.markdown`)."""
+    return markdown(text)
 
 
 def _ordered(quantities: Sequence[QuantityResult]) -> list[QuantityResult]:
@@ -48,35 +50,35 @@ def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots
         row[3] = ICONS.get(row[3], row[3])
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     for case in results:
-        lines += ["", f"## {case.name} — {ICONS.get(case.verdict, case.verdict)}", ""]
+        lines += ["", f"## {_cell(case.name)} — {ICONS.get(case.verdict, case.verdict)}", ""]
         if case.description:
-            lines += [case.description, ""]
+            lines += [_cell(case.description), ""]
         if case.skipped:
-            lines.append(f"- **skipped**: {case.skipped}")
+            lines.append(f"- **skipped**: {_cell(case.skipped)}")
         for error in case.errors:
-            lines.append(f"- **error**: {error}")
+            lines.append(f"- **error**: {_cell(error)}")
         if case.kinks:
-            lines.append("- kinks at: " + "; ".join(case.kinks[:10]))
+            lines.append("- kinks at: " + _cell("; ".join(case.kinks[:10])))
         for q in _ordered(case.quantities):
             if q.verdict == "agree":
                 continue
-            lines += [f"### {q.name}: {q.verdict}", "", q.message, ""]
+            lines += [f"### {_cell(q.name)}: {q.verdict}", "", _cell(q.message), ""]
             if q.worst:
                 lines += ["| engine | value at " + _cell(q.worst.label) + " |", "|---|---|"]
-                lines += [f"| {e} | {v:.12g} |" for e, v in q.worst.values.items()]
-                lines += ["", f"error {q.worst.error:.3e} between {q.worst.pair[0]} and {q.worst.pair[1]}, tolerance {q.worst.tolerance:.3e}", ""]
+                lines += [f"| {_cell(e)} | {v:.12g} |" for e, v in q.worst.values.items()]
+                lines += ["", f"error {q.worst.error:.3e} between {_cell(q.worst.pair[0])} and {_cell(q.worst.pair[1])}, tolerance {q.worst.tolerance:.3e}", ""]
             for engine, reason in {**q.excluded, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
-                lines.append(f"- {engine}: {reason}")
+                lines.append(f"- {_cell(engine)}: {_cell(reason)}")
         agreeing = [q for q in case.quantities if q.verdict == "agree"]
         if agreeing:
-            lines += ["", f"{len(agreeing)} quantit{'y' if len(agreeing) == 1 else 'ies'} agree: " + ", ".join(q.name for q in agreeing), ""]
+            lines += ["", f"{len(agreeing)} quantit{'y' if len(agreeing) == 1 else 'ies'} agree: " + _cell(", ".join(q.name for q in agreeing)), ""]
         preferred = preferred_gradient_norms(case)
         if preferred:
             engine, norms = preferred
             terms = sorted(norms)
             lines += [f"Gradient norm per parameter tensor ({engine}):", "", "| parameter | " + " | ".join(terms) + " |", "|---" * (len(terms) + 1) + "|"]
             for param in norms[terms[0]]:
-                lines.append(f"| {param} | " + " | ".join(f"{norms[t][param]:.3e}" for t in terms) + " |")
+                lines.append(f"| {_cell(param)} | " + " | ".join(f"{norms[t][param]:.3e}" for t in terms) + " |")
             lines.append("")
         steps = case.meta.get("time_step_gradient_norms")
         if steps:
@@ -86,9 +88,9 @@ def render_markdown(results: Sequence[CaseResult], env: Mapping[str, Any], plots
             lines.append("")
     if plots:
         lines += ["", "## Plots", ""]
-        lines += [f"![{title}]({name})" for title, name in plots.items()]
+        lines += [f"![{_cell(title)}]({name})" for title, name in plots.items()]
     elif missing_plots:
         lines += ["", "## Plots", "", missing_plots]
     lines += ["", "## Environment", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {', '.join(v) if isinstance(v, list) else v} |" for k, v in env.items()]
+    lines += [f"| {_cell(k)} | {_cell(', '.join(v) if isinstance(v, list) else str(v))} |" for k, v in env.items()]
     return "\n".join(lines) + "\n"

@@ -16,12 +16,30 @@ from ..runner import CaseResult
 from . import plots as plotting
 from .environment import environment
 from .html import render_html
-from .json_report import run_to_dict, write_atomic
+from ..escaping import json_safe
+from ..outputs import write_atomic
+from .json_report import run_to_dict
 from .markdown import render_markdown
 
 
 def _slug(title: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", title).strip("-").lower() + ".png"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", title).strip("-.").lower()[:120] + ".png"
+
+
+def _plot_names(titles: list[str]) -> dict[str, str]:
+    """A file name per plot title, distinct even where titles differ only in case or in
+    characters a file name cannot hold (cases ``Net`` and ``net``)."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for title in titles:
+        name = _slug(title)
+        stem, number = name[: -len(".png")], 2
+        while name in used:
+            name = f"{stem}-{number}.png"
+            number += 1
+        used.add(name)
+        names[title] = name
+    return names
 
 
 def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> dict[str, str | bytes]:
@@ -35,11 +53,12 @@ def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> 
                 pngs.update(plotting.case_plots(case))
         else:
             missing = plotting.MISSING
-    files: dict[str, str | bytes] = {f"plots/{_slug(title)}": png for title, png in pngs.items()}
+    names = _plot_names(list(pngs))
+    files: dict[str, str | bytes] = {f"plots/{names[title]}": png for title, png in pngs.items()}
     document = run_to_dict(results)
     document["environment"] = env
-    files["report.json"] = json.dumps(document, indent=2) + "\n"
-    files["report.md"] = render_markdown(results, env, {title: f"plots/{_slug(title)}" for title in pngs}, missing)
+    files["report.json"] = json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
+    files["report.md"] = render_markdown(results, env, {title: f"plots/{names[title]}" for title in pngs}, missing)
     files["index.html"] = render_html(results, env, pngs, missing)
     return files
 
