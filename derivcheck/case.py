@@ -647,6 +647,8 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
             found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise CaseError("not a regular file (a FIFO, device or socket)", file=str(path))
         else:
             raise CaseError("no such file or folder", file=str(path))
     unique: list[Path] = []

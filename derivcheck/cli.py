@@ -349,10 +349,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``derivcheck`` command; returns the exit code."""
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)  # type: ignore[assignment]
+    saved = _process_settings()
     try:
         return _main(argv)
     finally:
         sys.stdout, sys.stderr = streams
+        _restore_process_settings(saved)
+
+
+def _process_settings() -> tuple[dict[str, str], dict[str, Any], dict[str, int]]:
+    """What a command changes for itself and its workers (``DERIVCHECK_*`` variables, the
+    cache and limit settings), so that :func:`main` called in-process (tests, notebooks)
+    leaves the caller's process as it found it."""
+    from . import budget, compile_cache
+
+    return ({k: v for k, v in os.environ.items() if k.startswith("DERIVCHECK_")}, dict(compile_cache._settings), dict(budget._overrides))
+
+
+def _restore_process_settings(saved: tuple[dict[str, str], dict[str, Any], dict[str, int]]) -> None:
+    from . import budget, compile_cache
+
+    environment, cache, limits = saved
+    for key in [k for k in os.environ if k.startswith("DERIVCHECK_")]:
+        if key not in environment:
+            del os.environ[key]
+    os.environ.update(environment)
+    compile_cache._settings.clear()
+    compile_cache._settings.update(cache)
+    budget._overrides.clear()
+    budget._overrides.update(limits)
 
 
 def _main(argv: Sequence[str] | None) -> int:

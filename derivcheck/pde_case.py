@@ -258,6 +258,10 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         if solution is None:
             raise _err(file, "pinn", "the PINN boundary loss needs a 'solution' for its boundary data")
         boundary = _boundary_points(domain, variables, count, seed)
+    if solution is not None:
+        _check_solution_values(spec, points, file, "points")
+        if boundary is not None:
+            _check_solution_values(spec, boundary, file, "pinn.boundary")
     for kind in check:
         if kind == "exact":
             problems.append(FieldProblem(spec, "exact", points, dtype=dtype, meta={"domain": domain}))
@@ -284,6 +288,27 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     validate_engine_names(engines, file=file, key="engines")
     _check_budget(problems, quantities, engines, file)
     return FieldCase(name, problems, quantities, list(engines), description, file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file))
+
+
+def _check_solution_values(spec: PDESpec, points: np.ndarray, file: str | None, where: str) -> None:
+    """Refuse a solution that is not a finite real number at a point (``sqrt(x)`` at
+    x < 0, ``log(x)`` at 0): evaluated as floats it would be NaN or silently wrong."""
+    from .expr import NUMPY_MODULES
+
+    assert spec.solution is not None
+    values = spec.constant_values()
+    for name, expr in spec.solution.items():
+        function = sp.lambdify([list(spec.variable_symbols)], expr.subs(values), modules=NUMPY_MODULES)
+        with np.errstate(all="ignore"):
+            try:
+                column = np.broadcast_to(np.asarray(function(list(points.T)), dtype=float), (points.shape[0],))
+            except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+                raise _err(file, "solution", f"solution {name} could not be evaluated as a real number at the {where}") from None
+        bad = ~np.isfinite(column)
+        if bad.any():
+            at = points[int(np.argmax(bad))]
+            shown = ", ".join(f"{v} = {c:.6g}" for v, c in zip(spec.variables, at))
+            raise _err(file, "solution", f"solution {name} is not a finite real number at the point {shown} (of {where}): outside the formula's real domain, e.g. sqrt or log of a negative number", str(spec.solution[name]), "a formula that is real and finite on the whole domain")
 
 
 def _check_budget(problems: list[FieldProblem], quantities: list[str] | None, engines: list[str], file: str | None) -> None:

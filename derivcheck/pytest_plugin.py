@@ -61,6 +61,7 @@ class DerivcheckFile(pytest.File):
     def collect(self) -> Any:
         from .case import read_table
         from .errors import DerivcheckError
+        from .escaping import one_line
         from .suite import expand_suite, is_suite
 
         try:
@@ -69,10 +70,10 @@ class DerivcheckFile(pytest.File):
         except DerivcheckError:
             names = None  # the item reports the error when it runs
         if names is None:
-            yield DerivcheckItem.from_parent(self, name=self.path.stem)
+            yield DerivcheckItem.from_parent(self, name=one_line(self.path.stem))
             return
         for index, name in enumerate(names):
-            item = DerivcheckItem.from_parent(self, name=str(name))
+            item = DerivcheckItem.from_parent(self, name=one_line(str(name)))
             item.case_index = index
             yield item
 
@@ -107,7 +108,9 @@ class DerivcheckItem(pytest.Item):
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
         if isinstance(excinfo.value, DerivcheckFailure):
-            return str(excinfo.value)
+            from .escaping import terminal
+
+            return terminal(str(excinfo.value))
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> Any:
