@@ -60,6 +60,7 @@ LIMITS: dict[str, Limit] = {
         Limit("variables", 8, "independent variables of a PDE case"),
         Limit("derivatives", 200, "distinct partial derivatives a PDE case needs"),
         Limit("entries", 50_000_000, "numbers in the quantities one case compares"),
+        Limit("expression-size", 20_000, "nodes of one closed-form derivative SymPy derives (a PDE solution's partials)"),
     )
 }
 """Every limit, by name. The defaults let every shipped case run with a wide margin (the
@@ -100,7 +101,7 @@ def value(name: str) -> int:
     return limit.default
 
 
-def require(name: str, estimate: int | float, *, file: str | None, key: str | None = None, detail: str = "") -> None:
+def require(name: str, estimate: float, *, file: str | None, key: str | None = None, detail: str = "") -> None:
     """Raise :class:`CaseError` when `estimate` exceeds limit `name`.
 
     The message says what the limit counts, the estimate, the limit and how to raise it;
@@ -109,15 +110,30 @@ def require(name: str, estimate: int | float, *, file: str | None, key: str | No
     allowed = value(name)
     if allowed and estimate > allowed:
         where = f" ({detail})" if detail else ""
+        shown = f"more than {_count(allowed)}" if name == "expression-size" else _count(estimate)
         raise CaseError(
-            f"too large to run: {limit.what} would be {_count(estimate)}{where}, beyond the limit of {_count(allowed)}; "
+            f"too large to run: {limit.what} would be {shown}{where}, beyond the limit of {_count(allowed)}; "
             f"to allow it, raise the limit with {limit.option} N or ${limit.env} (0: no limit)",
             file=file,
             key=key,
         )
 
 
-def _count(number: int | float) -> str:
+def tree_size(expr: Any, limit: int) -> int:
+    """Nodes of SymPy expression `expr`, counted up to ``limit + 1`` (so that counting a
+    huge expression stops early)."""
+    count = 0
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        stack.extend(getattr(node, "args", ()))
+    return count
+
+
+def _count(number: float) -> str:
     number = float(number)
     if number >= 1e7:
         return f"{number:.2e}"
@@ -195,6 +211,10 @@ def time_limit(seconds: float) -> Iterator[bool]:
         if remaining:
             signal.setitimer(signal.ITIMER_REAL, remaining)
 
+
+DERIVE_SECONDS = 60.0
+"""Wall-clock budget of a case's closed-form derivatives at load time (a safety net behind
+the ``expression-size`` limit, which is what normally stops a derivation that grows)."""
 
 SIMPLIFY_SECONDS = 2.0
 """Budget of one ``sympy.simplify`` of a closed form that is only shown, never computed with."""

@@ -64,6 +64,9 @@ DATA_KEYS = ("csv", "target", "features", "rows", "standardize")
 INPUT_KEYS = ("batch", "scale", "targets", "distribution", "noise")
 MAX_BATCH = 100_000
 MAX_CASE_BYTES = 1_000_000
+MAX_DATA_VALUE = 1e12
+"""Largest magnitude of a data value or an input scale (beyond it sums overflow or every
+digit of a difference is lost; rescale the data)."""
 MIN_FD_STEP, MAX_FD_STEP = 1e-8, 0.1
 """The finite-difference steps a case may set (float64 central differences are best near
 1e-5; at 1e-300 every quotient is rounding noise)."""
@@ -220,6 +223,8 @@ def _load_data(spec: Any, base_dir: Path, file: str | None, network: Network, lo
             except (ValueError, IndexError):
                 shown = row[columns[name]] if columns[name] < len(row) else "<missing>"
                 raise CaseError(f"row {r + 2}, column {name!r} is not a number", file=file, key="data.csv", value=shown) from None
+            if not (np.isfinite(x[r, c]) and abs(x[r, c]) <= MAX_DATA_VALUE):
+                raise CaseError(f"row {r + 2}, column {name!r} is not a finite number within +-{MAX_DATA_VALUE:g}", file=file, key="data.csv", value=row[columns[name]])
     meta: dict[str, Any] = {"data": rel, "rows": len(rows), "features": features}
     if reader.get("standardize", bool, False):
         std = x.std(axis=0)
@@ -407,8 +412,8 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         if not 1 <= batch <= MAX_BATCH:
             raise sub.error("out of range", "batch", batch, f"1..{MAX_BATCH}")
         scale = sub.get("scale", float, 1.0)
-        if not (np.isfinite(scale) and scale > 0):
-            raise sub.error("must be a positive finite number", "scale", scale)
+        if not (np.isfinite(scale) and 0 < scale <= MAX_DATA_VALUE):
+            raise sub.error("must be a positive finite number", "scale", scale, f"0 < scale <= {MAX_DATA_VALUE:g}")
         _check_budget(network, batch, table, overrides, file)
         x = _random_inputs(sub, rng, batch, network, scale)
         targets = loss.random_targets(rng, batch, network.out_size) if loss is not None else None

@@ -293,9 +293,13 @@ def _building(key: str) -> Iterator[None]:
         os.close(fd)
 
 
-LOCK_TIMEOUT = 120.0
+LOCK_TIMEOUT = 30.0
 """Seconds to wait for another process deriving the same entry (``$DERIVCHECK_LOCK_TIMEOUT``
 overrides); then this process derives it as well, which is safe."""
+
+
+_stuck: set[str] = set()
+"""Holders this process gave up waiting for (a stopped or hung process)."""
 
 
 def _acquire(fcntl: Any, fd: int, path: Path) -> bool:
@@ -305,6 +309,8 @@ def _acquire(fcntl: Any, fd: int, path: Path) -> bool:
         timeout = float(os.environ.get("DERIVCHECK_LOCK_TIMEOUT", LOCK_TIMEOUT))
     except ValueError:
         timeout = LOCK_TIMEOUT
+    if _stuck:  # a holder already failed to release one lock in time: do not wait the full time again
+        timeout = min(timeout, 1.0)
     start, told = time.monotonic(), False
     while True:
         try:
@@ -313,6 +319,7 @@ def _acquire(fcntl: Any, fd: int, path: Path) -> bool:
             waited = time.monotonic() - start
             if waited >= timeout:
                 print(f"derivcheck: warning: gave up waiting after {waited:.0f} s for {_holder(path)}, which holds the lock {path}; deriving here as well", file=sys.stderr, flush=True)
+                _stuck.add(_holder(path))
                 return False
             if waited >= 5 and not told:
                 print(f"derivcheck: waiting for {_holder(path)}, which is deriving the same entry (lock {path}; at most {timeout:.0f} s, DERIVCHECK_LOCK_TIMEOUT)", file=sys.stderr, flush=True)

@@ -212,6 +212,12 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         texts = _formulas(table, "solution", fields, file)
         solution = {f: parse(texts[f], f"solution.{f}" if len(fields) > 1 else "solution", False, False) for f in fields}
     spec = PDESpec(variables, symbols, spatial, fields, field_funcs, equations, constants, eq_sources, record.used, solution, texts=pde_texts)
+    if solution is not None:  # before anything derives a closed form (the forcing, the quantities)
+        nodes: set[Any] = {node for expr in equations.values() for node in derivative_nodes(expr)}
+        for field_name in fields:
+            nodes.update((field_name, i) for i in range(len(variables)))
+            nodes.update((field_name, i, j) for i in range(len(variables)) for j in range(i, len(variables)))
+        _check_closed_forms(spec, nodes, file)
     for eq in eq_sources:
         try:
             spec.source_coefficient(eq)
@@ -253,8 +259,8 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         lam = pinn.get("lambda", 1.0)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_POINTS:
             raise _err(file, "pinn.boundary", "must be an integer number of boundary points", count, f"1..{MAX_POINTS}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
-            raise _err(file, "pinn.lambda", "must be a positive number", lam)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 < lam <= 1e6):
+            raise _err(file, "pinn.lambda", "must be a positive number", lam, "0 < lambda <= 1e6")
         if solution is None:
             raise _err(file, "pinn", "the PINN boundary loss needs a 'solution' for its boundary data")
         boundary = _boundary_points(domain, variables, count, seed)
@@ -309,6 +315,44 @@ def _check_solution_values(spec: PDESpec, points: np.ndarray, file: str | None, 
             at = points[int(np.argmax(bad))]
             shown = ", ".join(f"{v} = {c:.6g}" for v, c in zip(spec.variables, at))
             raise _err(file, "solution", f"solution {name} is not a finite real number at the point {shown} (of {where}): outside the formula's real domain, e.g. sqrt or log of a negative number", str(spec.solution[name]), "a formula that is real and finite on the whole domain")
+
+
+def _check_closed_forms(spec: PDESpec, nodes: set[Any], file: str | None) -> None:
+    """Derive the solution's partials one order at a time, refusing as soon as one grows
+    beyond the ``expression-size`` limit (a nested composition's n-th derivative grows like
+    depth^n: ``tanh(...tanh(x*x)...*x)`` 28 deep has a 4th derivative SymPy works on for
+    many minutes), all under a wall-clock budget."""
+    limit = budget.value("expression-size") or None
+    solution = spec.solution_map()
+    symbols = list(spec.variable_symbols)
+    chains: list[tuple[Any, tuple[Any, ...], str]] = []
+    for node in nodes:
+        if isinstance(node, sp.Derivative):
+            chain = tuple(v for v, n in node.variable_count for _ in range(int(n)))
+            chains.append((node.expr, chain, derivative_name(node)))
+        else:
+            name, *indices = node
+            chains.append((spec.field_funcs[name], tuple(symbols[i] for i in indices), f"d{name}/d" + "d".join(str(symbols[i]) for i in indices)))
+    done: dict[tuple[Any, tuple[Any, ...]], Any] = {}
+    try:
+        with budget.time_limit(budget.DERIVE_SECONDS):
+            for base, chain, label in sorted(chains, key=lambda c: len(c[1])):
+                expr = done.get((base, ()))
+                if expr is None:
+                    expr = done[(base, ())] = base.subs(solution).doit()
+                for depth in range(1, len(chain) + 1):
+                    key = (base, chain[:depth])
+                    if key not in done:
+                        done[key] = sp.diff(done[(base, chain[: depth - 1])], chain[depth - 1])
+                        if done[key].has(sp.Derivative):
+                            raise _err(file, "solution", f"SymPy cannot write {label} of the solution in closed form (it stays an unevaluated derivative, as for abs() of some compositions); rewrite the formula, e.g. without abs/min/max around it")
+                        if limit:
+                            size = budget.tree_size(done[key], limit)
+                            budget.require("expression-size", size, file=file, key="solution", detail=f"{label} after {depth} derivative(s); the formula's partials grow too fast: simplify it or ask for lower orders")
+    except budget.TimeBudgetExceeded:
+        raise _err(file, "solution", f"deriving the solution's partial derivatives took longer than {budget.DERIVE_SECONDS:g} s; simplify the formula or ask for lower orders") from None
+    except RecursionError:
+        raise _err(file, "solution", "the solution is nested too deeply to differentiate") from None
 
 
 def _check_budget(problems: list[FieldProblem], quantities: list[str] | None, engines: list[str], file: str | None) -> None:

@@ -20,15 +20,15 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers import CASES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from derivcheck import cli
 from derivcheck.case import case_from_dict
 from derivcheck.errors import CaseError, DerivcheckError, ExpressionError
-
-from helpers import CASES
 
 SECRET = "hunter2-do-not-leak"
 MEMORY_LIMIT = 6 * 1024**3
@@ -635,7 +635,7 @@ def test_sigterm_is_like_ctrl_c(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "derivcheck", "report", str(CASES), "-o", str(out_dir), "--no-plots", "--cache-dir", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limit_memory)
     time.sleep(6)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
     leftovers = [p for folder in (out_dir, cache) if folder.exists() for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".entry-")]
@@ -698,3 +698,52 @@ def test_fuzz_the_command_line_exits_0_1_or_4(tmp_path_factory, tokens):
     assert code in (0, 1, 4), text
     assert "Traceback" not in text
     assert time.monotonic() - start < 60
+
+
+# -- found by the probe harness (a bank of 221 attempts) -----------------------------------------
+
+
+def test_a_derivative_that_grows_without_bound_is_refused_quickly(capsys, tmp_path):
+    solution = "x"
+    for _ in range(28):
+        solution = f"tanh({solution}*x)"
+    case = write(tmp_path, "deep.toml", PDE.replace("{solution}", solution + "*sin(y)").replace('"laplacian(u) + k**2 * u - f"', '"d(u, x, 4) - f"').replace("quantities = [", "# ["))
+    start = time.monotonic()
+    code, out = run_main(capsys, "run", str(case))
+    assert code == 4 and "--max-expression-size" in out and "more than 20,000" in out
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("solution", ["abs(x + asin(x/2))", "abs(tanh(x) + asin(tanh(x)))"])
+def test_a_solution_sympy_cannot_differentiate_in_closed_form_is_refused(capsys, tmp_path, solution):
+    code, out = run_main(capsys, "run", str(write(tmp_path, "case.toml", PDE.replace("{solution}", solution))))
+    assert code == 4 and "closed form" in out
+    assert_clean(out)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (("pinn = { boundary = 6, lambda = 1.0 }", "pinn = { boundary = 6, lambda = inf }"), "pinn.lambda"),
+    ],
+)
+def test_pinn_weights_are_validated(capsys, tmp_path, change, key):
+    code, out = run_main(capsys, "run", str(write(tmp_path, "case.toml", PDE.replace("{solution}", "sin(x)*sin(y)").replace(*change))))
+    assert code == 4 and f"key {key!r}" in out
+
+
+def test_data_values_and_input_scales_beyond_range_are_refused(capsys, tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,3\n1e308,-1e308,1\n")
+    code, out = run_main(capsys, "run", str(_data_case(tmp_path, "d.csv")))
+    assert code == 4 and "row 3, column 'a' is not a finite number" in out
+    code, out = run_main(capsys, "run", str(write(tmp_path, "s.toml", TINY.replace("inputs = { batch = 3 }", "inputs = { batch = 3, scale = 1e308 }"))))
+    assert code == 4 and "inputs.scale" in out
+
+
+def test_field_error_estimates_have_a_floor():
+    from derivcheck.engines.fields_fd import _with_floor
+
+    errors = np.full(1000, 1e-9)
+    errors[7] = 0.0  # two Richardson levels that agree by chance
+    floored = _with_floor(errors)
+    assert floored[7] == pytest.approx(1e-10) and floored[0] == 1e-9

@@ -188,6 +188,18 @@ class FieldDifferences:
         return value, error, excluded
 
 
+def _with_floor(errors: np.ndarray) -> np.ndarray:
+    """Error estimates no smaller than a tenth of their median over the points: the
+    estimate of one point (the difference between two Richardson levels) can vanish by
+    chance where the two levels happen to agree, and among 100,000 points a few do -- a
+    false disagreement at rounding level. A field's truncation error varies smoothly over
+    the points, so the median is a fair floor; a wrong derivative is still far above it."""
+    finite = np.abs(errors[np.isfinite(errors)])
+    if finite.size < 8:
+        return errors
+    return np.maximum(errors, 0.1 * float(np.median(finite)))
+
+
 def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], method: str, step: float | None) -> EngineResult:
     fd = FieldDifferences(problem, method, step)
     spec = problem.spec
@@ -195,7 +207,7 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], m
     result: EngineResult = {}
 
     def value(v: np.ndarray, e: np.ndarray, x: np.ndarray) -> EngineValue:
-        return EngineValue(v, error_estimate=e, excluded=x if x.any() else None, excluded_reason="the difference stencil straddles a kink of the solution" if x.any() else "", note=note)
+        return EngineValue(v, error_estimate=_with_floor(e), excluded=x if x.any() else None, excluded_reason="the difference stencil straddles a kink of the solution" if x.any() else "", note=note)
 
     for q in quantities:
         if q.kind in ("derivative", "operator", "residual"):
