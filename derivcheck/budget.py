@@ -162,8 +162,10 @@ def check_network(network: Any, batch: int, *, file: str | None, finite_differen
     largest = max(range(len(layers)), key=lambda i: counts[i])
     require("parameters", sum(counts), file=file, key="network", detail=f"the largest, layer {largest} ({layers[largest].describe()}), has {_count(counts[largest])}")
     sizes = [float(size) for size in network.sizes]
-    require("values", batch * sum(sizes), file=file, key="network", detail=f"{batch} sample(s) x {_count(sum(sizes))} values per sample")
+    held = sum(sizes) + sum(layer.held_values_per_sample() for layer in layers)
+    require("values", batch * held, file=file, key="network", detail=f"{batch} sample(s) x {_count(held)} values per sample (outputs, windows, attention matrices, one-hot codes)")
     per_pass = batch * sum(layer.work_per_sample() for layer in layers)
+    require("work", OTHER_PASSES * per_pass, file=file, key="network", detail=f"{OTHER_PASSES} passes of the exact engines x {_count(per_pass)} per pass")
     steps = sum(layer.python_steps() for layer in layers)
     coupled = not all(getattr(layer, "per_sample", True) for layer in layers)
     input_coordinates = sizes[0] * (batch if coupled else 1)
@@ -175,7 +177,7 @@ def check_network(network: Any, batch: int, *, file: str | None, finite_differen
     coordinates = (sum(counts) if param_grads else 0) + input_grads * input_coordinates
     passes = FD_PASSES_PER_COORDINATE * coordinates
     require("fd-evaluations", passes, file=file, key="network", detail=f"{_count(coordinates)} coordinates to perturb x {FD_PASSES_PER_COORDINATE}; leave finite_diff out of engines, or ask for fewer quantities")
-    require("work", passes * per_pass, file=file, key="network", detail=f"{_count(passes)} passes x {_count(per_pass)} per pass")
+    require("work", (passes + OTHER_PASSES) * per_pass, file=file, key="network", detail=f"{_count(passes)} passes x {_count(per_pass)} per pass")
     require("steps", (passes + OTHER_PASSES) * steps, file=file, key="network", detail=f"{_count(passes)} passes x {steps} layer application(s)")
 
 

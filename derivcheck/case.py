@@ -104,6 +104,15 @@ class Case:
         }
 
 
+def shown_scalar(value: Any) -> Any:
+    """`value` if it is a short scalar worth showing in an "unknown key" error, else
+    ``None``: a table or array under a key derivcheck does not know is never echoed (it
+    may be a file's unrelated contents, e.g. a linked credentials file)."""
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return value
+    return None
+
+
 class _Reader:
     """Typed access to one table, raising :class:`CaseError` with file and key."""
 
@@ -121,7 +130,7 @@ class _Reader:
     def check_keys(self, allowed: Sequence[str]) -> None:
         for name, value in self.table.items():
             if name not in allowed:
-                raise self.error("unknown key", name, value, ", ".join(allowed))
+                raise self.error("unknown key", name, shown_scalar(value), ", ".join(allowed))
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False, what: str = "") -> Any:
         if name not in self.table:
@@ -212,6 +221,8 @@ def _load_data(spec: Any, base_dir: Path, file: str | None, network: Network, lo
     if limit is not None and limit < 1:
         raise reader.error("must be at least 1", "rows", limit)
     rows = rows[:limit] if limit else rows
+    if len(rows) > MAX_BATCH:
+        raise reader.error(f"the data file has {len(rows)} rows", "rows", None, f"at most {MAX_BATCH} (set rows = N to use the first N)")
     if len(features) != network.in_size:
         raise reader.error(f"the network takes {network.in_size} input features but {len(features)} feature columns were selected", "features", features)
     columns = {name: i for i, name in enumerate(header)}
@@ -598,8 +609,10 @@ def case_count(path: str | Path) -> int:
     """How many cases a file holds (1, or a suite's grid size)."""
     from .suite import is_suite
 
+    from .suite import grid_size
+
     table = read_table(path)
-    return len(_expanded_suite(path, table)) if is_suite(table) else 1
+    return grid_size(table, str(path)) if is_suite(table) else 1
 
 
 def load_case_at(path: str | Path, index: int, overrides: Mapping[str, Any] | None = None) -> Case:
@@ -649,7 +662,13 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*.toml") if p.is_file()))
+            root = path.resolve()
+            for p in sorted(p for p in path.rglob("*.toml") if p.is_file()):
+                if p.is_symlink() or any(parent.is_symlink() for parent in p.relative_to(path).parents if str(parent) != "."):
+                    target = p.resolve()
+                    if not (target == root or root in target.parents):  # a link out of the folder given
+                        raise CaseError("is a link to a file outside the folder being searched; give it explicitly to run it", file=str(p))
+                found.append(p)
         elif path.is_file():
             found.append(path)
         elif path.exists():

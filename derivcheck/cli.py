@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DerivcheckError
+from .escaping import terminal as _terminal
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CASES = 0, 1, 2, 3, 4, 5
 
@@ -168,6 +169,27 @@ def _require_case_count(count: int) -> None:
     budget.require("cases", count, file=None, detail="every file, and every combination of a suite's grid")
 
 
+KEEP_BYTES = 512 * 1024 * 1024
+"""...and while the arrays they hold (inputs, parameters, points) stay under 512 MiB."""
+
+
+def _case_bytes(case: Any) -> int:
+    """Bytes of the numpy arrays a loaded case holds (its inputs, targets, parameters and
+    points), found by walking its problem(s) one level deep."""
+    import numpy as np
+
+    total = 0
+    listed = getattr(case, "problems", None)  # PDE cases hold a list; score cases build theirs when run
+    problems = (list(listed) if isinstance(listed, (list, tuple)) else []) + [getattr(case, "problem", None)]
+    for problem in problems:
+        for value in vars(problem).values() if problem is not None and hasattr(problem, "__dict__") else ():
+            if isinstance(value, np.ndarray):
+                total += value.nbytes
+            elif isinstance(value, dict):
+                total += sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+    return total
+
+
 KEEP_LOADED = 256
 """Up to this many cases stay in memory between validation and run; beyond it each is
 validated, dropped, and loaded again when its turn comes (memory stays bounded)."""
@@ -215,10 +237,14 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     # validate everything before running anything; keep the cases only while they are few
     keep = len(counted) <= KEEP_LOADED
     cases: list[Any] | None = [] if keep else None
+    held = 0
     for ref in counted:
         case = load_case_at(ref.path, ref.index, overrides)
         if cases is not None:
+            held += _case_bytes(case)
             cases.append(case)
+            if held > KEEP_BYTES:  # too much to hold between validation and run
+                cases = None
     if not counted:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
@@ -376,6 +402,7 @@ def _restore_process_settings(saved: tuple[dict[str, str], dict[str, Any], dict[
     os.environ.update(environment)
     compile_cache._settings.clear()
     compile_cache._settings.update(cache)
+    compile_cache._stuck.clear()
     budget._overrides.clear()
     budget._overrides.update(limits)
 
@@ -472,9 +499,7 @@ class _EscapingStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        from .escaping import terminal
-
-        self._stream.write(terminal(text))
+        self._stream.write(_terminal(text))
         return len(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -125,11 +125,11 @@ def _formulas(table: Mapping[str, Any], key: str, names: list[str] | None, file:
 
 def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any]) -> FieldCase:
     """Validate a PDE case table (see the module docstring) and build its problems."""
-    from .case import _finite_diff, _tolerance, validate_engine_names
+    from .case import _finite_diff, _tolerance, shown_scalar, validate_engine_names
 
     for key, value in table.items():
         if key not in PDE_KEYS:
-            raise _err(file, key, "unknown key", value, ", ".join(PDE_KEYS))
+            raise _err(file, key, "unknown key", shown_scalar(value), ", ".join(PDE_KEYS))
     name = table.get("name", one_line(Path(file).stem) if file else "case")
     description = table.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
@@ -213,10 +213,17 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
         solution = {f: parse(texts[f], f"solution.{f}" if len(fields) > 1 else "solution", False, False) for f in fields}
     spec = PDESpec(variables, symbols, spatial, fields, field_funcs, equations, constants, eq_sources, record.used, solution, texts=pde_texts)
     if solution is not None:  # before anything derives a closed form (the forcing, the quantities)
+        # only the partials the quantities need (grad and hessian of a field only when asked
+        # for, or by default), counted against the limit before SymPy derives any of them
+        requested = table.get("quantities")
+        asked = set(requested) if isinstance(requested, list) and all(isinstance(q, str) for q in requested) else None
         nodes: set[Any] = {node for expr in equations.values() for node in derivative_nodes(expr)}
         for field_name in fields:
-            nodes.update((field_name, i) for i in range(len(variables)))
-            nodes.update((field_name, i, j) for i in range(len(variables)) for j in range(i, len(variables)))
+            if asked is None or f"grad({field_name})" in asked:
+                nodes.update((field_name, i) for i in range(len(variables)))
+            if asked is None or f"hessian({field_name})" in asked:
+                nodes.update((field_name, i, j) for i in range(len(variables)) for j in range(i, len(variables)))
+        budget.require("derivatives", len(nodes), file=file, key="quantities", detail=f"{len(fields)} field(s), {len(variables)} variable(s)")
         _check_closed_forms(spec, nodes, file)
     for eq in eq_sources:
         try:

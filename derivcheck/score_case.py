@@ -160,6 +160,12 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
     hutchinson = reader.get("hutchinson", int, 256)
     if not (hutchinson == 0 or 2 <= hutchinson <= MAX_HUTCHINSON):
         raise reader.error("out of range", "hutchinson", hutchinson, f"0 (off) or 2..{MAX_HUTCHINSON} vectors per point")
+    from . import budget
+
+    probes = max(hutchinson, 1)
+    per_time = float(points) * probes * mixture.dim * max(mixture.components, 1)
+    budget.require("values", per_time * len(times), file=file, key="hutchinson", detail=f"{points} point(s) x {probes} probe vector(s) x {mixture.dim} dimension(s) x {mixture.components} component(s) x {len(times)} time(s)")
+    budget.require("work", 20.0 * per_time * mixture.dim * len(times), file=file, key="hutchinson", detail="the divergence estimates of every engine")
     quantities = reader.get("quantities", list, list(SCORE_QUANTITIES))
     unknown = [q for q in quantities if q not in SCORE_QUANTITIES]
     if unknown or not quantities:

@@ -34,6 +34,8 @@ from typing import Any
 
 from .errors import CaseError
 
+MAX_SUITE_BYTES = 200_000_000
+"""Largest total size of a suite's expanded case tables (template size x grid size)."""
 MAX_CASES = 10_000
 """Largest grid a suite may expand to (a run also has the ``cases`` limit of
 :mod:`derivcheck.budget`)."""
@@ -69,6 +71,9 @@ def _mlp(spec: Any, file: str | None) -> list[dict[str, Any]]:
     for name in ("in", "hidden", "depth", "out"):
         if not isinstance(spec[name], int) or isinstance(spec[name], bool) or spec[name] < (0 if name == "depth" else 1):
             raise CaseError("must be a positive integer", file=file, key=f"network.mlp.{name}", value=spec[name])
+    from . import budget
+
+    budget.require("layers", 2 * spec["depth"] + 1, file=file, key="network.mlp.depth")
     bias = spec.get("bias", True)
     layers: list[dict[str, Any]] = []
     width = spec["in"]
@@ -76,6 +81,22 @@ def _mlp(spec: Any, file: str | None) -> list[dict[str, Any]]:
         layers += [{"layer": "linear", "in": width, "out": spec["hidden"], "bias": bias}, {"layer": spec.get("activation", "tanh")}]
         width = spec["hidden"]
     return layers + [{"layer": "linear", "in": width, "out": spec["out"], "bias": bias}]
+
+
+def grid_size(table: Mapping[str, Any], file: str | None = None) -> int:
+    """How many cases a suite makes (the product of its grid's array lengths), without
+    expanding it."""
+    grid = table.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", allowed="width = [4, 8], activation = [\"tanh\", \"relu\"]")
+    count = 1
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CaseError("must be a non-empty array of values", file=file, key=f"grid.{key}", value=values)
+        count *= len(values)
+    if count > MAX_CASES:
+        raise CaseError(f"the grid makes {count} cases", file=file, key="grid", allowed=f"at most {MAX_CASES}")
+    return count
 
 
 def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict[str, Any]]:
@@ -86,7 +107,7 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
     unknown = set(table) - set(SUITE_KEYS)
     if unknown:
         name = sorted(unknown)[0]
-        raise CaseError("unknown key in a suite file", file=file, key=name, value=table[name], allowed=", ".join(SUITE_KEYS))
+        raise CaseError("unknown key in a suite file", file=file, key=name, allowed=", ".join(SUITE_KEYS))
     grid, template = table.get("grid"), table.get("template")
     if not isinstance(grid, dict) or not grid:
         raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", value=grid, allowed="width = [4, 8], activation = [\"tanh\", \"relu\"]")
@@ -95,11 +116,13 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise CaseError("must be a non-empty array of values", file=file, key=f"grid.{key}", value=values)
-    count = 1
-    for values in grid.values():
-        count *= len(values)
-    if count > MAX_CASES:
-        raise CaseError(f"the grid makes {count} cases", file=file, key="grid", allowed=f"at most {MAX_CASES}")
+    count = grid_size(table, file)
+    from . import budget
+
+    budget.require("cases", count, file=file, key="grid", detail="the combinations of this suite's grid")
+    template_bytes = len(repr(template))
+    if template_bytes * count > MAX_SUITE_BYTES:
+        raise CaseError(f"the suite would expand to about {template_bytes * count / 1e6:.0f} MB of case tables ({count} cases of a {template_bytes}-character template)", file=file, key="template", allowed=f"at most {MAX_SUITE_BYTES // 1_000_000} MB: a smaller grid or template")
     tables, names = [], set()
     for combination in itertools.product(*grid.values()):
         point = dict(zip(grid, combination))

@@ -747,3 +747,96 @@ def test_field_error_estimates_have_a_floor():
     errors[7] = 0.0  # two Richardson levels that agree by chance
     floored = _with_floor(errors)
     assert floored[7] == pytest.approx(1e-10) and floored[0] == 1e-9
+
+
+# -- found by a second review --------------------------------------------------------------------
+
+
+def test_suite_shorthands_and_grids_are_bounded_before_they_are_built(capsys, tmp_path):
+    deep = write(tmp_path, "deep.toml", """
+        [grid]
+        w = [2, 3]
+        [template]
+        name = "m{w}"
+        network = { mlp = { in = 4, hidden = "{w}", depth = 100000000, out = 3 } }
+        inputs = { batch = 2 }
+    """)
+    start = time.monotonic()
+    code, out = run_main(capsys, "list", str(deep))
+    assert code == 4 and "--max-layers" in out and time.monotonic() - start < 10
+    big = "[" + ", ".join(['{ layer = "tanh" }'] * 3000) + "]"
+    wide = write(tmp_path, "wide.toml", f"""
+        [grid]
+        a = {list(range(100))}
+        b = {list(range(100))}
+        [template]
+        name = "c-{{a}}-{{b}}"
+        network = {big}
+        inputs = {{ batch = 2 }}
+    """)
+    start = time.monotonic()
+    code, out = run_main(capsys, "run", str(wide))
+    assert code == 4 and "--max-cases" in out and time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    "network, shape",
+    [
+        ('[{ layer = "transformer_encoder", embed_dim = 4, num_heads = 1, dim_feedforward = 4 }, { layer = "flatten" }, { layer = "linear", in = 32000, out = 1 }]', "[8000, 4]"),
+        ('[{ layer = "max_pool2d", kernel_size = 40, stride = 1 }, { layer = "flatten" }, { layer = "linear", in = 25921, out = 1 }]', "[1, 200, 200]"),
+        ('[{ layer = "embedding", num_embeddings = 200000, embedding_dim = 1 }, { layer = "flatten" }, { layer = "linear", in = 100, out = 1 }]', "[100]"),
+    ],
+    ids=["attention", "pooling", "embedding"],
+)
+def test_what_a_layer_holds_inside_counts_against_the_values_limit(capsys, tmp_path, network, shape):
+    case = write(tmp_path, "case.toml", f'network = {network}\ninput_shape = {shape}\nloss = "mse"\ninputs = {{ batch = 8 }}\nquantities = ["L"]\nengines = ["numpy", "torch"]\n')
+    start = time.monotonic()
+    code, out = run_main(capsys, "list", str(case))
+    assert code == 4 and ("--max-values" in out or "--max-work" in out), out
+    assert time.monotonic() - start < 10
+
+
+def test_score_cases_are_budgeted(capsys, tmp_path):
+    case = write(tmp_path, "score.toml", (CASES / "score-gaussian-mixture.toml").read_text())
+    code, out = run_main(capsys, "list", str(case), "--max-values", "10")
+    assert code == 4 and "--max-values" in out and "probe vector" in out
+
+
+def test_a_linked_case_file_outside_the_folder_is_refused_and_never_quoted(capsys, tmp_path):
+    secret = tmp_path / "secret" / "credentials.toml"
+    secret.parent.mkdir()
+    secret.write_text(f'[registry]\ntoken = "{SECRET}"\n')
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "innocent.toml").symlink_to(secret)
+    code, out = run_main(capsys, "run", str(folder))
+    assert code == 4 and "link to a file outside" in out
+    assert_clean(out)
+    code, out = run_main(capsys, "run", str(folder / "innocent.toml"))  # named explicitly: read, but never quoted
+    assert code == 4 and "unknown key" in out
+    assert_clean(out)
+
+
+def test_data_rows_are_capped(capsys, tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,y\n" + "1,2,3\n" * 100_001)
+    code, out = run_main(capsys, "run", str(_data_case(tmp_path, "d.csv")))
+    assert code == 4 and "100001 rows" in out
+
+
+def test_pde_derivatives_are_counted_before_sympy_derives_them(capsys, tmp_path):
+    names = list("abcghkmn")
+    fields = [f"u{i}" for i in range(150)]
+    case = write(tmp_path, "p.toml", f"""
+        variables = {json.dumps(names)}
+        fields = {json.dumps(fields)}
+        solution = {{ {", ".join(f'{f} = "sin(a*b*c*g*h*k*m*n)"' for f in fields)} }}
+        pde = {{ {", ".join(f'e{i} = "d({f}, a) - f{i}"' for i, f in enumerate(fields))} }}
+        sources = {json.dumps([f"f{i}" for i in range(150)])}
+        domain = {{ {", ".join(f"{n} = [0, 1]" for n in names)} }}
+        network = false
+        check = ["exact"]
+    """)
+    start = time.monotonic()
+    code, out = run_main(capsys, "list", str(case))
+    assert code == 4 and "--max-derivatives" in out
+    assert time.monotonic() - start < 15

@@ -190,6 +190,10 @@ class ScaledDotProductAttention(Layer):
         t_len = float(self.in_shape[0])
         return 2 * t_len * t_len * self.d + super().work_per_sample()
 
+    def held_values_per_sample(self) -> float:
+        t_len = float(self.in_shape[0])
+        return 4 * t_len * t_len  # scores, probabilities and their backward
+
     def _qkv_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         index = np.arange(self.in_size, dtype=np.int64).reshape(self.in_shape)
         return index[:, : self.d], index[:, self.d : 2 * self.d], index[:, 2 * self.d :]
@@ -241,6 +245,10 @@ class _SelfAttentionBase(Layer):
 
     def output_shape(self, in_shape):
         return self._model_dims(in_shape)
+
+    def held_values_per_sample(self) -> float:
+        t_len, d_model = (float(v) for v in self.in_shape)
+        return 4 * t_len * t_len * float(self.options["num_heads"]) + 8 * t_len * d_model
 
     def work_per_sample(self) -> float:
         t_len, d_model = (float(v) for v in self.in_shape)

@@ -218,6 +218,11 @@ class Layer(Configurable):
         their parameters (over positions, time steps, tokens) override it."""
         return float(self.param_count() + int(np.prod(self.in_shape or (1,), dtype=np.float64)) + int(np.prod(getattr(self, "out_shape", ()) or (1,), dtype=np.float64)))
 
+    def held_values_per_sample(self) -> float:
+        """Numbers one sample's forward pass holds in this layer besides its output (for
+        :mod:`derivcheck.budget`): windows, attention matrices, one-hot codes."""
+        return 0.0
+
     def python_steps(self) -> int:
         """Python-level applications in one forward pass (a recurrence: one per time step)."""
         return 1

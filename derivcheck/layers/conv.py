@@ -160,6 +160,11 @@ class _Conv(_Windowed):
             raise ValueError(f"{self.kind} expects {c_in} input channels but receives shape {in_shape}")
         return (c_out,) + spatial
 
+    def held_values_per_sample(self) -> float:
+        """The unfolded windows (im2col): kernel size x input channels per output position."""
+        positions = float(np.prod(self.out_shape[1:], dtype=np.float64))
+        return float(np.prod(self.param_shapes()["weight"][1:], dtype=np.float64)) * positions * self.options["groups"]
+
     def work_per_sample(self) -> float:
         positions = float(np.prod(self.out_shape[1:], dtype=np.float64))
         return float(self.param_count()) * positions + super().work_per_sample()
@@ -289,6 +294,16 @@ _POOL_OPTIONS = (
 
 class _Pool2d(_Windowed):
     dims = 2
+
+    def _kernel_size(self) -> float:
+        return float(np.prod(self.kernel, dtype=np.float64))
+
+    def held_values_per_sample(self) -> float:
+        """Every kernel offset's view of the input is stacked: K x the output."""
+        return self._kernel_size() * float(np.prod(self.out_shape, dtype=np.float64))
+
+    def work_per_sample(self) -> float:
+        return self.held_values_per_sample() + super().work_per_sample()
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (in_shape[0],) + self._spatial_out(in_shape) if len(in_shape) == 3 else self._spatial_out(in_shape)

@@ -95,6 +95,13 @@ class Embedding(Layer):
     def vocab(self) -> int:
         return int(self.options["num_embeddings"])
 
+    def held_values_per_sample(self) -> float:
+        """One-hot codes: T x V per sample (and the symbolic form's T x V terms)."""
+        return float(self.in_size) * self.vocab
+
+    def work_per_sample(self) -> float:
+        return self.held_values_per_sample() + super().work_per_sample()
+
     @property
     def dim(self) -> int:
         return int(self.options["embedding_dim"])
