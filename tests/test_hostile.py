@@ -840,3 +840,19 @@ def test_pde_derivatives_are_counted_before_sympy_derives_them(capsys, tmp_path)
     code, out = run_main(capsys, "list", str(case))
     assert code == 4 and "--max-derivatives" in out
     assert time.monotonic() - start < 15
+
+
+def test_plots_go_with_their_own_case_even_when_names_share_a_prefix(tmp_path):
+    import copy
+
+    from derivcheck import load_case
+    from derivcheck.report.html import render_html
+    from derivcheck.runner import run_any
+
+    (first,) = run_any(load_case(write(tmp_path, "case.toml", TINY)))
+    second = copy.deepcopy(first)
+    first.name, second.name = "a", "a: b"
+    page = render_html([first, second], {}, {"a: gradient norms": b"1", "a: b: gradient norms": b"2"}, owners={"a: gradient norms": 0, "a: b: gradient norms": 1})
+    start_a, start_ab = page.index('<h2 id="a">'), page.index('<h2 id="a: b">')
+    section_a, section_ab = page[start_a:start_ab], page[start_ab : page.index("<h2>Environment")]
+    assert section_a.count("<figure>") == 1 and section_ab.count("<figure>") == 1

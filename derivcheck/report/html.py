@@ -26,7 +26,9 @@ def _esc(text: Any) -> str:
     return html.escape(str(text))
 
 
-def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Mapping[str, bytes] | None = None, missing_plots: str = "") -> str:
+def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Mapping[str, bytes] | None = None, missing_plots: str = "", *, owners: Mapping[str, int] | None = None) -> str:
+    """The page; `owners` maps each plot title to the index of its case in `results`
+    (without it a plot goes with the case whose name its title starts with)."""
     counts = verdict_counts(results)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>derivcheck report</title>', f"<style>{CSS}</style></head><body>"]
     out.append("<h1>derivcheck report</h1>")
@@ -36,7 +38,7 @@ def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Ma
         cells = [f"<td>{_esc(row[0])}</td>", f"<td>{_esc(row[1])}</td>", f'<td class="num">{row[2]}</td>', f'<td class="{row[3]}">{row[3]}</td>'] + [f'<td class="num">{c}</td>' for c in row[4:]]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
-    for case in results:
+    for index, case in enumerate(results):
         out.append(f'<h2 id="{_esc(case.name)}">{_esc(case.name)} — <span class="{case.verdict}">{case.verdict}</span></h2>')
         if case.description:
             out.append(f"<p>{_esc(case.description)}</p>")
@@ -56,7 +58,7 @@ def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Ma
         if agreeing:
             out.append(f"<p>{len(agreeing)} quantities agree: {_esc(', '.join(agreeing))}</p>")
         for title, png in (plots or {}).items():
-            if title.startswith(f"{case.name}: "):
+            if (owners[title] == index) if owners is not None and title in owners else title.startswith(f"{case.name}: "):
                 data = base64.b64encode(png).decode("ascii")
                 out.append(f'<figure><img alt="{_esc(title)}" src="data:image/png;base64,{data}"><figcaption>{_esc(title)}</figcaption></figure>')
     if not plots and missing_plots:

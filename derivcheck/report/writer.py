@@ -46,11 +46,18 @@ def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> 
     """All files of the report by relative path, rendered in memory."""
     env = environment(results)
     pngs: dict[str, bytes] = {}
+    owners: dict[str, int] = {}  # plot title -> index of its case in `results`
     missing = ""
     if with_plots:
         if plotting.available():
-            for case in results:
-                pngs.update(plotting.case_plots(case))
+            for index, case in enumerate(results):
+                for title, png in plotting.case_plots(case).items():
+                    shown, number = title, 2
+                    while shown in pngs:  # two cases of the same name: keep both plots
+                        shown = f"{title} ({number})"
+                        number += 1
+                    pngs[shown] = png
+                    owners[shown] = index
         else:
             missing = plotting.MISSING
     names = _plot_names(list(pngs))
@@ -59,7 +66,7 @@ def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> 
     document["environment"] = env
     files["report.json"] = json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
     files["report.md"] = render_markdown(results, env, {title: f"plots/{names[title]}" for title in pngs}, missing)
-    files["index.html"] = render_html(results, env, pngs, missing)
+    files["index.html"] = render_html(results, env, pngs, missing, owners=owners)
     return files
 
 
