@@ -112,8 +112,7 @@ def require(name: str, estimate: float, *, file: str | None, key: str | None = N
         where = f" ({detail})" if detail else ""
         shown = f"more than {_count(allowed)}" if name == "expression-size" else _count(estimate)
         raise CaseError(
-            f"too large to run: {limit.what} would be {shown}{where}, beyond the limit of {_count(allowed)}; "
-            f"to allow it, raise the limit with {limit.option} N or ${limit.env} (0: no limit)",
+            f"too large to run: {limit.what} would be {shown}{where}, beyond the limit of {_count(allowed)}; to allow it, raise the limit with {limit.option} N or ${limit.env} (0: no limit)",
             file=file,
             key=key,
         )
@@ -176,7 +175,13 @@ def check_network(network: Any, batch: int, *, file: str | None, finite_differen
         return
     coordinates = (sum(counts) if param_grads else 0) + input_grads * input_coordinates
     passes = FD_PASSES_PER_COORDINATE * coordinates
-    require("fd-evaluations", passes, file=file, key="network", detail=f"{_count(coordinates)} coordinates to perturb x {FD_PASSES_PER_COORDINATE}; leave finite_diff out of engines, or ask for fewer quantities")
+    require(
+        "fd-evaluations",
+        passes,
+        file=file,
+        key="network",
+        detail=f"{_count(coordinates)} coordinates to perturb x {FD_PASSES_PER_COORDINATE}; leave finite_diff out of engines, or ask for fewer quantities",
+    )
     require("work", (passes + OTHER_PASSES) * per_pass, file=file, key="network", detail=f"{_count(passes)} passes x {_count(per_pass)} per pass")
     require("steps", (passes + OTHER_PASSES) * steps, file=file, key="network", detail=f"{_count(passes)} passes x {steps} layer application(s)")
 

@@ -40,7 +40,7 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ._lazy import sympy as sp
@@ -153,7 +153,7 @@ class _Reader:
 
 def _build_layers(specs: Any, file: str | None) -> list[Layer]:
     if not isinstance(specs, list) or not specs:
-        raise CaseError("must be a non-empty array of layer tables", file=file, key="network", value=specs, allowed="[{ layer = \"linear\", in = 4, out = 8 }, ...]")
+        raise CaseError("must be a non-empty array of layer tables", file=file, key="network", value=specs, allowed='[{ layer = "linear", in = 4, out = 8 }, ...]')
     layers = []
     for index, spec in enumerate(specs):
         key = f"network[{index}]"
@@ -165,7 +165,7 @@ def _build_layers(specs: Any, file: str | None) -> list[Layer]:
         cls = LAYERS.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise CaseError("unknown layer", file=file, key=f"{key}.layer", value=kind, allowed=", ".join(LAYERS))
-        layers.append(cls.from_spec(spec, file=file, key=key, type_key="layer"))
+        layers.append(cast(Layer, cls.from_spec(spec, file=file, key=key, type_key="layer")))
     return layers
 
 
@@ -178,7 +178,7 @@ def _build_loss(spec: Any, file: str | None) -> Loss:
     cls = LOSSES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise CaseError("unknown loss", file=file, key="loss", value=kind, allowed=", ".join(LOSSES))
-    return cls.from_spec(spec, file=file, key="loss", type_key="loss")
+    return cast(Loss, cls.from_spec(spec, file=file, key="loss", type_key="loss"))
 
 
 def _read_csv(relative: str, base_dir: Path, file: str | None) -> tuple[list[str], list[list[str]]]:
@@ -350,7 +350,13 @@ def case_from_dict(
         if isinstance(text, str):
             plain = is_plain_name(text) if key == "name" else terminal(text) == text
             if not plain or not text.strip() and key == "name":
-                raise CaseError("must be printable text" + (" on one line" if key == "name" else " (control characters are not allowed)"), file=file, key=key, value=text, allowed="letters, digits, spaces and punctuation")
+                raise CaseError(
+                    "must be printable text" + (" on one line" if key == "name" else " (control characters are not allowed)"),
+                    file=file,
+                    key=key,
+                    value=text,
+                    allowed="letters, digits, spaces and punctuation",
+                )
             if len(text) > limit:
                 raise CaseError(f"is longer than {limit} characters ({len(text)})", file=file, key=key)
     case = _case_of_kind({k: v for k, v in table.items() if k != "device"}, file=file, base_dir=base_dir, overrides=overrides)

@@ -23,7 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CASES
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 4 (usage error) instead of 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $DERIVCHECK_CACHE_DIR or the platform's user cache folder)")
 
-    exp = sub.add_parser("explain", help="a step-by-step derivation of a small case, every step checked", description="Print the derivation of a case: forward pass, local derivatives, vector chain rule, total derivative (or, for PDE cases, the operators, the manufactured forcing and the autograd graph), each step checked numerically.")
+    exp = sub.add_parser(
+        "explain",
+        help="a step-by-step derivation of a small case, every step checked",
+        description="Print the derivation of a case: forward pass, local derivatives, vector chain rule, total derivative (or, for PDE cases, the operators, the manufactured forcing and the autograd graph), each step checked numerically.",
+    )
     exp.add_argument("path", help="one case file")
     exp.add_argument("--format", choices=("text", "markdown", "latex"), default="text", help="output format (default text)")
     _input_options(exp)
@@ -304,7 +308,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with writing(f"the report to {args.output!r}"):
         written = write_report(results, args.output, with_plots=not args.no_plots)
     print(_count_line(results))
-    print(f"wrote {len(written)} file(s) to {args.output}/: " + ", ".join(sorted(p.name for p in written if p.parent.name != "plots")) + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)")
+    print(
+        f"wrote {len(written)} file(s) to {args.output}/: "
+        + ", ".join(sorted(p.name for p in written if p.parent.name != "plots"))
+        + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)"
+    )
     return _exit_code(results)
 
 
@@ -374,7 +382,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``derivcheck`` command; returns the exit code."""
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = _EscapingStream(sys.stdout), _EscapingStream(sys.stderr)
     saved = _process_settings()
     try:
         return _main(argv)

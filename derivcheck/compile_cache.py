@@ -67,6 +67,8 @@ def remove_pending() -> None:
         except OSError:
             pass
         _pending.discard(tmp)
+
+
 _stats = {"hits": 0, "misses": 0, "rejected": 0, "writes": 0}
 
 

@@ -24,12 +24,13 @@ math, or LaTeX; in Jupyter it displays as rendered math.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ._lazy import sympy as sp
 
 from .errors import DerivcheckError
+from .values import computed
 
 MAX_PARAMS = 600
 MAX_WIDTH = 32
@@ -131,6 +132,12 @@ class Explanation:
         return "$$\\begin{gathered}" + r" \\ ".join(body) + "\\end{gathered}$$"
 
 
+def _grad(tensor: Any) -> np.ndarray:
+    """``tensor.grad`` as numpy (the backward pass has run, so it is set)."""
+    assert tensor.grad is not None
+    return tensor.grad.detach().numpy()
+
+
 def _compare(label: str, values: dict[str, np.ndarray], scale: float | None = None) -> Check:
     """Max difference relative to `scale` (default: the values' own magnitude; pass the
     size of the terms for a sum that may cancel to zero)."""
@@ -165,10 +172,7 @@ def explain(case: Any) -> Explanation:
         raise ExplainTooLarge(f"case {case.name!r} is a GAN step: explain covers single networks; `derivcheck run` checks it")
     unsupported = sorted({layer.kind for layer in case.problem.network.layers if layer.kind not in _LOCAL})
     if unsupported:
-        raise ExplainTooLarge(
-            f"case {case.name!r} uses {', '.join(unsupported)}: explain prints derivations of MLP layers "
-            f"({', '.join(_LOCAL)}); `derivcheck run` checks every layer"
-        )
+        raise ExplainTooLarge(f"case {case.name!r} uses {', '.join(unsupported)}: explain prints derivations of MLP layers ({', '.join(_LOCAL)}); `derivcheck run` checks every layer")
     return _explain_network(case)
 
 
@@ -183,7 +187,10 @@ _LOCAL = {
     "softmax": ("d{out}/d{inp} = diag(p) - p p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(p) - p p^\top"),
     "log_softmax": ("d{out}/d{inp} = I - 1 p^T with p = softmax({inp})", r"\frac{{\partial {out}}}{{\partial {inp}}} = I - \mathbf{{1}} p^\top"),
     "identity": ("d{out}/d{inp} = I", r"\frac{{\partial {out}}}{{\partial {inp}}} = I"),
-    "silu": ("d{out}/d{inp} = diag(sigma({inp}) (1 + {inp} (1 - sigma({inp}))))", r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\sigma({inp})\odot(1 + {inp}\odot(1-\sigma({inp}))))"),
+    "silu": (
+        "d{out}/d{inp} = diag(sigma({inp}) (1 + {inp} (1 - sigma({inp}))))",
+        r"\frac{{\partial {out}}}{{\partial {inp}}} = \operatorname{{diag}}(\sigma({inp})\odot(1 + {inp}\odot(1-\sigma({inp}))))",
+    ),
     "ddpm_noise": (
         "d{out}/d{inp} = [sqrt(abar_t) I ; 0]  (eps and t are constants of the sample: d{out}[:d]/d{inp} = sqrt(abar_t) I, dt/d{inp} = 0)",
         r"\frac{{\partial {out}}}{{\partial {inp}}} = \begin{{bmatrix}} \sqrt{{\bar\alpha_t}}\, I \\ 0 \end{{bmatrix}}",
@@ -238,7 +245,9 @@ def _explain_network(case: Any) -> Explanation:
         )
     if problem.loss is None:
         raise ExplainTooLarge(f"case {case.name!r} has no loss: explain follows dL/dW through a loss")
+    assert problem.targets is not None and problem.loss is not None
     sample = Problem(network, problem.params, problem.x[:1], problem.loss, problem.targets[:1], sgd_lr=None)
+    assert sample.targets is not None
     layers = network.layers
     names, weights = _names(layers)
     inputs = ["x"] + names[:-1]
@@ -256,7 +265,7 @@ def _explain_network(case: Any) -> Explanation:
         np_values.append(h)
         caches.append(cache)
     per_sample, loss_cache = problem.loss.numpy_forward(h, sample.targets)
-    np_grad = [None] * len(layers)
+    np_grad: list[Any] = [None] * len(layers)
     g = problem.loss.numpy_backward(loss_cache)
     np_param_grads: dict[str, np.ndarray] = {}
     for index in range(len(layers) - 1, -1, -1):
@@ -320,15 +329,13 @@ def _explain_network(case: Any) -> Explanation:
         text, tex = _LOCAL.get(layer.kind, ("d{out}/d{inp}", r"\partial {out}/\partial {inp}"))
         local.text.append(text.format(out=out, inp=inp, W=weights[index] or "W"))
         local.latex.append(tex.format(out=_tex(out), inp=_tex(inp), W=f"W_{{{weights[index][1:]}}}" if weights[index] else "W"))
-        entry = comp.jacobian_exprs[0]
+        entry = cast(Any, comp).jacobian_exprs[0]  # explain compiles whole layers (CompiledLayer)
         constants_note = f", k_j = the sample's constants ({_CONSTANTS.get(layer.kind, 'not differentiated')})" if layer.n_sample_constants else ""
         local.text.append(f"SymPy, one entry: d{out}[0]/d{inp}[0] = {entry}   (SymPy's local symbols: a_j = {inp}[j], weight_i_j = {weights[index] or 'W'}[i, j]{constants_note})")
         local.latex.append(f"\\frac{{\\partial {_tex(out)}[0]}}{{\\partial {_tex(inp)}[0]}} = {sp.latex(entry)}")
         jac = comp.jacobian(a, flat[index], constants[index])[0]
         sym_jacobians.append(jac)
-        hand = np.stack(
-            [layer.numpy_backward(np.eye(network.sizes[index + 1])[k : k + 1], caches[index], network.layer_params(sample.params, index))[0][0] for k in range(network.sizes[index + 1])]
-        )
+        hand = np.stack([layer.numpy_backward(np.eye(network.sizes[index + 1])[k : k + 1], caches[index], network.layer_params(sample.params, index))[0][0] for k in range(network.sizes[index + 1])])
         local.checks.append(_compare(f"d{out}/d{inp} ({jac.shape[0]}x{jac.shape[1]})", {"symbolic": jac, "numpy (hand-written rule)": hand}))
         a = comp.forward(a, flat[index], constants[index])
         steps.append(local)
@@ -353,14 +360,14 @@ def _explain_network(case: Any) -> Explanation:
         chain.checks.append(
             _compare(
                 f"delta_{names[index]} = dL/d{names[index]}",
-                {"symbolic chain": sym_deltas[index], "torch retain_grad": t_values[index].grad.numpy()[0], "numpy backward": np_grad[index][0]},
+                {"symbolic chain": sym_deltas[index], "torch retain_grad": _grad(t_values[index])[0], "numpy backward": np_grad[index][0]},
             )
         )
-    chain.checks.append(_compare("dL/dx", {"symbolic chain": delta, "torch x.grad": t_x.grad.numpy()[0], "numpy backward": g[0]}))
+    chain.checks.append(_compare("dL/dx", {"symbolic chain": delta, "torch x.grad": _grad(t_x)[0], "numpy backward": g[0]}))
     if layers[0].kind == "ddpm_noise":
         root = float(np.asarray(caches[0]).ravel()[0])  # the numpy forward caches sqrt(abar_t)
         chain.text.append(f"through the forward process: dL/dx0 = sqrt(abar_t) * dL/dxt[:{x.shape[1]}] = {root:.6g} * dL/dxt[:{x.shape[1]}] (eps and t do not depend on x0)")
-        chain.checks.append(_compare("dL/dx0 = sqrt(abar_t) dL/dxt", {"sqrt(abar_t) * delta_xt": root * sym_deltas[0][: x.shape[1]], "torch x.grad": t_x.grad.numpy()[0]}))
+        chain.checks.append(_compare("dL/dx0 = sqrt(abar_t) dL/dxt", {"sqrt(abar_t) * delta_xt": root * sym_deltas[0][: x.shape[1]], "torch x.grad": _grad(t_x)[0]}))
     steps.append(chain)
 
     # 4. total derivative of every weight
@@ -380,7 +387,7 @@ def _explain_network(case: Any) -> Explanation:
         total.checks.append(
             _compare(
                 f"dL/d{weights[index]} {tuple(sample.params[name].shape)}",
-                {"chain rule": chain_value, "symbolic total": totals[f"dL/d{name}"].values, "torch .grad": t_named[name].grad.numpy(), "numpy": np_param_grads[name]},
+                {"chain rule": chain_value, "symbolic total": computed(totals[f"dL/d{name}"]).values, "torch .grad": _grad(t_named[name]), "numpy": np_param_grads[name]},
             )
         )
     total.latex.append(r"\frac{\partial L}{\partial W_1} = \Big(J_L^\top \cdots J_2^\top \frac{\partial L}{\partial z_L}\Big)\, x^\top")

@@ -23,6 +23,7 @@ import numpy as np
 from ._lazy import sympy as sp
 
 from .explain import Check, Explanation, Step, _compare, schedule_check
+from .values import computed
 
 
 def explain_score(case: Any) -> Explanation:
@@ -41,7 +42,7 @@ def explain_score(case: Any) -> Explanation:
     beta, abar = float(beta_all[t]), float(abar_all[t])
     x = problem.points[0]
     quantities = [q for q in SCORE_QUANTITIES if q in problem.quantities]
-    values = {
+    values: dict[str, dict[str, Any]] = {  # every engine computes every score quantity
         "SymPy": score_symbolic.compute_score(problem, quantities),
         "numpy formula": score_numpy.compute_score(problem, quantities),
         "torch autograd": score_torch.compute_score(problem, quantities),
@@ -59,7 +60,7 @@ def explain_score(case: Any) -> Explanation:
 
     kind = "Gaussian" if mix.components == 1 else f"mixture of {mix.components} Gaussians"
     intro = f"Score of a {kind} in {mix.dim}-D, noised to t = {t} ({problem.schedule.describe()}); values at the point x = {np.round(x, 4).tolist()} drawn from p_t."
-    steps = []
+    steps: list[Step] = []
 
     density = Step("The density and its log")
     density.text.append("p(x) = sum_k pi_k N(x; mu_k, Sigma_k),   log N(x; m, C) = -1/2 (x - m)^T C^-1 (x - m) - 1/2 log det(2 pi C)")
@@ -71,22 +72,22 @@ def explain_score(case: Any) -> Explanation:
     if component is not None:
         density.text.append(f"SymPy, the exponent of component 0 (data density, t = 0): {sp.N(component, 5)}")
     clean = type(problem)(mix, problem.schedule, 0, problem.points, problem.z, 0, problem.seed)
-    clean_values = {
-        "SymPy": score_symbolic.compute_score(clean, [LOG_P])[LOG_P].values,
-        "numpy log-sum-exp": score_numpy.compute_score(clean, [LOG_P])[LOG_P].values,
-        "torch.distributions": score_torch.compute_score(clean, [LOG_P])[LOG_P].values,
+    clean_values: dict[str, Any] = {
+        "SymPy": computed(score_symbolic.compute_score(clean, [LOG_P])[LOG_P]).values,
+        "numpy log-sum-exp": computed(score_numpy.compute_score(clean, [LOG_P])[LOG_P]).values,
+        "torch.distributions": computed(score_torch.compute_score(clean, [LOG_P])[LOG_P]).values,
     }  # fmt: skip
     density.checks.append(_compare(f"log p(x) = {float(clean_values['numpy log-sum-exp'][0]):.6g} (data density)", clean_values))
     steps.append(density)
 
-    noised = Step(f"The noised density p_t at t = {t}")
-    noised.text.append("x_t = a x_0 + b eps with a = sqrt(abar_t), b = sqrt(1 - abar_t): each component stays Gaussian,")
-    noised.text.append("p_t(x) = sum_k pi_k N(x; a mu_k, a^2 Sigma_k + b^2 I)")
-    noised.text.append(f"abar_{t} = {abar:.6g}, beta_{t} = {beta:.6g}")
-    noised.latex.append(r"p_t(x) = \sum_k \pi_k\, \mathcal{N}\big(x;\ \sqrt{\bar\alpha_t}\,\mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big)")
-    noised.checks.append(schedule_check(problem.schedule, t))
-    noised.checks.append(check(f"log p_t(x) = {float(values['numpy formula'][LOG_P].values[0]):.6g}", LOG_P))
-    steps.append(noised)
+    noised_step = Step(f"The noised density p_t at t = {t}")
+    noised_step.text.append("x_t = a x_0 + b eps with a = sqrt(abar_t), b = sqrt(1 - abar_t): each component stays Gaussian,")
+    noised_step.text.append("p_t(x) = sum_k pi_k N(x; a mu_k, a^2 Sigma_k + b^2 I)")
+    noised_step.text.append(f"abar_{t} = {abar:.6g}, beta_{t} = {beta:.6g}")
+    noised_step.latex.append(r"p_t(x) = \sum_k \pi_k\, \mathcal{N}\big(x;\ \sqrt{\bar\alpha_t}\,\mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big)")
+    noised_step.checks.append(schedule_check(problem.schedule, t))
+    noised_step.checks.append(check(f"log p_t(x) = {float(values['numpy formula'][LOG_P].values[0]):.6g}", LOG_P))
+    steps.append(noised_step)
 
     score = Step("The score, derived")
     score.text.append("d/dx log N(x; m, C) = -C^-1 (x - m)  (differentiate the quadratic form; C is symmetric)")
@@ -106,7 +107,12 @@ def explain_score(case: Any) -> Explanation:
         eps.text.append("E[eps | x_t]: in component k, (eps, x_t) is jointly Gaussian with Cov(eps, x_t) = b I, Var(x_t) = C_k, so E[eps | x_t, k] = b C_k^-1 (x_t - a mu_k) = -b g_k;")
         eps.text.append("weighting by r_k:  eps*(x_t) = E[eps | x_t] = -sqrt(1 - abar_t) grad log p_t(x_t)")
         eps.latex.append(r"\epsilon^*(x_t) = \mathbb{E}[\epsilon \mid x_t] = -\sqrt{1-\bar\alpha_t}\; \nabla_x \log p_t(x_t)")
-        eps.checks.append(_compare("eps* by conditioning vs -b * score", {"numpy (conditioning)": values["numpy formula"][EPS_STAR].values, "SymPy (-b score)": values["SymPy"][EPS_STAR].values, "torch (-b score)": values["torch autograd"][EPS_STAR].values}))
+        eps.checks.append(
+            _compare(
+                "eps* by conditioning vs -b * score",
+                {"numpy (conditioning)": values["numpy formula"][EPS_STAR].values, "SymPy (-b score)": values["SymPy"][EPS_STAR].values, "torch (-b score)": values["torch autograd"][EPS_STAR].values},
+            )
+        )
         steps.append(eps)
 
         sampling = Step("Sampling steps and their Jacobians")
@@ -127,6 +133,12 @@ def explain_score(case: Any) -> Explanation:
             estimate, stderr = score_torch.hutchinson_divergence(problem, problem.hutchinson_samples, problem.seed)
             exact = float(values["SymPy"][PF_DIVERGENCE].values[0])
             gap = abs(float(estimate[0]) - exact)
-            divergence.checks.append(Check(f"Hutchinson, {problem.hutchinson_samples} vectors", gap <= 5 * float(stderr[0]) + 1e-12, f"estimate {float(estimate[0]):.6g} vs exact {exact:.6g}: gap {gap:.1e}, standard error {float(stderr[0]):.1e} (shrinks like 1/sqrt(samples))"))
+            divergence.checks.append(
+                Check(
+                    f"Hutchinson, {problem.hutchinson_samples} vectors",
+                    gap <= 5 * float(stderr[0]) + 1e-12,
+                    f"estimate {float(estimate[0]):.6g} vs exact {exact:.6g}: gap {gap:.1e}, standard error {float(stderr[0]):.1e} (shrinks like 1/sqrt(samples))",
+                )
+            )
         steps.append(divergence)
     return Explanation(case.name, intro, steps)

@@ -106,10 +106,7 @@ to a vectorized version so every formula evaluates on arrays."""
 
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
-_ALLOWED_SUMMARY = (
-    "numbers, + - * / **, parentheses, declared variables and constants, pi, e, "
-    "and calls of " + ", ".join(sorted(FUNCTIONS))
-)
+_ALLOWED_SUMMARY = "numbers, + - * / **, parentheses, declared variables and constants, pi, e, and calls of " + ", ".join(sorted(FUNCTIONS))
 
 
 RESERVED_OPERATORS = ("d", "laplacian", "div", "advect")
@@ -268,11 +265,7 @@ class _Parser:
         count = len(node.args)
         if count < function.min_args or (function.max_args is not None and count > function.max_args):
             expected = (
-                f"{function.min_args}"
-                if function.max_args == function.min_args
-                else f"at least {function.min_args}"
-                if function.max_args is None
-                else f"{function.min_args} to {function.max_args}"
+                f"{function.min_args}" if function.max_args == function.min_args else f"at least {function.min_args}" if function.max_args is None else f"{function.min_args} to {function.max_args}"
             )
             raise self.fail(f"{ident}() takes {expected} argument(s), got {count}", node)
         args = [self.visit(arg, depth + 1) for arg in node.args]
@@ -335,9 +328,9 @@ def parse_expression(
         raise ExpressionError(f"{what}: expression could not be parsed ({type(exc).__name__}); simplify it") from None
     parser = _Parser(text.strip(), names, what, operators)
     for node in ast.walk(tree):
-        ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
-        if ident is not None and _is_dunder(ident):
-            raise parser.fail(f"dunder name {ident!r} is not allowed", node)
+        found = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if found is not None and _is_dunder(found):
+            raise parser.fail(f"dunder name {found!r} is not allowed", node)
     try:
         expr = parser.visit(tree.body, 0)
     except RecursionError:
@@ -368,4 +361,6 @@ def check_real(expr: sp.Expr, what: str, text: str = "") -> None:
         if getattr(node, "is_number", False) and not isinstance(node, sp.Number) and len(node.args) <= 4:
             real = node.is_extended_real
             if real is False:
-                raise ExpressionError(f"{what}: the formula has a complex value ({node}); formulas must be real (note: (-8)**(1/3) is the complex principal root, as in Python; write -(8**(1/3)) for the real one)", text)
+                raise ExpressionError(
+                    f"{what}: the formula has a complex value ({node}); formulas must be real (note: (-8)**(1/3) is the complex principal root, as in Python; write -(8**(1/3)) for the real one)", text
+                )

@@ -199,10 +199,7 @@ class FieldProblem:
             if self.network is None or self.params is None:
                 raise InvalidArgument("a network field problem needs a network and its parameters")
             if self.network.in_size != len(self.spec.variables) or self.network.out_size != len(self.spec.fields):
-                raise InvalidArgument(
-                    f"the field network must map {len(self.spec.variables)} inputs to {len(self.spec.fields)} output(s), "
-                    f"got {self.network.in_size} -> {self.network.out_size}"
-                )
+                raise InvalidArgument(f"the field network must map {len(self.spec.variables)} inputs to {len(self.spec.fields)} output(s), got {self.network.in_size} -> {self.network.out_size}")
 
     @property
     def n_points(self) -> int:

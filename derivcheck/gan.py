@@ -96,7 +96,7 @@ def _engine_values(problem: GanProblem, engine: Any) -> dict[str, EngineValue]:
     def combine(*values: EngineValue) -> EngineValue:
         total = sum(v.values for v in values)
         errors = [v.error_estimate for v in values]
-        estimate = sum(errors) if all(e is not None for e in errors) else None  # type: ignore[arg-type]
+        estimate = np.asarray(sum(e for e in errors if e is not None)) if all(e is not None for e in errors) else None
         return EngineValue(np.asarray(total), dtype=dtype, error_estimate=estimate, note=values[0].note)
 
     out = {"L_D": combine(parts["real"]["L"], parts["fake"]["L"]), "L_G": combine(parts["gen"]["L"])}
@@ -110,7 +110,7 @@ def _engine_values(problem: GanProblem, engine: Any) -> dict[str, EngineValue]:
     out[UNDETACHED] = EngineValue(
         np.concatenate([np.ravel(v.values) for v in leaked]),
         dtype=dtype,
-        error_estimate=np.concatenate([np.ravel(e) for e in estimates]) if all(e is not None for e in estimates) else None,  # type: ignore[arg-type]
+        error_estimate=np.concatenate([np.ravel(e) for e in estimates]) if all(e is not None for e in estimates) else None,
     )
     out[DETACHED] = EngineValue(np.zeros(sum(problem.params[n].size for n in g_names)), dtype=dtype, note="zero by the maths of detach()")
     return out
@@ -164,7 +164,17 @@ def torch_gan_step(problem: GanProblem, device: str = "cpu") -> dict[str, Engine
     return out
 
 
-def run_gan_problem(problem: GanProblem, engine_names: Sequence[str], *, name: str = "gan", tolerance: Tolerance = Tolerance(), device: str = "cpu", file: str | None = None, description: str = "", finite_diff: Mapping[str, Any] | None = None) -> Any:
+def run_gan_problem(
+    problem: GanProblem,
+    engine_names: Sequence[str],
+    *,
+    name: str = "gan",
+    tolerance: Tolerance = Tolerance(),
+    device: str = "cpu",
+    file: str | None = None,
+    description: str = "",
+    finite_diff: Mapping[str, Any] | None = None,
+) -> Any:
     """Every engine's GAN quantities, compared; a :class:`~derivcheck.runner.CaseResult`."""
     import time
     import traceback
@@ -176,7 +186,7 @@ def run_gan_problem(problem: GanProblem, engine_names: Sequence[str], *, name: s
     for engine in make_engines([e for e in engine_names if e != "torch_func"], device=device, finite_diff=dict(finite_diff or {})):
         start = time.perf_counter()
         try:
-            results[engine.name] = torch_gan_step(problem, engine.device) if engine.name == "torch" else _engine_values(problem, engine)
+            results[engine.name] = torch_gan_step(problem, getattr(engine, "device", "cpu")) if engine.name == "torch" else _engine_values(problem, engine)
         except Exception as exc:  # one engine's failure must not hide the others
             errors.append(f"engine {engine.name} failed: " + traceback.format_exception_only(type(exc), exc)[-1].strip())
         timings[engine.name] = time.perf_counter() - start

@@ -96,9 +96,7 @@ class PinnLossesNumpy:
         self.residuals = [JetExpression(problem, spec.residual_expr(eq)) for eq in spec.equations]
         symbols = spec.variable_symbols
         self.exact = {
-            spec.fields.index(name): np.broadcast_to(
-                np.asarray(sp.lambdify([symbols], expr, modules=NUMPY_MODULES)(list(problem.boundary.T)), dtype=float), (problem.boundary.shape[0],)
-            )
+            spec.fields.index(name): np.broadcast_to(np.asarray(sp.lambdify([symbols], expr, modules=NUMPY_MODULES)(list(problem.boundary.T)), dtype=float), (problem.boundary.shape[0],))
             for name, expr in problem.solution_exprs().items()
         }
 

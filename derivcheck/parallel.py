@@ -44,7 +44,7 @@ def case_refs(paths: Sequence[Any], overrides: dict[str, Any]) -> list[CaseRef]:
     from .case import case_count, discover
 
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None))
-    refs = []
+    refs: list[CaseRef] = []
     for path in discover(paths):
         count = case_count(path)
         refs.extend(CaseRef(str(path), i, frozen, f"{path}#{i}" if count > 1 else str(path)) for i in range(count))
@@ -197,7 +197,9 @@ def _dominant_layer(case: Any) -> tuple[Any, int]:
     return best, size
 
 
-def run_refs(refs: Sequence[CaseRef], *, device: str = "cpu", jobs: int = 1, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None) -> list[Any]:
+def run_refs(
+    refs: Sequence[CaseRef], *, device: str = "cpu", jobs: int = 1, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None
+) -> list[Any]:
     """Run every ref, in this process (``jobs == 1``) or in `jobs` worker processes (started
     in `order`, by default :func:`spread_order`); results in ref order."""
     done: list[list[Any] | None] = [None] * len(refs)
@@ -324,7 +326,17 @@ def start_fork_server() -> None:
     forkserver.ensure_running()
 
 
-def run_on_dask(refs: Sequence[CaseRef], address: str, *, device: str = "cpu", workers: int = 2, progress: Progress | None = None, task: Callable[..., list[Any]] = run_ref, order: Sequence[int] | None = None, alone: Collection[int] = ()) -> list[Any]:
+def run_on_dask(
+    refs: Sequence[CaseRef],
+    address: str,
+    *,
+    device: str = "cpu",
+    workers: int = 2,
+    progress: Progress | None = None,
+    task: Callable[..., list[Any]] = run_ref,
+    order: Sequence[int] | None = None,
+    alone: Collection[int] = (),
+) -> list[Any]:
     """Shard the refs over a Dask cluster (``"local"``: a ``LocalCluster`` of `workers`
     single-threaded worker processes; else a scheduler address such as
     ``tcp://scheduler:8786``, whose workers must have derivcheck installed). Results stream

@@ -189,11 +189,17 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
                 raise CaseError(str(exc), file=file) from None
         for node in derivative_nodes(expr):
             if node.derivative_count > MAX_ORDER:  # operators nested inside operators
-                raise _err(file, key, f"a derivative of total order {node.derivative_count} ({derivative_name(node)}) is beyond the supported maximum {MAX_ORDER}", text, "nest operators only up to a total order of 4")
+                raise _err(
+                    file,
+                    key,
+                    f"a derivative of total order {node.derivative_count} ({derivative_name(node)}) is beyond the supported maximum {MAX_ORDER}",
+                    text,
+                    "nest operators only up to a total order of 4",
+                )
         return expr
 
     if "pde" not in table:
-        raise _err(file, "pde", "missing required key (the PDE residual, e.g. \"laplacian(u) + k**2*u - f\")")
+        raise _err(file, "pde", 'missing required key (the PDE residual, e.g. "laplacian(u) + k**2*u - f")')
     pde_texts = _formulas(table, "pde", None, file)
     equations = {eq: parse(text, f"pde.{eq}" if eq != "main" else "pde", True, True) for eq, text in pde_texts.items()}
     if isinstance(table["pde"], str):
@@ -235,7 +241,7 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
             raise _err(file, "forcing", "the PDE has no source to give a forcing for", allowed=f"use a source name ({', '.join(sources) or 'f'}) in the PDE")
         if isinstance(table["forcing"], str):
             if len(eq_sources) != 1:
-                raise _err(file, "forcing", "several equations have sources: give a table { equation = \"formula\" }", table["forcing"])
+                raise _err(file, "forcing", 'several equations have sources: give a table { equation = "formula" }', table["forcing"])
             texts = {next(iter(eq_sources)): table["forcing"]}
         else:
             texts = _formulas(table, "forcing", sorted(eq_sources), file)
@@ -289,12 +295,12 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
             raise _err(file, "quantities", "must be a non-empty array of strings", quantities)
         for q in quantities:
             errors = []
-            for problem in problems:
+            for candidate in problems:
                 try:
-                    field_quantities(problem, [q], strict=True)
+                    field_quantities(candidate, [q], strict=True)
                     break
                 except ValueError as exc:
-                    errors.append(f"[{problem.kind} field] {exc}")
+                    errors.append(f"[{candidate.kind} field] {exc}")
             else:
                 raise _err(file, "quantities", "; ".join(errors))
     engines = overrides.get("engines") or table.get("engines", list(FIELD_ENGINES))
@@ -321,7 +327,13 @@ def _check_solution_values(spec: PDESpec, points: np.ndarray, file: str | None, 
         if bad.any():
             at = points[int(np.argmax(bad))]
             shown = ", ".join(f"{v} = {c:.6g}" for v, c in zip(spec.variables, at))
-            raise _err(file, "solution", f"solution {name} is not a finite real number at the point {shown} (of {where}): outside the formula's real domain, e.g. sqrt or log of a negative number", str(spec.solution[name]), "a formula that is real and finite on the whole domain")
+            raise _err(
+                file,
+                "solution",
+                f"solution {name} is not a finite real number at the point {shown} (of {where}): outside the formula's real domain, e.g. sqrt or log of a negative number",
+                str(spec.solution[name]),
+                "a formula that is real and finite on the whole domain",
+            )
 
 
 def _check_closed_forms(spec: PDESpec, nodes: set[Any], file: str | None) -> None:
@@ -352,10 +364,20 @@ def _check_closed_forms(spec: PDESpec, nodes: set[Any], file: str | None) -> Non
                     if key not in done:
                         done[key] = sp.diff(done[(base, chain[: depth - 1])], chain[depth - 1])
                         if done[key].has(sp.Derivative):
-                            raise _err(file, "solution", f"SymPy cannot write {label} of the solution in closed form (it stays an unevaluated derivative, as for abs() of some compositions); rewrite the formula, e.g. without abs/min/max around it")
+                            raise _err(
+                                file,
+                                "solution",
+                                f"SymPy cannot write {label} of the solution in closed form (it stays an unevaluated derivative, as for abs() of some compositions); rewrite the formula, e.g. without abs/min/max around it",
+                            )
                         if limit:
                             size = budget.tree_size(done[key], limit)
-                            budget.require("expression-size", size, file=file, key="solution", detail=f"{label} after {depth} derivative(s); the formula's partials grow too fast: simplify it or ask for lower orders")
+                            budget.require(
+                                "expression-size",
+                                size,
+                                file=file,
+                                key="solution",
+                                detail=f"{label} after {depth} derivative(s); the formula's partials grow too fast: simplify it or ask for lower orders",
+                            )
     except budget.TimeBudgetExceeded:
         raise _err(file, "solution", f"deriving the solution's partial derivatives took longer than {budget.DERIVE_SECONDS:g} s; simplify the formula or ask for lower orders") from None
     except RecursionError:
@@ -394,7 +416,7 @@ def _domain(spec: Any, variables: list[str], file: str | None) -> dict[str, tupl
         raise _err(file, "domain", "must be a table of [low, high] per variable", spec, "{ x = [-1, 1], y = [0, 2] }")
     out = {}
     for v in variables:
-        bounds = spec.get(v)
+        bounds: Any = spec.get(v)
         ok = isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b) and abs(b) <= MAX_COORDINATE for b in bounds)
         if not ok or bounds[0] >= bounds[1] or (bounds[1] - bounds[0]) < 1e-6 * max(1.0, abs(bounds[0]), abs(bounds[1])):
             raise _err(file, f"domain.{v}", "must be [low, high] with low < high", bounds, f"finite numbers within +-{MAX_COORDINATE:g}, high - low at least 1e-6 of their size")

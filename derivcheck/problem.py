@@ -58,9 +58,7 @@ class Network:
             if in_size is None:
                 in_size = layers[0].options.get("in")
                 if in_size is None:
-                    raise ValueError(
-                        "the input shape is unknown: start the network with a linear layer or give input_shape"
-                    )
+                    raise ValueError("the input shape is unknown: start the network with a linear layer or give input_shape")
             in_shape = (int(in_size),)
         shapes = [tuple(int(d) for d in in_shape)]
         if any(d < 1 for d in shapes[0]):
@@ -98,7 +96,7 @@ class Network:
     def layer_params(self, params: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
         """The parameters of layer `index` by local name."""
         prefix = f"{index}."
-        return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+        return {name[len(prefix) :]: value for name, value in params.items() if name.startswith(prefix)}
 
     def layer_param_vector(self, params: dict[str, np.ndarray], index: int) -> list[float]:
         """Layer `index`'s parameters flattened in ``param_shapes`` order (the argument

@@ -112,9 +112,9 @@ def expand_quantities(names: Sequence[str], problem: Problem) -> list[Quantity]:
             coupled = not all(layer.per_sample for layer in problem.network.layers)
             add(Quantity(name, "input_grad", (n, n_in), per_sample=not coupled))
         elif name == JACOBIAN:
-            coupled = [layer.kind for layer in problem.network.layers if not layer.per_sample]
-            if coupled:
-                raise ValueError(f"quantity 'dy/dx' does not exist per sample: {coupled[0]} couples the samples of the batch (use dL/dx)")
+            coupling = [layer.kind for layer in problem.network.layers if not layer.per_sample]
+            if coupling:
+                raise ValueError(f"quantity 'dy/dx' does not exist per sample: {coupling[0]} couples the samples of the batch (use dL/dx)")
             add(Quantity(name, "jacobian", (n, n_out, n_in), per_sample=True))
         elif name == SGD_STEP:
             if problem.sgd_lr is None:

@@ -127,7 +127,7 @@ def _flat_gradients(problem: Problem, result: dict[str, Any]) -> EngineValue | N
     if not all(isinstance(g, EngineValue) for g in grads):
         return None
     errors = [g.error_estimate for g in grads]  # type: ignore[union-attr]
-    estimate = np.concatenate([np.ravel(e) for e in errors]) if all(e is not None for e in errors) else None  # type: ignore[arg-type]
+    estimate = np.concatenate([np.ravel(e) for e in errors]) if all(e is not None for e in errors) else None
     flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
     return EngineValue(flat, dtype=grads[0].dtype, error_estimate=estimate)  # type: ignore[union-attr]
 

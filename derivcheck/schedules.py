@@ -100,7 +100,7 @@ def torch_schedule(schedule: Schedule, device: str = "cpu") -> tuple[Any, Any]:
     """``(beta, abar)`` as float64 torch tensors ``(T + 1,)`` on `device`."""
     import torch
 
-    kw = {"dtype": torch.float64, "device": device}
+    kw: dict[str, Any] = {"dtype": torch.float64, "device": device}
     if schedule.kind == "linear":
         betas = torch.linspace(schedule.beta_start, schedule.beta_end, schedule.steps, **kw)
     else:

@@ -115,7 +115,12 @@ def _mixture(spec: Any, file: str | None) -> Mixture:
     if problem:
         raise CaseError(problem, file=file, key="density")
     if mixture.dim > MAX_DIM or mixture.components > MAX_COMPONENTS:
-        raise CaseError(f"too large for the symbolic engine: {mixture.components} components in {mixture.dim}-D", file=file, key="density", allowed=f"at most {MAX_COMPONENTS} components in at most {MAX_DIM} dimensions")
+        raise CaseError(
+            f"too large for the symbolic engine: {mixture.components} components in {mixture.dim}-D",
+            file=file,
+            key="density",
+            allowed=f"at most {MAX_COMPONENTS} components in at most {MAX_DIM} dimensions",
+        )
     return mixture
 
 
@@ -164,7 +169,13 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
 
     probes = max(hutchinson, 1)
     per_time = float(points) * probes * mixture.dim * max(mixture.components, 1)
-    budget.require("values", per_time * len(times), file=file, key="hutchinson", detail=f"{points} point(s) x {probes} probe vector(s) x {mixture.dim} dimension(s) x {mixture.components} component(s) x {len(times)} time(s)")
+    budget.require(
+        "values",
+        per_time * len(times),
+        file=file,
+        key="hutchinson",
+        detail=f"{points} point(s) x {probes} probe vector(s) x {mixture.dim} dimension(s) x {mixture.components} component(s) x {len(times)} time(s)",
+    )
     budget.require("work", 20.0 * per_time * mixture.dim * len(times), file=file, key="hutchinson", detail="the divergence estimates of every engine")
     quantities = reader.get("quantities", list, list(SCORE_QUANTITIES))
     unknown = [q for q in quantities if q not in SCORE_QUANTITIES]

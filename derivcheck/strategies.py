@@ -21,7 +21,7 @@ with ``pytest --hypothesis-profile=derivcheck-ci`` or ``settings.load_profile(..
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -80,7 +80,7 @@ def arrays(
     else:
         magnitude = st.floats(min_magnitude, max_magnitude, allow_nan=False, allow_infinity=False)
     element = st.tuples(st.booleans(), magnitude).map(lambda p: p[1] if p[0] else -p[1])
-    return hnp.arrays(dtype, shape, elements=element)
+    return hnp.arrays(dtype, cast(Any, shape), elements=element)
 
 
 def inputs(
@@ -134,7 +134,6 @@ def points(domain: Mapping[str, Sequence[float]], *, min_count: int = 1, max_cou
             raise InvalidArgument(f"domain[{name!r}] must be [low, high] with low < high, got {bound!r}")
     coordinate = st.tuples(*[st.floats(float(lo), float(hi), allow_nan=False, exclude_min=False) for _, (lo, hi) in bounds])
     return st.lists(coordinate, min_size=min_count, max_size=max_count).map(lambda rows: np.array(rows, dtype=np.float64).reshape(len(rows), len(bounds)))
-
 
 
 @st.composite

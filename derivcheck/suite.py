@@ -88,7 +88,7 @@ def grid_size(table: Mapping[str, Any], file: str | None = None) -> int:
     expanding it."""
     grid = table.get("grid")
     if not isinstance(grid, dict) or not grid:
-        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", allowed="width = [4, 8], activation = [\"tanh\", \"relu\"]")
+        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", allowed='width = [4, 8], activation = ["tanh", "relu"]')
     count = 1
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -110,7 +110,7 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
         raise CaseError("unknown key in a suite file", file=file, key=name, allowed=", ".join(SUITE_KEYS))
     grid, template = table.get("grid"), table.get("template")
     if not isinstance(grid, dict) or not grid:
-        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", value=grid, allowed="width = [4, 8], activation = [\"tanh\", \"relu\"]")
+        raise CaseError("a suite needs a non-empty [grid] table of arrays", file=file, key="grid", value=grid, allowed='width = [4, 8], activation = ["tanh", "relu"]')
     if not isinstance(template, dict):
         raise CaseError("a suite needs a [template] case table", file=file, key="template", value=template)
     for key, values in grid.items():
@@ -122,7 +122,12 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
     budget.require("cases", count, file=file, key="grid", detail="the combinations of this suite's grid")
     template_bytes = len(repr(template))
     if template_bytes * count > MAX_SUITE_BYTES:
-        raise CaseError(f"the suite would expand to about {template_bytes * count / 1e6:.0f} MB of case tables ({count} cases of a {template_bytes}-character template)", file=file, key="template", allowed=f"at most {MAX_SUITE_BYTES // 1_000_000} MB: a smaller grid or template")
+        raise CaseError(
+            f"the suite would expand to about {template_bytes * count / 1e6:.0f} MB of case tables ({count} cases of a {template_bytes}-character template)",
+            file=file,
+            key="template",
+            allowed=f"at most {MAX_SUITE_BYTES // 1_000_000} MB: a smaller grid or template",
+        )
     tables, names = [], set()
     for combination in itertools.product(*grid.values()):
         point = dict(zip(grid, combination))
@@ -220,7 +225,12 @@ def write_suite(table: Mapping[str, Any], output: str | Path, file: str | None =
         path = folder / f"{file_stem(name)}.toml"
         key = path.name.lower()
         if key in targets:
-            raise CaseError(f"cases {targets[key][0]!r} and {name!r} would be written to the same file {path.name!r} (names are compared ignoring case and characters outside A-Z a-z 0-9 _ . -)", file=file, key="template.name", allowed="names that differ in letters or digits")
+            raise CaseError(
+                f"cases {targets[key][0]!r} and {name!r} would be written to the same file {path.name!r} (names are compared ignoring case and characters outside A-Z a-z 0-9 _ . -)",
+                file=file,
+                key="template.name",
+                allowed="names that differ in letters or digits",
+            )
         if suite_path is not None and path.resolve() == suite_path:
             raise CaseError(f"case {name!r} would overwrite the suite file itself", file=file, key="-o/--output", value=str(folder), allowed="another output folder")
         if (path.exists() or path.is_symlink()) and not force:

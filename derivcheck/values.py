@@ -46,3 +46,11 @@ class Skipped:
 
 EngineResult = dict[str, "EngineValue | Skipped"]
 """An engine's results by quantity name."""
+
+
+def computed(value: "EngineValue | Skipped") -> EngineValue:
+    """`value`, which the caller knows was computed; a :class:`Skipped` raises
+    ``ValueError`` with its reason."""
+    if isinstance(value, Skipped):
+        raise ValueError(f"the engine did not compute this quantity: {value.reason}")
+    return value

@@ -78,7 +78,7 @@ BAD = [
     ('network = [{ layer = "linear", in = 2, out = 3 }]\nloss = "mse"\ninputs = {batch=0}', ["inputs.batch", "1..100000"]),
     ('network = [{ layer = "linear", in = 2, out = 3 }]\nloss = "mse"\ninputs = {batch=2, size=3}', ["inputs.size", "unknown key"]),
     (GOOD + 'quantities = ["dL/dfoo"]\n', ["key 'quantities'", "unknown quantity 'dL/dfoo'", "dL/d0.weight"]),
-    (GOOD + 'quantities = []\n', ["key 'quantities'", "non-empty"]),
+    (GOOD + "quantities = []\n", ["key 'quantities'", "non-empty"]),
     (GOOD + 'quantities = ["sgd_step"]\n', ["needs a learning rate"]),
     ('network = [{ layer = "linear", in = 2, out = 3 }]\ninputs = {batch=1}\nquantities = ["dL/dx"]', ["needs a loss"]),
     (GOOD + 'engines = ["symbolic"]\n', ["key 'engines'", "at least two"]),
@@ -100,7 +100,10 @@ BAD = [
     ('input_shape = [4, 3]\nnetwork = [{ layer = "lstm", input_size = 3, hidden_size = 2, output = "all" }]\ninputs = {batch=1}', ["network[0]", "option 'output'", "'last' or 'sequence'"]),
     (GOOD + "clip = { max_norm = 0 }\n", ["clip.max_norm", "positive"]),
     (GOOD + 'quantities = ["clip_grad"]\n', ["needs a norm", "clip = { max_norm = 1.0 }"]),
-    ('input_shape = [3]\nnetwork = [{ layer = "embedding", num_embeddings = 4, embedding_dim = 2 }, { layer = "flatten" }]\nloss = "mse"\ninputs = {batch=2}\nquantities = ["dL/dx"]', ["key 'quantities'", "inputs of embedding are indices"]),
+    (
+        'input_shape = [3]\nnetwork = [{ layer = "embedding", num_embeddings = 4, embedding_dim = 2 }, { layer = "flatten" }]\nloss = "mse"\ninputs = {batch=2}\nquantities = ["dL/dx"]',
+        ["key 'quantities'", "inputs of embedding are indices"],
+    ),
 ]
 
 

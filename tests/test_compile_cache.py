@@ -268,10 +268,6 @@ def test_a_warm_run_never_imports_sympy(tmp_path):
     start-up) is not imported at all; a cold run imports it to derive."""
     import subprocess
 
-    script = (
-        "import sys\nfrom derivcheck.cli import main\n"
-        f"code = main(['run', {str(CASES / 'iris-mlp.toml')!r}, '--quiet', '--cache-dir', {str(tmp_path)!r}])\n"
-        "print(code, 'sympy' in sys.modules)\n"
-    )
+    script = f"import sys\nfrom derivcheck.cli import main\ncode = main(['run', {str(CASES / 'iris-mlp.toml')!r}, '--quiet', '--cache-dir', {str(tmp_path)!r}])\nprint(code, 'sympy' in sys.modules)\n"
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300) for _ in range(2)]
     assert [r.stdout.split()[-2:] for r in runs] == [["0", "True"], ["0", "False"]], [r.stderr for r in runs]

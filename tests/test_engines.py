@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from derivcheck import find_kinks, load_case, run_any, run_case, run_problem
+from derivcheck import find_kinks, load_case, run_any, run_problem
 from derivcheck.engines import NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, make_engines
 from derivcheck.errors import InvalidArgument
 from derivcheck.quantities import expand_quantities

@@ -174,12 +174,16 @@ def test_sizes_beyond_the_budget_are_refused_before_allocating(tmp_path, network
 
 
 def test_a_long_recurrence_is_refused(capsys, tmp_path):
-    case = write(tmp_path, "lstm.toml", """
+    case = write(
+        tmp_path,
+        "lstm.toml",
+        """
         network = [{ layer = "lstm", input_size = 4, hidden_size = 8 }, { layer = "linear", in = 8, out = 2 }]
         input_shape = [100000, 4]
         loss = "cross_entropy"
         inputs = { batch = 4 }
-    """)
+    """,
+    )
     code, out = run_main(capsys, "run", str(case))
     assert code == 4 and "too large to run" in out and "--max-" in out
 
@@ -196,7 +200,10 @@ def test_a_limit_is_raised_from_the_command_line_never_from_the_case(capsys, tmp
 
 
 def test_a_suite_of_ten_thousand_cases_is_refused_quickly_and_in_little_memory(tmp_path):
-    suite = write(tmp_path, "suite.toml", """
+    suite = write(
+        tmp_path,
+        "suite.toml",
+        """
         [grid]
         a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
         b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
@@ -207,7 +214,8 @@ def test_a_suite_of_ten_thousand_cases_is_refused_quickly_and_in_little_memory(t
         network = [{ layer = "linear", in = 2, out = 1 }]
         loss = "mse"
         inputs = { batch = 2 }
-    """)
+    """,
+    )
     code, out, seconds = cli_run("run", str(suite))
     assert code == 4 and "would be 10,000" in out and "--max-cases" in out
     assert seconds < 60
@@ -215,16 +223,24 @@ def test_a_suite_of_ten_thousand_cases_is_refused_quickly_and_in_little_memory(t
 
 def test_pde_sizes_are_bounded(capsys, tmp_path):
     names = [f"v{i}" for i in range(30)]
-    case = write(tmp_path, "many.toml", f"""
+    case = write(
+        tmp_path,
+        "many.toml",
+        f"""
         variables = {json.dumps(names)}
-        solution = "{' + '.join(f'sin({n})' for n in names)}"
+        solution = "{" + ".join(f"sin({n})" for n in names)}"
         pde = "laplacian(u) - f"
-        domain = {{ {', '.join(f'{n} = [0, 1]' for n in names)} }}
+        domain = {{ {", ".join(f"{n} = [0, 1]" for n in names)} }}
         quantities = ["hessian(u)"]
-    """)
+    """,
+    )
     code, out = run_main(capsys, "run", str(case))
     assert code == 4 and "--max-variables" in out
-    nested = write(tmp_path, "nested.toml", PDE.replace('solution = "{solution}"', 'solution = "sin(x)*sin(y)"').replace('"laplacian(u) + k**2 * u - f"', '"d(d(d(d(u, x, 4), x, 4), x, 4), x, 4) - f"').replace("quantities = [", "# ["))
+    nested = write(
+        tmp_path,
+        "nested.toml",
+        PDE.replace('solution = "{solution}"', 'solution = "sin(x)*sin(y)"').replace('"laplacian(u) + k**2 * u - f"', '"d(d(d(d(u, x, 4), x, 4), x, 4), x, 4) - f"').replace("quantities = [", "# ["),
+    )
     code, out = run_main(capsys, "run", str(nested))
     assert code == 4 and "total order 16" in out and "key 'pde'" in out
 
@@ -256,7 +272,7 @@ def test_solutions_linear_in_a_variable_work_in_every_engine_and_explain(capsys,
 
 @pytest.mark.parametrize("formula", ["log(0)*x0", "tan(pi/2) + x0", "*".join(["9" * 299] * 6) + "*x0", "1e300*1e300*x0"])
 def test_infinite_or_huge_values_in_formulas_are_refused(capsys, tmp_path, formula):
-    case = write(tmp_path, "case.toml", TINY.replace('inputs = { batch = 3 }', f'inputs = {{ batch = 3, targets = ["{formula}"] }}'))
+    case = write(tmp_path, "case.toml", TINY.replace("inputs = { batch = 3 }", f'inputs = {{ batch = 3, targets = ["{formula}"] }}'))
     code, out = run_main(capsys, "run", str(case))
     assert code == 4 and "inputs.targets[0]" in out
     assert_clean(out)
@@ -300,7 +316,10 @@ def test_report_output_is_checked_before_the_run(capsys, tmp_path):
 
 
 def test_generate_handles_dates_and_refuses_a_file_as_output(capsys, tmp_path):
-    suite = write(tmp_path, "suite.toml", """
+    suite = write(
+        tmp_path,
+        "suite.toml",
+        """
         description = "made on"
         [grid]
         width = [2, 3]
@@ -309,7 +328,8 @@ def test_generate_handles_dates_and_refuses_a_file_as_output(capsys, tmp_path):
         network = [{ layer = "linear", in = 2, out = "{width}" }]
         inputs = { batch = 2 }
         quantities = ["dy/dx"]
-    """)
+    """,
+    )
     suite.write_text(suite.read_text().replace('quantities = ["dy/dx"]', 'quantities = ["dy/dx"]\nengines = ["symbolic", "numpy"]\n'))
     code, out = run_main(capsys, "generate", str(suite), "-o", str(tmp_path / "out"))
     assert code == 0 and "wrote 2 case file(s)" in out
@@ -381,14 +401,22 @@ def test_a_lock_held_by_a_stopped_process_is_waited_on_with_a_bound(tmp_path, ca
 
     key = "cd" * 32
     lock = tmp_path / f".{key}.lock"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, os, signal, socket
         fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.pwrite(fd, f"{{os.getpid()}} {{socket.gethostname()}}\\n".encode(), 0)
         print("held", flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)  # stopped while holding the lock
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("DERIVCHECK_LOCK_TIMEOUT", "1")
@@ -438,7 +466,7 @@ def test_the_lock_wait_names_the_holder(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("formula", ["sqrt(-1)*x0", "x0**sqrt(-1)", "(-8)**(1/3)*x0", "log(-1)*x0", "acos(2)*x0"])
 def test_complex_values_in_targets_are_refused(capsys, tmp_path, formula):
-    case = write(tmp_path, "case.toml", TINY.replace('inputs = { batch = 3 }', f'inputs = {{ batch = 3, targets = ["{formula}"] }}'))
+    case = write(tmp_path, "case.toml", TINY.replace("inputs = { batch = 3 }", f'inputs = {{ batch = 3, targets = ["{formula}"] }}'))
     code, out = run_main(capsys, "run", str(case))
     assert code == 4 and "complex value" in out
 
@@ -464,8 +492,8 @@ def test_reserved_names_cannot_be_redefined(capsys, tmp_path, name):
         (("constants = { k = 1 }", "constants = { k = 1e308 }"), "constants.k"),
         (("x = [-1, 1]", "x = [-1e308, 1e308]"), "domain.x"),
         (("x = [-1, 1]", "x = [0, nan]"), "domain.x"),
-        (("network = {", 'finite_diff = { step = 1e-300 }\nnetwork = {'), "finite_diff.step"),
-        (("network = {", 'finite_diff = { step = 0.9 }\nnetwork = {'), "finite_diff.step"),
+        (("network = {", "finite_diff = { step = 1e-300 }\nnetwork = {"), "finite_diff.step"),
+        (("network = {", "finite_diff = { step = 0.9 }\nnetwork = {"), "finite_diff.step"),
     ],
     ids=["nan-point", "inf-point", "huge-constant", "huge-domain", "nan-domain", "tiny-step", "huge-step"],
 )
@@ -476,7 +504,10 @@ def test_values_out_of_range_are_refused(capsys, tmp_path, change, key):
 
 
 def _suite(folder: Path, names: list[str], **extra: str) -> Path:
-    return write(folder, "suite.toml", f"""
+    return write(
+        folder,
+        "suite.toml",
+        f"""
         [grid]
         n = {json.dumps(names)}
         [template]
@@ -485,7 +516,8 @@ def _suite(folder: Path, names: list[str], **extra: str) -> Path:
         inputs = {{ batch = 2 }}
         quantities = ["dy/dx"]
         engines = ["symbolic", "numpy"]
-    """)
+    """,
+    )
 
 
 @pytest.mark.parametrize("names", [["a b", "a_b"], ["Net", "net"], ["x/y", "x_y"]])
@@ -568,7 +600,17 @@ def test_control_characters_in_file_names_never_reach_the_terminal_or_the_xml(ca
     assert case.exists()
 
 
-INJECTIONS = ["<!-- hide -->", "![x](http://evil.example/x.png)", "# fake heading", "a | b", "`code`", "[link](http://evil.example)", "<script>alert(1)</script>", "\\input{/etc/passwd}", "\\write18{ls}"]
+INJECTIONS = [
+    "<!-- hide -->",
+    "![x](http://evil.example/x.png)",
+    "# fake heading",
+    "a | b",
+    "`code`",
+    "[link](http://evil.example)",
+    "<script>alert(1)</script>",
+    "\\input{/etc/passwd}",
+    "\\write18{ls}",
+]
 
 
 def test_markdown_html_junit_and_json_escape_names_and_descriptions(capsys, tmp_path):
@@ -632,7 +674,13 @@ def test_api_misuse_is_a_derivcheck_error():
 def test_sigterm_is_like_ctrl_c(tmp_path):
     out_dir = tmp_path / "report"
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-m", "derivcheck", "report", str(CASES), "-o", str(out_dir), "--no-plots", "--cache-dir", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limit_memory)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "derivcheck", "report", str(CASES), "-o", str(out_dir), "--no-plots", "--cache-dir", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_limit_memory,
+    )
     time.sleep(6)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -644,7 +692,42 @@ def test_sigterm_is_like_ctrl_c(tmp_path):
 
 # -- fuzz --------------------------------------------------------------------------------------
 
-_TOKENS = st.sampled_from(["x0", "x1", "pi", "e", "1", "0", "2.5", "1e308", "1e-308", "9" * 40, "-", "+", "*", "/", "**", "(", ")", "sin(", "log(", "sqrt(", "exp(", "tan(", "abs(", "max(x0, ", ",", " ", "x2", "__class__", "[", "'", "lambda", "."])
+_TOKENS = st.sampled_from(
+    [
+        "x0",
+        "x1",
+        "pi",
+        "e",
+        "1",
+        "0",
+        "2.5",
+        "1e308",
+        "1e-308",
+        "9" * 40,
+        "-",
+        "+",
+        "*",
+        "/",
+        "**",
+        "(",
+        ")",
+        "sin(",
+        "log(",
+        "sqrt(",
+        "exp(",
+        "tan(",
+        "abs(",
+        "max(x0, ",
+        ",",
+        " ",
+        "x2",
+        "__class__",
+        "[",
+        "'",
+        "lambda",
+        ".",
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -662,10 +745,40 @@ def test_fuzz_target_formulas_load_or_are_refused(tokens):
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_nan=True) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["layer", "in", "out", "batch", "csv", "target", "loss", "step", "rtol", "count", "values", "widths", "x", "u"]), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["layer", "in", "out", "batch", "csv", "target", "loss", "step", "rtol", "count", "values", "widths", "x", "u"]), children, max_size=3)
+    ),
     max_leaves=12,
 )
-_KEYS = st.sampled_from(["name", "description", "dtype", "seed", "network", "loss", "data", "inputs", "quantities", "engines", "tolerance", "finite_diff", "input_shape", "variables", "solution", "pde", "domain", "points", "constants", "density", "generator", "sgd", "clip", "device"])
+_KEYS = st.sampled_from(
+    [
+        "name",
+        "description",
+        "dtype",
+        "seed",
+        "network",
+        "loss",
+        "data",
+        "inputs",
+        "quantities",
+        "engines",
+        "tolerance",
+        "finite_diff",
+        "input_shape",
+        "variables",
+        "solution",
+        "pde",
+        "domain",
+        "points",
+        "constants",
+        "density",
+        "generator",
+        "sgd",
+        "clip",
+        "device",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -678,7 +791,7 @@ def test_fuzz_case_trees_load_or_are_refused(table):
 
 
 def _fuzz_case_text(formula: str) -> str:
-    return TINY.replace('inputs = { batch = 3 }', f"inputs = {{ batch = 3, targets = [{json.dumps(formula)}] }}")
+    return TINY.replace("inputs = { batch = 3 }", f"inputs = {{ batch = 3, targets = [{json.dumps(formula)}] }}")
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -753,19 +866,26 @@ def test_field_error_estimates_have_a_floor():
 
 
 def test_suite_shorthands_and_grids_are_bounded_before_they_are_built(capsys, tmp_path):
-    deep = write(tmp_path, "deep.toml", """
+    deep = write(
+        tmp_path,
+        "deep.toml",
+        """
         [grid]
         w = [2, 3]
         [template]
         name = "m{w}"
         network = { mlp = { in = 4, hidden = "{w}", depth = 100000000, out = 3 } }
         inputs = { batch = 2 }
-    """)
+    """,
+    )
     start = time.monotonic()
     code, out = run_main(capsys, "list", str(deep))
     assert code == 4 and "--max-layers" in out and time.monotonic() - start < 10
     big = "[" + ", ".join(['{ layer = "tanh" }'] * 3000) + "]"
-    wide = write(tmp_path, "wide.toml", f"""
+    wide = write(
+        tmp_path,
+        "wide.toml",
+        f"""
         [grid]
         a = {list(range(100))}
         b = {list(range(100))}
@@ -773,7 +893,8 @@ def test_suite_shorthands_and_grids_are_bounded_before_they_are_built(capsys, tm
         name = "c-{{a}}-{{b}}"
         network = {big}
         inputs = {{ batch = 2 }}
-    """)
+    """,
+    )
     start = time.monotonic()
     code, out = run_main(capsys, "run", str(wide))
     assert code == 4 and "--max-cases" in out and time.monotonic() - start < 10
@@ -826,7 +947,10 @@ def test_data_rows_are_capped(capsys, tmp_path):
 def test_pde_derivatives_are_counted_before_sympy_derives_them(capsys, tmp_path):
     names = list("abcghkmn")
     fields = [f"u{i}" for i in range(150)]
-    case = write(tmp_path, "p.toml", f"""
+    case = write(
+        tmp_path,
+        "p.toml",
+        f"""
         variables = {json.dumps(names)}
         fields = {json.dumps(fields)}
         solution = {{ {", ".join(f'{f} = "sin(a*b*c*g*h*k*m*n)"' for f in fields)} }}
@@ -835,7 +959,8 @@ def test_pde_derivatives_are_counted_before_sympy_derives_them(capsys, tmp_path)
         domain = {{ {", ".join(f"{n} = [0, 1]" for n in names)} }}
         network = false
         check = ["exact"]
-    """)
+    """,
+    )
     start = time.monotonic()
     code, out = run_main(capsys, "list", str(case))
     assert code == 4 and "--max-derivatives" in out

@@ -26,7 +26,7 @@ def _all_layers():
     yield layer("softplus", beta=2.0, threshold=1.0)  # exercises torch's linear branch
 
 
-@pytest.mark.parametrize("lay", list(_all_layers()), ids=lambda l: l.describe())
+@pytest.mark.parametrize("lay", list(_all_layers()), ids=lambda layer: layer.describe())
 def test_forward_definitions_agree(lay):
     rng = np.random.default_rng(0)
     n_in = 3
@@ -52,7 +52,7 @@ def test_forward_definitions_agree(lay):
         np.testing.assert_allclose(values, y_np[n], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("lay", list(_all_layers()), ids=lambda l: l.describe())
+@pytest.mark.parametrize("lay", list(_all_layers()), ids=lambda layer: layer.describe())
 def test_numpy_backward_matches_central_differences(lay):
     rng = np.random.default_rng(1)
     params = lay.init_params(rng)

@@ -5,7 +5,6 @@ hand-written backward rules are caught and blamed on the numpy engine."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -23,7 +22,12 @@ from helpers import layer, make_problem
 QUANTITIES = ["L", "dL/dparams", "dL/dx", "dy/dx"]
 
 CONFIGS = [
-    ("conv2d stride/padding/groups", [("conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, groups=2)), ("tanh", {}), ("flatten", {}), ("linear", {"in": 36, "out": 3})], (2, 6, 6), QUANTITIES),
+    (
+        "conv2d stride/padding/groups",
+        [("conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, groups=2)), ("tanh", {}), ("flatten", {}), ("linear", {"in": 36, "out": 3})],
+        (2, 6, 6),
+        QUANTITIES,
+    ),
     ("conv2d dilation, rectangular", [("conv2d", dict(in_channels=2, out_channels=2, kernel_size=[2, 3], dilation=2, bias=False)), ("flatten", {})], (2, 6, 7), QUANTITIES),
     ("conv1d", [("conv1d", dict(in_channels=3, out_channels=2, kernel_size=3, padding=1, stride=2))], (3, 7), QUANTITIES),
     ("max_pool2d", [("max_pool2d", dict(kernel_size=2)), ("flatten", {})], (2, 4, 4), QUANTITIES),
@@ -140,7 +144,9 @@ def conv_configs(draw):
 
 
 def _torch_accepts(options, size):
-    module = torch.nn.Conv2d(options["in_channels"], options["out_channels"], options["kernel_size"], stride=options["stride"], padding=options["padding"], dilation=options["dilation"], groups=options["groups"])
+    module = torch.nn.Conv2d(
+        options["in_channels"], options["out_channels"], options["kernel_size"], stride=options["stride"], padding=options["padding"], dilation=options["dilation"], groups=options["groups"]
+    )
     try:
         module(torch.zeros(1, options["in_channels"], size, size))
     except RuntimeError:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from derivcheck.case import case_from_dict, load_case, load_cases
+from derivcheck.case import load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
 from derivcheck.parallel import CaseRef, case_refs, heavy_first_order, inherited_cases, interleaved_batches, needs_derivation, parse_jobs, spread_order, run_on_dask, run_ref, run_refs, task_batches

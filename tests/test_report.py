@@ -77,7 +77,7 @@ def test_report_command_writes_everything(tmp_path):
     pngs = [n for n in names if n.endswith(".png")]
     assert any("step-study" in n for n in pngs) and any("residual-map" in n for n in pngs)
     page = (out / "index.html").read_text()
-    assert "<table id=\"summary\">" in page and "data:image/png;base64," in page
+    assert '<table id="summary">' in page and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # self-contained
     doc = json.loads((out / "report.json").read_text())
     assert doc["environment"]["torch"] and doc["summary"]["cases"] == 3
@@ -125,13 +125,25 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian package 'chromium')")
 def test_html_renders_in_a_real_browser(tmp_path):
     cli.main(["report", str(Path(__file__).parent.parent / "cases" / "pde" / "helmholtz-mms.toml"), "-o", str(tmp_path)])
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (tmp_path / "index.html").as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
     assert 'id="summary"' in dom and "helmholtz-mms [exact]" in dom
     # the browser decoded the embedded plots: ask it for the images' natural widths
     script = tmp_path / "probe.html"
     script.write_text(
-        (tmp_path / "index.html").read_text().replace(
+        (tmp_path / "index.html")
+        .read_text()
+        .replace(
             "</body>",
             "<script>window.onload=()=>{document.title=[...document.images].map(i=>i.naturalWidth).join(',')}</script></body>",
         )

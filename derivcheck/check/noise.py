@@ -83,7 +83,24 @@ OBSERVED_OPERANDS = {"_softmax_backward_data": (0,), "_log_softmax_backward_data
 output gradient weighted by probabilities (``exp`` of log-probabilities a mask may have
 set to -1e6), so only the gradient's size sets their rounding floor."""
 
-CANCELLING_PREFIXES = ("linalg_", "_linalg_", "_scaled_dot_product", "native_", "_native_", "upsample_", "_upsample_", "avg_pool", "_adaptive_avg_pool", "adaptive_avg_pool", "cudnn_", "miopen_", "mkldnn_", "_fused", "fused_", "_batch_norm")
+CANCELLING_PREFIXES = (
+    "linalg_",
+    "_linalg_",
+    "_scaled_dot_product",
+    "native_",
+    "_native_",
+    "upsample_",
+    "_upsample_",
+    "avg_pool",
+    "_adaptive_avg_pool",
+    "adaptive_avg_pool",
+    "cudnn_",
+    "miopen_",
+    "mkldnn_",
+    "_fused",
+    "fused_",
+    "_batch_norm",
+)
 
 
 def _cancels(func: Any) -> bool:
@@ -204,7 +221,14 @@ def _make_observer_class() -> type:
                 for k, a in enumerate(args):
                     if chosen is not None and k not in chosen:
                         continue
-                    if isinstance(a, torch.Tensor) and a.numel() and (a.is_floating_point() or a.is_complex()) and a.device.type in ("cpu", "cuda") and a.layout == torch.strided and not a._is_zerotensor():
+                    if (
+                        isinstance(a, torch.Tensor)
+                        and a.numel()
+                        and (a.is_floating_point() or a.is_complex())
+                        and a.device.type in ("cpu", "cuda")
+                        and a.layout == torch.strided
+                        and not a._is_zerotensor()
+                    ):
                         data = torch.view_as_real(a.detach()) if a.is_complex() else a.detach()
                         low, high = torch.aminmax(data)
                         size = max(abs(float(low)), abs(float(high)))
@@ -269,7 +293,7 @@ levels; :func:`spread` divides its deviation by half that factor (linear respons
 factor 2 to spare) before taking the largest."""
 
 
-class NoiseSamples(list):  # type: ignore[type-arg]
+class NoiseSamples(list):
     """Results of :func:`noisy_runs` (a list of arrays), with the perturbation `scales`."""
 
     def __init__(self, values: list[np.ndarray] | None = None, scales: list[float] | None = None):

@@ -313,7 +313,14 @@ def check_numpy(
         differs = ~((again == f0) | (np.isnan(again) & np.isnan(f0)))
     if differs.any():
         result = CheckResult(what=what, quantities=[], dtype=user_dtype)
-        result.findings.append(Finding("deterministic forward", "nondeterministic", False, f"cannot check a non-deterministic forward by finite differences: two calls of {what} with the same inputs differ (by up to {float(np.nanmax(np.abs(again - f0))):.3g}); seed its randomness (np.random.default_rng(seed) inside forward) or check it in eval mode"))
+        result.findings.append(
+            Finding(
+                "deterministic forward",
+                "nondeterministic",
+                False,
+                f"cannot check a non-deterministic forward by finite differences: two calls of {what} with the same inputs differ (by up to {float(np.nanmax(np.abs(again - f0))):.3g}); seed its randomness (np.random.default_rng(seed) inside forward) or check it in eval mode",
+            )
+        )
         result.notes.extend(notes)
         return result
     full = all(m * s.size <= max_full for s in slots) and n <= MAX_COLUMNS
@@ -331,7 +338,13 @@ def check_numpy(
             cols = s.cols
             refs = {
                 "backward": EngineValue(rows[:, cols], dtype=user_dtype, error_estimate=noise[:, cols]),
-                "finite_diff": EngineValue(fd.values[:, cols], error_estimate=fd.errors[:, cols], excluded=fd.excluded[:, cols], excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain", note=fd_note),
+                "finite_diff": EngineValue(
+                    fd.values[:, cols],
+                    error_estimate=fd.errors[:, cols],
+                    excluded=fd.excluded[:, cols],
+                    excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain",
+                    note=fd_note,
+                ),
             }
 
             def entry_label(index: tuple[int, ...], s: _Slot = s) -> str:
@@ -349,7 +362,13 @@ def check_numpy(
             refs = {
                 # entries' noise adds up in quadrature over the entries (independent roundings)
                 "backward": EngineValue(np.einsum("dn,dn->d", pulled, Vm), dtype=user_dtype, error_estimate=np.sqrt(np.einsum("dn,dn->d", grad_noise**2, Vm**2))),
-                "finite_diff": EngineValue(d.values[0], error_estimate=d.errors[0], excluded=d.excluded[0], excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain", note=fd_note),
+                "finite_diff": EngineValue(
+                    d.values[0],
+                    error_estimate=d.errors[0],
+                    excluded=d.excluded[0],
+                    excluded_reason="a jump or staircase inside the finite-difference stencil, or the stencil leaves the function's domain",
+                    note=fd_note,
+                ),
             }
             return compare(label, refs, tolerance=tolerance, kink_mask=d.kinks[0], label=lambda i: f"direction {i[0]}"), d
 
@@ -388,7 +407,16 @@ def check_numpy(
     zero = pullback(np.zeros(m)) if not value_and_grad else np.zeros(0)
     if np.any(zero[np.isfinite(zero)] != 0):
         worst = float(np.max(np.abs(zero[np.isfinite(zero)])))
-        result.findings.append(Finding("zero output gradient", "not multiplied by dout", False, f"with dout = 0 the backward returns non-zero gradients (max |grad| = {worst:.3g}): it is not multiplied by dout", measured=worst, bound=0.0))
+        result.findings.append(
+            Finding(
+                "zero output gradient",
+                "not multiplied by dout",
+                False,
+                f"with dout = 0 the backward returns non-zero gradients (max |grad| = {worst:.3g}): it is not multiplied by dout",
+                measured=worst,
+                bound=0.0,
+            )
+        )
     elif not value_and_grad:
         result.findings.append(Finding("zero output gradient", "zero", True, "dout = 0 gives zero gradients"))
     for s in slots:
@@ -434,7 +462,9 @@ def _match_gradients(grads: Any, inputs: Sequence[Any], names: list[str], candid
         if len(same) == 1:
             out[same[0].path] = grads
             return out
-        raise InvalidArgument(f"backward returned one array of shape {np.shape(grads)}, but {len(candidates)} inputs are floating-point arrays ({', '.join(f'{s.name} {s.array.shape}' for s in candidates)}) and the shape does not tell which; return one gradient per input")
+        raise InvalidArgument(
+            f"backward returned one array of shape {np.shape(grads)}, but {len(candidates)} inputs are floating-point arrays ({', '.join(f'{s.name} {s.array.shape}' for s in candidates)}) and the shape does not tell which; return one gradient per input"
+        )
     if isinstance(grads, dict):
         dict_inputs = [i for i in differentiable if isinstance(inputs[i], dict) and set(inputs[i]) >= set(grads)]
         if len(dict_inputs) == 1:

@@ -33,8 +33,6 @@ def _dtype_name(dtype: Any) -> str:
     return "float64" if str(dtype).endswith("float64") else "float32"
 
 
-
-
 def _manufactured_fields(variables: Sequence[str], fields: Sequence[str], count: int, rng: np.random.Generator) -> list[dict[str, str]]:
     """Seeded smooth closed forms, one formula per field, for each of `count` fields:
     ``sin(a.x + b) * exp(c.x / 2) + sum d_i x_i^2 + e`` with random coefficients."""

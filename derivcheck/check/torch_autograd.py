@@ -107,7 +107,14 @@ def forward_jacobian(call: TorchCall, spec: OutputSpec) -> np.ndarray:
     return cols
 
 
-UNSUPPORTED_FORWARD = ("You must implement the jvp function", "does not support it", "not implemented for forward", "Trying to use forward AD", "forward AD is not supported", "is not implemented for forward-mode")
+UNSUPPORTED_FORWARD = (
+    "You must implement the jvp function",
+    "does not support it",
+    "not implemented for forward",
+    "Trying to use forward AD",
+    "forward AD is not supported",
+    "is not implemented for forward-mode",
+)
 """Fragments of torch's messages for a function with no forward-mode derivative at all."""
 
 

@@ -80,7 +80,7 @@ class Slot:
 
     def label(self, j: int) -> str:
         """Name of real coordinate `j` of this slot: ``weight[1, 0]``, ``z[2].im``."""
-        entry, part = (divmod(j, 2) if self.is_complex else (j, None))
+        entry, part = divmod(j, 2) if self.is_complex else (j, None)
         index = np.unravel_index(entry, self.shape) if self.shape else ()
         text = self.name + (f"[{', '.join(str(int(i)) for i in index)}]" if index else "")
         return text + ("" if part is None else (".re" if part == 0 else ".im"))
@@ -214,7 +214,11 @@ class OutputSpec:
         for path, name, shape in zip(self.paths, self.names, self.shapes):
             t = found.get(path)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-                raise InvalidArgument(f"fn returned a different structure on another call: {name} is {type(t).__name__}" + (f" of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else "") + f", first call gave shape {shape}")
+                raise InvalidArgument(
+                    f"fn returned a different structure on another call: {name} is {type(t).__name__}"
+                    + (f" of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else "")
+                    + f", first call gave shape {shape}"
+                )
             out.append(t)
         return out
 
@@ -237,7 +241,7 @@ class OutputSpec:
         for name, shape, cplx, size in zip(self.names, self.shapes, self.complex, self.sizes):
             if i < offset + size:
                 j = i - offset
-                entry, part = (divmod(j, 2) if cplx else (j, None))
+                entry, part = divmod(j, 2) if cplx else (j, None)
                 index = np.unravel_index(entry, shape) if shape else ()
                 text = name + (f"[{', '.join(str(int(k)) for k in index)}]" if index else "")
                 return text + ("" if part is None else (".re" if part == 0 else ".im"))
@@ -388,7 +392,11 @@ class TorchCall:
         reason float64 failed."""
         torch = _torch()
         target: Any = self.fn
-        wide_already = all(t.dtype in (torch.float64, torch.complex128) for t in [*self.module.parameters(), *self.module.buffers()] if t.is_floating_point() or t.is_complex()) if self.module is not None else True
+        wide_already = (
+            all(t.dtype in (torch.float64, torch.complex128) for t in [*self.module.parameters(), *self.module.buffers()] if t.is_floating_point() or t.is_complex())
+            if self.module is not None
+            else True
+        )
         if self.module is not None and not wide_already:
             try:
                 target = copy.deepcopy(self.module).to(torch.float64)

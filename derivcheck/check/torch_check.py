@@ -158,6 +158,7 @@ class _Check:
             e[i] = 1.0
             rows[i], magnitudes[i] = Graph(self.call, self.spec).vjp_observed(e)
         return rows, magnitudes
+
     result: CheckResult = field(default_factory=lambda: CheckResult("", []))
 
     @property
@@ -292,7 +293,9 @@ def check_torch(
             result_notes = [f"forward mode not checked in {user_dtype} unless asked for (modes=('rev', 'fwd')): its formulas overflow at half precision"]
         else:
             result_notes = []
-        result_notes.append(f"checked at {user_dtype} precision: the bounds are wide (a {user_dtype} gradient is right to a few 1e-{2 if user_dtype == 'bfloat16' else 3} at best); run the same code in float32 or float64 for a sharper verdict")
+        result_notes.append(
+            f"checked at {user_dtype} precision: the bounds are wide (a {user_dtype} gradient is right to a few 1e-{2 if user_dtype == 'bfloat16' else 3} at best); run the same code in float32 or float64 for a sharper verdict"
+        )
     else:
         result_notes = []
     result = CheckResult(what=what, quantities=[], dtype=user_dtype)
@@ -302,7 +305,9 @@ def check_torch(
     if spec.ignored:
         result.notes.append("outputs not checked: " + ", ".join(spec.ignored))
     if not any(graph.live):
-        result.notes.append(f"no output requires grad: {what}'s result does not depend on its inputs through autograd, so its derivative is taken as zero and checked as such (finite differences show whether the forward really is constant)")
+        result.notes.append(
+            f"no output requires grad: {what}'s result does not depend on its inputs through autograd, so its derivative is taken as zero and checked as such (finite differences show whether the forward really is constant)"
+        )
     if spec.size == 0:
         result.mode = "empty"
         result.notes.append("every output is empty: nothing to check")
@@ -323,7 +328,9 @@ def check_torch(
     if fwd:
         unsupported, broken = forward_mode_support(call, spec)
         if unsupported is not None and broken:
-            result.findings.append(Finding("forward mode", "jvp raised", False, f"forward-mode AD of {what} raised: {unsupported} (a custom Function's jvp that fails, e.g. without ctx.save_for_forward)"))
+            result.findings.append(
+                Finding("forward mode", "jvp raised", False, f"forward-mode AD of {what} raised: {unsupported} (a custom Function's jvp that fails, e.g. without ctx.save_for_forward)")
+            )
             fwd = False
         elif unsupported is not None:
             if fwd_required:
@@ -331,7 +338,28 @@ def check_torch(
             result.notes.append(f"forward mode not checked: {what} does not support it ({unsupported})")
             fwd = False
 
-    ctx = _Check(what, call, spec, graph, tolerance, user_dtype, refs.dtype, refs.f, refs.x0, refs.f0, refs.noise, refs.samples, rev, fwd, rounding_samples, seed, rng, fd_note=f"Richardson central differences of your forward, {refs.dtype}", result=result, f_floor=refs.floor)
+    ctx = _Check(
+        what,
+        call,
+        spec,
+        graph,
+        tolerance,
+        user_dtype,
+        refs.dtype,
+        refs.f,
+        refs.x0,
+        refs.f0,
+        refs.noise,
+        refs.samples,
+        rev,
+        fwd,
+        rounding_samples,
+        seed,
+        rng,
+        fd_note=f"Richardson central differences of your forward, {refs.dtype}",
+        result=result,
+        f_floor=refs.floor,
+    )
     full = not fast and all(spec.size * s.size <= max_full for s in call.slots) and call.size <= MAX_COLUMNS
     result.mode = "full" if full else "directional"
     result.tolerances = {f"rtol {user_dtype} vs {ctx.fd_dtype}": ctx.rtol, "fd_safety": tolerance.fd_safety}
@@ -449,7 +477,11 @@ def _first_backward(graph: Graph, what: str, w: np.ndarray) -> tuple[list[Any], 
         raise
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        hint = " (if an input is not meant to be differentiated, pass it with requires_grad=False and the others with requires_grad=True)" if "not implemented" in text or "does not require grad" in text else ""
+        hint = (
+            " (if an input is not meant to be differentiated, pass it with requires_grad=False and the others with requires_grad=True)"
+            if "not implemented" in text or "does not require grad" in text
+            else ""
+        )
         raise InvalidArgument(f"the backward of {what} raised: {type(exc).__name__}: {text}{hint}") from exc
 
 
@@ -561,7 +593,15 @@ def _directional(ctx: _Check, directions: int, max_full: int, fast: bool, first:
         U[0] = first[0]  # the output gradient the first backward already used
     V = _directions(ctx.rng, directions, call.size) * (ctx.finite_inputs & ~call.by_design)
     names = ", ".join(s.name for s in call.slots)
-    why = "fast=True" if fast else (f"{call.size} input coordinates (full finite differences take 8 forward passes each, beyond {MAX_COLUMNS} directional derivatives are cheaper)" if call.size > MAX_COLUMNS and all(spec.size * s.size <= max_full for s in call.slots) else f"Jacobians above {max_full} entries")
+    why = (
+        "fast=True"
+        if fast
+        else (
+            f"{call.size} input coordinates (full finite differences take 8 forward passes each, beyond {MAX_COLUMNS} directional derivatives are cheaper)"
+            if call.size > MAX_COLUMNS and all(spec.size * s.size <= max_full for s in call.slots)
+            else f"Jacobians above {max_full} entries"
+        )
+    )
     ctx.result.notes.append(f"{why}: checked {directions} random directional derivative{'s' if directions > 1 else ''} u^T J v, each direction through all inputs jointly ({names})")
     # the rounding noise, measured on the reverse pass, serves both modes (see _full); the
     # noise of a projection u^T J v is measured on the projection itself, and the floor of
@@ -682,6 +722,7 @@ def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult
         out, magnitude = [], 0.0
         for u, v in zip(U, V):
             weight = torch.as_tensor(u, dtype=flat.dtype, device=flat.device)
+
             def hvp(weight: Any = weight) -> Any:
                 return torch.autograd.grad((flat * weight).sum(), graph.leaves, retain_graph=True, allow_unused=True)
 
@@ -708,10 +749,17 @@ def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult
     if auto is None:
         marked = _once_differentiable(ctx.graph.outs)
         if marked:
-            return Finding(name, "once differentiable", True, f"the backward of {', '.join(marked)} is marked @once_differentiable: it declares that it has no derivative of its own, so the second derivative is not checked")
+            return Finding(
+                name,
+                "once differentiable",
+                True,
+                f"the backward of {', '.join(marked)} is marked @once_differentiable: it declares that it has no derivative of its own, so the second derivative is not checked",
+            )
         scale = float(np.max(np.abs(ref_a), initial=0.0))
         if np.all(np.abs(ref_a) <= ctx.tolerance.fd_safety * err_a + ctx.tolerance.rtol_for(ctx.user_dtype, "float64") * scale):
-            return Finding(name, "zero", True, f"the gradient does not depend on the inputs through autograd, and finite differences agree that the second derivative is zero (|u^T H v| <= {scale:.3g})")
+            return Finding(
+                name, "zero", True, f"the gradient does not depend on the inputs through autograd, and finite differences agree that the second derivative is zero (|u^T H v| <= {scale:.3g})"
+            )
         worst = int(np.argmax(np.abs(ref_a) - ctx.tolerance.fd_safety * err_a))
         return Finding(
             name,
@@ -767,4 +815,3 @@ def _symbolic_jacobian(text: str, x: Any) -> np.ndarray:
     with np.errstate(all="ignore"):
         values = np.broadcast_to(np.asarray(fn(flat), dtype=float), flat.shape)
     return np.diag(values)
-

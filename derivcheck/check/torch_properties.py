@@ -236,4 +236,12 @@ def _vmapped_function(call: TorchCall, graph: Graph, tolerance: Tolerance, dtype
         for x, z, y in zip(vmapped_grads, grads_of_batched, looped[b][1]):
             flat_batched += [to_real(x[b]), to_real(z[b])]
             flat_looped += [to_real(y), to_real(y)]
-    return _agreement(name, flat_batched, flat_looped, tolerance, dtype, "the function, its per-sample vjp (vmap of vjp) and the vjp of the batched function (vjp of vmap) under torch.func.vmap over 2 input samples", magnitude)
+    return _agreement(
+        name,
+        flat_batched,
+        flat_looped,
+        tolerance,
+        dtype,
+        "the function, its per-sample vjp (vmap of vjp) and the vjp of the batched function (vjp of vmap) under torch.func.vmap over 2 input samples",
+        magnitude,
+    )

@@ -213,7 +213,9 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], m
         if q.kind in ("derivative", "operator", "residual"):
             result[q.name] = value(*fd.evaluate(q.expr))
             if q.kind == "derivative" and isinstance(q.expr.expr, sp.core.function.AppliedUndef):
-                result[q.name].study = fd.study(field_derivative_key(q.expr, spec.variable_symbols))
+                computed = result[q.name]
+                assert isinstance(computed, EngineValue)
+                computed.study = fd.study(field_derivative_key(q.expr, spec.variable_symbols))
         elif q.kind == "forcing":
             assert q.equation is not None
             rest, coefficient = spec.source_coefficient(q.equation)

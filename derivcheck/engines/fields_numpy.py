@@ -8,6 +8,8 @@ hand-written backward through the jets, which this engine does not have: it says
 
 from __future__ import annotations
 
+import numpy as np
+
 from collections.abc import Sequence
 
 from ..fields import FieldProblem, FieldQuantity
@@ -33,9 +35,11 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -
             except JetUnsupported as exc:
                 result[q.name] = Skipped(str(exc))
         elif q.kind == "grad":
-            result[q.name] = EngineValue(jac[:, problem.spec.fields.index(q.field_name), :].copy(), note=note)  # type: ignore[arg-type]
+            assert q.field_name is not None
+            result[q.name] = EngineValue(np.asarray(jac)[:, problem.spec.fields.index(q.field_name), :].copy(), note=note)
         elif q.kind == "hessian":
-            result[q.name] = EngineValue(hess[:, problem.spec.fields.index(q.field_name)].copy(), note=note)  # type: ignore[arg-type]
+            assert q.field_name is not None
+            result[q.name] = EngineValue(np.asarray(hess)[:, problem.spec.fields.index(q.field_name)].copy(), note=note)
         elif q.kind in ("pinn_grad", "lambda_hat"):
             result[q.name] = Skipped("no hand-written backward through second-order jets")
         else:

@@ -131,5 +131,3 @@ def _network(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> Engi
 
 def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:
     return _exact(problem, quantities) if problem.kind == "exact" else _network(problem, quantities)
-
-

@@ -111,7 +111,7 @@ class FiniteDifferences(Engine):
             elif q.kind == "param_grad":
                 result[q.name] = self._param_grad(problem, base, q.param)
             elif q.kind == "input_grad":
-                result[q.name] = self._per_sample(problem, base, lambda e: e.per_sample_loss[:, None] / problem.batch, q)
+                result[q.name] = self._per_sample(problem, base, lambda e: np.asarray(e.per_sample_loss)[:, None] / problem.batch, q)
             elif q.kind == "jacobian":
                 result[q.name] = self._per_sample(problem, base, lambda e: e.y, q)
             else:
@@ -158,9 +158,7 @@ class FiniteDifferences(Engine):
             values[index], errors[index] = self._combine(diffs, h, np.asarray(scale))
         return self._value(values, errors, excluded)
 
-    def _per_sample(
-        self, problem: Problem, base: _Eval, output: Callable[[_Eval], np.ndarray], q: Quantity
-    ) -> EngineValue:
+    def _per_sample(self, problem: Problem, base: _Eval, output: Callable[[_Eval], np.ndarray], q: Quantity) -> EngineValue:
         """Perturb feature j of every sample at once; `output(e)` is ``(N, K)``."""
         if not all(layer.per_sample for layer in problem.network.layers):
             if q.kind != "input_grad":

@@ -33,11 +33,8 @@ class NumpyBackprop(Engine):
             return compute_fields(problem, quantities)
         dtype = problem.numpy_dtype
         network = problem.network
-        params = [
-            {k: v.astype(dtype) for k, v in network.layer_params(problem.params, i).items()}
-            for i in range(len(network.layers))
-        ]
-        x = problem.x.astype(dtype)
+        params: list[dict[str, np.ndarray]] = [{k: v.astype(dtype) for k, v in network.layer_params(problem.params, i).items()} for i in range(len(network.layers))]
+        x: np.ndarray = problem.x.astype(dtype)
         caches: list[Any] = []
         h = x
         for layer, p in zip(network.layers, params):
@@ -58,7 +55,7 @@ class NumpyBackprop(Engine):
         kinds = {q.kind for q in quantities}
         if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:
             assert problem.targets is not None
-            targets = problem.targets.astype(dtype)
+            targets: np.ndarray = problem.targets.astype(dtype)
             per_sample, loss_cache = problem.loss.numpy_forward(y, targets)
             grad_y = problem.loss.numpy_backward(loss_cache) / problem.batch
             grad_x, grads = backward(grad_y.astype(dtype))
@@ -66,6 +63,7 @@ class NumpyBackprop(Engine):
                 if q.kind == "loss":
                     result[q.name] = self._value(per_sample.mean(), problem)
                 elif q.kind == "param_grad":
+                    assert q.param is not None
                     result[q.name] = self._value(grads[q.param], problem)
                 elif q.kind == "input_grad":
                     result[q.name] = self._value(grad_x, problem)
@@ -74,7 +72,7 @@ class NumpyBackprop(Engine):
                 n_out = network.out_size
                 jac = np.empty((problem.batch, n_out, network.in_size))
                 for i in range(n_out):
-                    seed = np.zeros((problem.batch, n_out), dtype=dtype)
+                    seed: np.ndarray = np.zeros((problem.batch, n_out), dtype=dtype)
                     seed[:, i] = 1
                     jac[:, i, :] = backward(seed)[0]
                 result[q.name] = self._value(jac, problem)

@@ -66,13 +66,16 @@ def score_differences(problem: ScoreProblem, abar: float, method: str = "richard
         score[:, i], score_err[:, i] = value, err + 10 * EPS * np.abs(f0) / (smallest * h1[:, i])
         for j in range(i, d):
             if i == j:
+
                 def quotient(m: float) -> np.ndarray:
                     h = m * h2[:, i]
                     return (shifted({i: h}) - 2 * f0 + shifted({i: -h})) / h**2
             else:
+
                 def quotient(m: float) -> np.ndarray:
                     hi, hj = m * h2[:, i], m * h2[:, j]
                     return (shifted({i: hi, j: hj}) - shifted({i: hi, j: -hj}) - shifted({i: -hi, j: hj}) + shifted({i: -hi, j: -hj})) / (4 * hi * hj)
+
             value, err = _extrapolate(quotient, method)
             err = err + 10 * EPS * np.abs(f0) / (smallest**2 * h2[:, i] * h2[:, j])
             hess[:, i, j] = hess[:, j, i] = value

@@ -32,9 +32,10 @@ def noised_distribution(problem: ScoreProblem, device: str = "cpu") -> tuple[Any
     beta_all, abar_all = torch_schedule(problem.schedule, device)
     beta, abar = beta_all[problem.t], abar_all[problem.t]
     mix = problem.mixture
-    kw = {"dtype": torch.float64, "device": device}
+    kw: dict[str, Any] = {"dtype": torch.float64, "device": device}
     means = torch.as_tensor(mix.means, **kw) * abar.sqrt()
     covs = abar * torch.as_tensor(mix.covariances, **kw) + (1 - abar) * torch.eye(mix.dim, **kw)
+    dist: Any
     if mix.components == 1:
         dist = MultivariateNormal(means[0], covariance_matrix=covs[0])
     else:

@@ -60,6 +60,8 @@ class CompiledLayer:
     shape ``(N,)`` and the parameters as a flat list in the layer's parameter order.
     """
 
+    _origin: Any  # what a restored copy was derived from (set by from_record)
+
     def __init__(self, layer: Layer, in_size: int):
         self.in_size = in_size
         bound = bool(layer.in_shape) and layer.in_size == in_size
@@ -192,6 +194,8 @@ class CompiledLayer:
 class CompiledLoss:
     """Per-sample loss and ``d l / d y``, derived by SymPy and compiled."""
 
+    _origin: Any  # what a restored copy was derived from (set by from_record)
+
     def __init__(self, loss: Loss, out_size: int, target_size: int):
         outputs = [make_symbol(f"y{k}") for k in range(out_size)]
         targets = [make_symbol(f"t{k}") for k in range(target_size)]
@@ -322,9 +326,7 @@ def compile_loss(loss: Loss, out_size: int, target_size: int) -> CompiledLoss:
     key = (type(loss), tuple(sorted(loss.options.items())), out_size, target_size)
     if key not in _COMPILED_LOSSES:
         content = repr((type(loss).__module__, type(loss).__qualname__, key[1:]))
-        _COMPILED_LOSSES[key] = compile_cache.cached(
-            "loss", content, lambda: CompiledLoss(loss, out_size, target_size), lambda record: CompiledLoss.from_record(loss, out_size, target_size, record)
-        )
+        _COMPILED_LOSSES[key] = compile_cache.cached("loss", content, lambda: CompiledLoss(loss, out_size, target_size), lambda record: CompiledLoss.from_record(loss, out_size, target_size, record))
     return _COMPILED_LOSSES[key]
 
 
@@ -380,10 +382,7 @@ class SymbolicEngine(Engine):
         too_large = size_problem(network, n)
         if too_large:
             return {q.name: Skipped(too_large) for q in quantities}
-        compiled = [
-            compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n)
-            for layer, size in zip(network.layers, network.sizes)
-        ]
+        compiled = [compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n) for layer, size in zip(network.layers, network.sizes)]
         flat_params = [network.layer_param_vector(problem.params, index) for index in range(len(network.layers))]
 
         kinds = {q.kind for q in quantities}
@@ -417,16 +416,18 @@ class SymbolicEngine(Engine):
                 if q.kind == "loss":
                     result[q.name] = EngineValue(np.asarray(per_sample.mean()))
                 elif q.kind == "param_grad":
+                    assert q.param is not None
                     result[q.name] = EngineValue(param_grads[q.param])
                 elif q.kind == "input_grad":
                     result[q.name] = EngineValue(cotangent.T.copy())
         for q in quantities:
             if q.kind == "jacobian":
-                total = None
+                product: np.ndarray | None = None
                 for layer, a, params, consts in zip(compiled, activations, flat_params, constants):
-                    local = layer.jacobian(a, params, consts)
-                    total = local if total is None else np.matmul(local, total)
-                result[q.name] = EngineValue(total)
+                    jacobian = layer.jacobian(a, params, consts)
+                    product = jacobian if product is None else np.matmul(jacobian, product)
+                assert product is not None
+                result[q.name] = EngineValue(product)
             elif q.kind in ("sgd_step", "clip_grad"):
                 result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result

@@ -198,14 +198,13 @@ class CompiledRule:
             new = np.zeros((m, q, n, self.in_size))
             if len(cell.in_q):
                 contribution = j_in[..., None] * tangent[stage.input_index[:, cell.in_k]]
-                np.add.at(new, (slice(None), cell.in_q), contribution)
+                np.add.at(new, (slice(None), cell.in_q), contribution)  # type: ignore[arg-type]  # numpy stubs: a slice and an index array are a valid index
             tangent[stage.output_index] = new
         tangent[-1] = 0.0
         return np.transpose(tangent[self.rule.output], (1, 0, 2))
 
     def hessian_entries(self, a: np.ndarray, params: list[float]) -> Any:
         raise NotImplementedError("second derivatives through local-rule layers are not derived")
-
 
 
 class BatchCoupledRule:

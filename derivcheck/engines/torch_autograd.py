@@ -21,7 +21,6 @@ from ..values import EngineResult, EngineValue
 from .base import Engine
 
 
-
 class TorchAutograd(Engine):
     """Autograd on real ``torch.nn`` modules (see the module docstring).
 
@@ -116,4 +115,3 @@ class TorchAutograd(Engine):
         problem.loss.torch_loss(model(x), targets).backward()
         optimizer.step()
         return torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
-

@@ -14,10 +14,39 @@ from .linear import Linear
 from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
 
 LAYERS: dict[str, type[Layer]] = {
-    cls.kind: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, GELU, SiLU, Softplus, ELU,
-        Conv1d, Conv2d, MaxPool2d, AvgPool2d, Flatten, RNN, LSTM, GRU,
-        LayerNorm, BatchNorm1d, BatchNorm2d, Dropout, Embedding,
-        ScaledDotProductAttention, MultiheadAttention, TransformerEncoder, DdpmNoise, TimeEmbedding)
+    cls.kind: cls
+    for cls in (
+        Linear,
+        ReLU,
+        LeakyReLU,
+        Sigmoid,
+        Tanh,
+        Softmax,
+        LogSoftmax,
+        Identity,
+        GELU,
+        SiLU,
+        Softplus,
+        ELU,
+        Conv1d,
+        Conv2d,
+        MaxPool2d,
+        AvgPool2d,
+        Flatten,
+        RNN,
+        LSTM,
+        GRU,
+        LayerNorm,
+        BatchNorm1d,
+        BatchNorm2d,
+        Dropout,
+        Embedding,
+        ScaledDotProductAttention,
+        MultiheadAttention,
+        TransformerEncoder,
+        DdpmNoise,
+        TimeEmbedding,
+    )
 }
 """Layer classes by the name used in case files (``layer = "linear"``)."""
 

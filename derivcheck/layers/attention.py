@@ -327,7 +327,7 @@ class MultiheadAttention(_SelfAttentionBase):
         base = torch.nn.MultiheadAttention
 
         class SelfAttention(base):  # the real module, called as self-attention
-            def forward(self, x: Any) -> Any:  # type: ignore[override]
+            def forward(self, x: Any) -> Any:
                 mask = _causal_mask(x.shape[1]).to(x) if layer.causal else None
                 return super().forward(x, x, x, attn_mask=mask, need_weights=False)[0]
 
@@ -419,7 +419,7 @@ class TransformerEncoder(_SelfAttentionBase):
         base = torch.nn.TransformerEncoderLayer
 
         class EncoderLayer(base):  # the real module; the causal mask is passed on
-            def forward(self, x: Any) -> Any:  # type: ignore[override]
+            def forward(self, x: Any) -> Any:
                 mask = _causal_mask(x.shape[1]).to(x) if layer.causal else None
                 return super().forward(x, src_mask=mask, is_causal=layer.causal)
 

@@ -150,10 +150,7 @@ class Layer(Configurable):
         if self.ELEMENTWISE:
             return in_shape
         if len(in_shape) != 1:
-            raise ValueError(
-                f"{self.kind} expects flat input features but receives shape {in_shape}; "
-                'add { layer = "flatten" } before it'
-            )
+            raise ValueError(f'{self.kind} expects flat input features but receives shape {in_shape}; add {{ layer = "flatten" }} before it')
         return (self.output_size(in_shape[0]),)
 
     def output_size(self, in_size: int) -> int:

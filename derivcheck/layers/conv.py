@@ -82,7 +82,7 @@ class _Windowed(Layer):
         return self._tuple("dilation", 1)
 
     def _spatial_out(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        names = "LHW"[-self.dims:] if self.dims == 2 else "L"
+        names = "LHW"[-self.dims :] if self.dims == 2 else "L"
         if len(in_shape) != self.dims + 1:
             layout = "(C, H, W)" if self.dims == 2 else "(C, L)"
             raise ValueError(f"{self.kind} expects samples of shape {layout}, got {in_shape}; set input_shape or put it after a layer that keeps the shape")
@@ -92,9 +92,7 @@ class _Windowed(Layer):
                 raise ValueError(f"padding {p} must be at most half the kernel size {k} (PyTorch's rule)")
             length = _window_output(size, k, s, p, d)
             if length < 1:
-                raise ValueError(
-                    f"the window (kernel {k}, dilation {d}) does not fit axis {names[axis]} of size {size} with padding {p}"
-                )
+                raise ValueError(f"the window (kernel {k}, dilation {d}) does not fit axis {names[axis]} of size {size} with padding {p}")
             out.append(length)
         return tuple(out)
 
@@ -103,10 +101,7 @@ class _Windowed(Layer):
 
     def _window_slices(self, offset: tuple[int, ...], out_spatial: tuple[int, ...]) -> tuple[slice, ...]:
         """Slices of the padded input hit by kernel `offset` at every output position."""
-        return tuple(
-            slice(o * d, o * d + s * (n - 1) + 1, s)
-            for o, d, s, n in zip(offset, self.dilation, self.stride, out_spatial)
-        )
+        return tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offset, self.dilation, self.stride, out_spatial))
 
     def _pad(self, x: np.ndarray, value: float = 0.0) -> np.ndarray:
         pads = [(0, 0), (0, 0)] + [(p, p) for p in self.padding]
@@ -125,10 +120,7 @@ class _Windowed(Layer):
         result = []
         for channel in range(out_channels):
             for position in np.ndindex(*out_spatial):
-                slices = tuple(
-                    slice(p * s, p * s + d * (k - 1) + 1, d)
-                    for p, s, d, k in zip(position, self.stride, self.dilation, self.kernel)
-                )
+                slices = tuple(slice(p * s, p * s + d * (k - 1) + 1, d) for p, s, d, k in zip(position, self.stride, self.dilation, self.kernel))
                 result.append((channel, position, padded[(slice(None),) + slices]))
         return result
 
@@ -264,7 +256,7 @@ class _Conv(_Windowed):
     def torch_module(self) -> Any:
         import torch
 
-        cls = torch.nn.Conv1d if self.dims == 1 else torch.nn.Conv2d
+        cls: Any = torch.nn.Conv1d if self.dims == 1 else torch.nn.Conv2d
         return cls(
             self.options["in_channels"], self.options["out_channels"], self.kernel, stride=self.stride,
             padding=self.padding, dilation=self.dilation, groups=self.options["groups"],

@@ -34,7 +34,7 @@ class Linear(Layer):
         return self.out_features
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = {"weight": (self.out_features, self.in_features)}
+        shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.options["bias"]:
             shapes["bias"] = (self.out_features,)
         return shapes

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from .._lazy import sympy as sp
 
-from .base import Layer, Option, Params, positive_int
+from .base import Layer, Option, positive_int
 from .rules import LocalRule, RuleBuilder, param_offsets
 
 
@@ -240,10 +240,7 @@ class _BatchNorm(Layer):
     def batch_rule(self, batch: int) -> LocalRule:
         builder = RuleBuilder(batch * self.in_size)
         offsets = param_offsets(self.param_shapes())
-        groups = [
-            np.array([n * self.in_size + c * self.spatial + s for n in range(batch) for s in range(self.spatial)], dtype=np.int64)
-            for c in range(self.channels)
-        ]
+        groups = [np.array([n * self.in_size + c * self.spatial + s for n in range(batch) for s in range(self.spatial)], dtype=np.int64) for c in range(self.channels)]
         size = len(groups[0])
         gammas = [[int(offsets["weight"][c])] * size for c in range(self.channels)]
         betas = [[int(offsets["bias"][c])] * size for c in range(self.channels)]

@@ -78,9 +78,7 @@ class _Recurrent(Layer):
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(in_shape) != 2 or in_shape[1] != self.features:
-            raise ValueError(
-                f"{self.kind} expects sequences of shape (T, {self.features}) (set input_shape = [T, {self.features}]), got {in_shape}"
-            )
+            raise ValueError(f"{self.kind} expects sequences of shape (T, {self.features}) (set input_shape = [T, {self.features}]), got {in_shape}")
         return (self.hidden,) if self.options["output"] == "last" else (in_shape[0], self.hidden)
 
     def _state_names(self) -> list[str]:
@@ -90,7 +88,7 @@ class _Recurrent(Layer):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         g, h, f = self.GATES, self.hidden, self.features
-        shapes = {"weight_ih_l0": (g * h, f), "weight_hh_l0": (g * h, h)}
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih_l0": (g * h, f), "weight_hh_l0": (g * h, h)}
         if self.options["bias"]:
             shapes.update({"bias_ih_l0": (g * h,), "bias_hh_l0": (g * h,)})
         for name in self._state_names():
@@ -134,7 +132,9 @@ class _Recurrent(Layer):
         f, hsize = self.features, self.hidden
         states = [params[n] if n in params else np.array([sp.Integer(0)] * hsize, dtype=object) for n in ("h0", "c0")]
         h, c = list(states[0]), list(states[1])
-        flat = np.array(list(params["weight_ih_l0"].ravel()) + list(params["weight_hh_l0"].ravel()) + (list(params["bias_ih_l0"]) + list(params["bias_hh_l0"]) if "bias_ih_l0" in params else []), dtype=object)
+        flat = np.array(
+            list(params["weight_ih_l0"].ravel()) + list(params["weight_hh_l0"].ravel()) + (list(params["bias_ih_l0"]) + list(params["bias_hh_l0"]) if "bias_ih_l0" in params else []), dtype=object
+        )
         offsets = param_offsets({k: v.shape for k, v in params.items() if k.startswith(("weight", "bias"))})
         sequence = []
         for t in range(self.steps):
@@ -259,7 +259,7 @@ def _torch_class(name: str) -> Any:
             for state in state_names:
                 self.register_parameter(state, torch.nn.Parameter(torch.zeros(hidden_size, dtype=kwargs.get("dtype"))))
 
-        def forward(self, x: Any) -> Any:  # type: ignore[override]
+        def forward(self, x: Any) -> Any:
             n = x.shape[0]
             states = []
             for state in ("h0", "c0") if name == "LSTM" else ("h0",):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from .._lazy import sympy as sp
@@ -89,7 +90,7 @@ class RuleBuilder:
         self.cells.append(Cell(fn, n_inputs, n_params, key))
         return len(self.cells) - 1
 
-    def stage(self, cell: int, input_index: Sequence, param_index: Sequence, n_outputs: int) -> np.ndarray:
+    def stage(self, cell: int, input_index: "Sequence[Any] | np.ndarray", param_index: "Sequence[Any] | np.ndarray", n_outputs: int) -> np.ndarray:
         """Apply `cell` once per row; returns the fresh output indices ``(M, n_outputs)``."""
         inputs = np.asarray(input_index, dtype=np.int64)
         params = np.asarray(param_index, dtype=np.int64)

@@ -33,7 +33,11 @@ def render_html(results: Sequence[CaseResult], env: Mapping[str, Any], plots: Ma
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>derivcheck report</title>', f"<style>{CSS}</style></head><body>"]
     out.append("<h1>derivcheck report</h1>")
     out.append(f"<p><strong>{len(results)} case(s)</strong>: " + ", ".join(f'<span class="{v}">{n} {v}</span>' for v, n in counts.items() if n) + "</p>")
-    out.append('<h2>Summary</h2><table id="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in ("case", "quantity", "engines", "verdict", "max rel error", "worst error", "tolerance there")) + "</tr></thead><tbody>")
+    out.append(
+        '<h2>Summary</h2><table id="summary"><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in ("case", "quantity", "engines", "verdict", "max rel error", "worst error", "tolerance there"))
+        + "</tr></thead><tbody>"
+    )
     for row in summary_rows(results):
         cells = [f"<td>{_esc(row[0])}</td>", f"<td>{_esc(row[1])}</td>", f'<td class="num">{row[2]}</td>', f'<td class="{row[3]}">{row[3]}</td>'] + [f'<td class="num">{c}</td>' for c in row[4:]]
         out.append("<tr>" + "".join(cells) + "</tr>")

@@ -59,8 +59,8 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
         if steps and verbose:
             lines.append(f"{case.name}: ||dL/dx_t|| per time step (t = 1 is the first step)")
             engines = list(steps)
-            rows = [[t + 1] + [f"{steps[e][t]:.3e}" for e in engines] for t in range(len(steps[engines[0]]))]
-            lines.extend("    " + line for line in tabulate(rows, headers=["t"] + engines, tablefmt="simple").splitlines())
+            step_rows: list[list[object]] = [[t + 1] + [f"{steps[e][t]:.3e}" for e in engines] for t in range(len(steps[engines[0]]))]
+            lines.extend("    " + line for line in tabulate(step_rows, headers=["t"] + engines, tablefmt="simple").splitlines())
         if case.kinks and any(q.verdict == "kink" for q in case.quantities):
             lines.append(f"{case.name}: kinks at " + "; ".join(case.kinks[:5]) + (" ..." if len(case.kinks) > 5 else ""))
     return "\n".join(lines)
