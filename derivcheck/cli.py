@@ -213,8 +213,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     """Validate every case, then run them; an exit code instead when there is nothing to run."""
-    from .case import validate_engine_names
-    from .runner import run_any
+    from .case_fields import validate_engine_names
+    from .runner import run_case
 
     overrides: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
     if args.seed is not None and args.seed < 0:
@@ -278,7 +278,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     if jobs == 1:
         prepare_worker()  # as in the workers: the same numbers whatever -j is
         if cases is not None:
-            return [r for case in cases for r in run_any(case, device=args.device)]
+            return [r for case in cases for r in run_case(case, device=args.device)]
         return [r for ref in refs for r in run_ref(ref, device=args.device)]
     with inherited_cases(refs, cases):
         return run_refs(refs, device=args.device, jobs=jobs, progress=progress, order=heavy_first_order(cases) if cases is not None else None)

@@ -157,19 +157,27 @@ def explain(case: Any) -> Explanation:
 
     **Raises:** :class:`ExplainTooLarge` with a hint when a network case is too large.
     """
-    from .gan import GanCase
-    from .pde_case import FieldCase
+    from .case_kinds import kind_of_case
 
-    from .score_case import ScoreCase
+    kind = kind_of_case(case)
+    explainer = kind.explainer()
+    if explainer is None:
+        raise ExplainTooLarge(f"case {case.name!r} is a {kind.name} case, which explain does not print; `derivcheck run` checks it")
+    return explainer(case)
 
-    if isinstance(case, FieldCase):
-        return _explain_pde(case)
-    if isinstance(case, ScoreCase):
-        from .explain_score import explain_score
 
-        return explain_score(case)
-    if isinstance(case, GanCase):
-        raise ExplainTooLarge(f"case {case.name!r} is a GAN step: explain covers single networks; `derivcheck run` checks it")
+def explain_gan(case: Any) -> Explanation:
+    """GAN steps are checked by ``derivcheck run``, not printed (yet)."""
+    raise ExplainTooLarge(f"case {case.name!r} is a GAN step: explain covers single networks; `derivcheck run` checks it")
+
+
+def explain_pde(case: Any) -> Explanation:
+    """The derivation of a PDE case (operators, manufactured forcing, autograd graph)."""
+    return _explain_pde(case)
+
+
+def explain_network(case: Any) -> Explanation:
+    """The derivation of an MLP case, step by step (see the module docstring)."""
     unsupported = sorted({layer.kind for layer in case.problem.network.layers if layer.kind not in _LOCAL})
     if unsupported:
         raise ExplainTooLarge(f"case {case.name!r} uses {', '.join(unsupported)}: explain prints derivations of MLP layers ({', '.join(_LOCAL)}); `derivcheck run` checks every layer")
@@ -371,7 +379,7 @@ def _explain_network(case: Any) -> Explanation:
     steps.append(chain)
 
     # 4. total derivative of every weight
-    from .engines.symbolic import SymbolicEngine
+    from .engines import SymbolicEngine
     from .quantities import expand_quantities
 
     qs = expand_quantities(["dL/dparams"], sample)

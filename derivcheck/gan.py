@@ -164,6 +164,11 @@ def torch_gan_step(problem: GanProblem, device: str = "cpu") -> dict[str, Engine
     return out
 
 
+def run_gan_case(case: GanCase, *, device: str = "cpu") -> list[Any]:
+    """The GAN kind's runner (see :mod:`derivcheck.case_kinds`)."""
+    return [run_gan_problem(case.problem, case.engines, name=case.name, tolerance=case.tolerance, device=device, file=case.file, description=case.description, finite_diff=case.finite_diff)]
+
+
 def run_gan_problem(
     problem: GanProblem,
     engine_names: Sequence[str],
@@ -233,12 +238,12 @@ class GanCase:
 GAN_KEYS = ("name", "description", "dtype", "seed", "generator", "discriminator", "loss", "inputs", "engines", "tolerance", "finite_diff")
 
 
-def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapping[str, Any]) -> GanCase:
+def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapping[str, Any], base_dir: Any = None) -> GanCase:
     """Build a :class:`GanCase` from a case table with ``generator`` and ``discriminator``
     layer arrays, ``loss`` (``"bce_with_logits"`` or ``"bce"``) and ``inputs = { batch,
     latent, real_mean, real_std }`` (latent ``z`` standard normal; real samples normal)."""
     from . import budget
-    from .case import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
+    from .case_fields import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
     from .problem import DTYPES
 
     reader = _Reader(table, file)

@@ -83,7 +83,7 @@ def prefork_imports() -> None:
 def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
     """Load and run one case; an exception becomes an ``error`` result (never raised)."""
     from .case import load_case_at
-    from .runner import run_any
+    from .runner import run_case
 
     single_threaded_torch()
     try:
@@ -91,7 +91,7 @@ def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
         if case is None:
             overrides = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ref.overrides}
             case = load_case_at(ref.path, ref.index, overrides)
-        return run_any(case, device=device)
+        return run_case(case, device=device)
     except Exception as exc:  # reported as this case's error, the suite goes on
         return [error_result(ref, "case failed: " + traceback.format_exception_only(type(exc), exc)[-1].strip())]
 

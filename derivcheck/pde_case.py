@@ -125,7 +125,7 @@ def _formulas(table: Mapping[str, Any], key: str, names: list[str] | None, file:
 
 def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any]) -> FieldCase:
     """Validate a PDE case table (see the module docstring) and build its problems."""
-    from .case import _finite_diff, _tolerance, shown_scalar, validate_engine_names
+    from .case_fields import _finite_diff, _tolerance, shown_scalar, validate_engine_names
 
     for key, value in table.items():
         if key not in PDE_KEYS:

@@ -88,14 +88,14 @@ class DerivcheckItem(pytest.Item):
         from .errors import DerivcheckError
         from .report.junit import max_rel_error
         from .report.table import details, summary_table
-        from .runner import run_any
+        from .runner import run_case
 
         try:
             case = load_case(self.path) if self.case_index is None else load_case_at(self.path, self.case_index)
         except DerivcheckError as exc:
             self.user_properties.append(("verdict", "error"))
             raise DerivcheckFailure(f"invalid case file: {exc}") from None
-        results = run_any(case, device=self.config.getoption("derivcheck_device"))
+        results = run_case(case, device=self.config.getoption("derivcheck_device"))
         if all(r.skipped for r in results):
             pytest.skip(results[0].skipped)
         verdicts = [r.verdict for r in results]

@@ -98,7 +98,7 @@ def _array(reader: Any, name: str, ndim: int, example: str) -> np.ndarray:
 
 
 def _mixture(spec: Any, file: str | None) -> Mixture:
-    from .case import _Reader
+    from .case_fields import _Reader
 
     if not isinstance(spec, dict):
         raise CaseError("must be a table", file=file, key="density", value=spec, allowed="{ mean = [0.0, 0.0], covariance = [[1.0, 0.0], [0.0, 1.0]] } or { weights, means, covariances }")
@@ -125,7 +125,7 @@ def _mixture(spec: Any, file: str | None) -> Mixture:
 
 
 def _diffusion(spec: Any, file: str | None) -> tuple[Schedule, list[int]]:
-    from .case import _Reader
+    from .case_fields import _Reader
 
     if spec is None:
         spec = {}
@@ -146,10 +146,10 @@ def _diffusion(spec: Any, file: str | None) -> tuple[Schedule, list[int]]:
     return schedule, list(times)
 
 
-def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapping[str, Any]) -> ScoreCase:
+def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapping[str, Any], base_dir: Any = None) -> ScoreCase:
     """Build a :class:`ScoreCase` from a case table with a ``density`` key (see the module
     docstring); raises :class:`~derivcheck.errors.CaseError` naming file, key and value."""
-    from .case import _finite_diff, _Reader, _tolerance, validate_engine_names
+    from .case_fields import _finite_diff, _Reader, _tolerance, validate_engine_names
 
     reader = _Reader(table, file)
     reader.check_keys(SCORE_KEYS)

@@ -89,7 +89,7 @@ inputs = { batch = 2 }
     loaded = load_case(case)
     loaded.problem.params["0.weight"][:] = 0.0
     loaded.problem.params["0.bias"][:] = 0.0
-    result = run_case(loaded)
+    (result,) = run_case(loaded)
     assert result.verdict == "kink"
     assert np.all([q.verdict in ("kink", "agree") for q in result.quantities])
     assert cli.main(["run", str(case)]) == 0

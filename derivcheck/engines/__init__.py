@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Engine
 from .finite_diff import FiniteDifferences
 from .numpy_backprop import NumpyBackprop
-from .symbolic import SymbolicEngine
+from .symbolic_engine import SymbolicEngine
 from ..devices import cuda_available
 from .torch_autograd import TorchAutograd
 from .torch_func import TorchFunc

@@ -1,0 +1,83 @@
+"""The symbolic engine: SymPy-derived reference derivatives of networks
+(:mod:`derivcheck.engines.symbolic`) and of PDE fields
+(:mod:`derivcheck.engines.fields_symbolic`), chosen by the kind of problem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..fields import FieldProblem
+from ..problem import Problem
+from ..quantities import Quantity
+from ..values import EngineResult, EngineValue, Skipped
+from .base import Engine
+from .fields_symbolic import compute_fields
+from .symbolic import compile_layer, compile_loss, size_problem
+from .symbolic_rules import BatchCoupledRule
+
+
+class SymbolicEngine(Engine):
+    """Reference derivatives derived by SymPy (see the module docstring). Networks beyond
+    the limits of :func:`size_problem` are skipped with the reason."""
+
+    name = "symbolic"
+
+    def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
+        if isinstance(problem, FieldProblem):
+            return compute_fields(problem, quantities)
+        network = problem.network
+        n = problem.batch
+        too_large = size_problem(network, n)
+        if too_large:
+            return {q.name: Skipped(too_large) for q in quantities}
+        compiled = [compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n) for layer, size in zip(network.layers, network.sizes)]
+        flat_params = [network.layer_param_vector(problem.params, index) for index in range(len(network.layers))]
+
+        kinds = {q.kind for q in quantities}
+        # dy/dx alone needs the inputs of every layer, not the network output
+        needs_output = bool(kinds & {"loss", "param_grad", "input_grad"})
+        activations = [problem.x.T.copy()]
+        constants: list[np.ndarray | None] = []
+        for index, (layer, params) in enumerate(zip(compiled, flat_params)):
+            consts = network.layers[index].sample_constants(activations[-1].T)
+            constants.append(None if consts is None else consts.T)
+            if needs_output or index < len(compiled) - 1:
+                activations.append(layer.forward(activations[-1], params, constants[-1]))
+
+        result: EngineResult = {}
+        if kinds & {"loss", "param_grad", "input_grad"} and problem.loss is not None:
+            assert problem.targets is not None
+            loss = compile_loss(problem.loss, network.out_size, problem.targets.shape[1])
+            per_sample, grad = loss.value_and_grad(activations[-1], problem.targets.T)
+            cotangent = grad / n
+            param_grads: dict[str, np.ndarray] = {}
+            for index in range(len(compiled) - 1, -1, -1):
+                layer = compiled[index]
+                cotangent, per_sample_params = layer.vjp(activations[index], flat_params[index], cotangent, constants[index])
+                summed = per_sample_params.sum(axis=1)
+                offset = 0
+                for local, shape in layer.shapes.items():
+                    size = int(np.prod(shape))
+                    param_grads[f"{index}.{local}"] = summed[offset : offset + size].reshape(shape)
+                    offset += size
+            for q in quantities:
+                if q.kind == "loss":
+                    result[q.name] = EngineValue(np.asarray(per_sample.mean()))
+                elif q.kind == "param_grad":
+                    assert q.param is not None
+                    result[q.name] = EngineValue(param_grads[q.param])
+                elif q.kind == "input_grad":
+                    result[q.name] = EngineValue(cotangent.T.copy())
+        for q in quantities:
+            if q.kind == "jacobian":
+                product: np.ndarray | None = None
+                for layer, a, params, consts in zip(compiled, activations, flat_params, constants):
+                    jacobian = layer.jacobian(a, params, consts)
+                    product = jacobian if product is None else np.matmul(jacobian, product)
+                assert product is not None
+                result[q.name] = EngineValue(product)
+            elif q.kind in ("sgd_step", "clip_grad"):
+                result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
+        return result
