@@ -7,7 +7,7 @@ model compares them, naming the engine that disagrees, where, and by how much.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 import importlib
 from typing import TYPE_CHECKING, Any

@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     from .engines import ENGINE_NAMES
 
     parser = _Parser(prog="derivcheck", description="Prove derivatives right: symbolic, finite-difference, numpy and torch engines compared.")

@@ -138,7 +138,7 @@ def versions() -> dict[str, str]:
     """Everything besides the content that an entry depends on."""
     global _versions
     if _versions is None:
-        from . import __version__
+        from ._version import __version__
 
         _versions = {
             "format": str(FORMAT), "derivcheck": __version__, "sympy": _installed_version("sympy"),

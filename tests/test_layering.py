@@ -126,3 +126,11 @@ def test_lazy_imports_count_and_type_checking_imports_do_not(tmp_path):
     graph = import_graph(package)
     assert graph["pkg.low"] == {"pkg.high"} and graph["pkg.high"] == {"pkg.low"}
     assert cycles(graph) == [["pkg.high", "pkg.low"]]
+
+
+def test_no_module_imports_the_public_api_package():
+    """The package's ``__init__`` re-exports the public API; a module inside it that imports
+    the package itself reaches up through every layer."""
+    graph = import_graph()
+    upward = sorted(module for module, targets in graph.items() if "derivcheck" in targets)
+    assert not upward, upward

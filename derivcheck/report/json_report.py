@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 
 def run_to_dict(results: Sequence[CaseResult]) -> dict[str, Any]:
     """The JSON document for a run (see the module docstring)."""
-    from .. import __version__
+    from .._version import __version__
 
     summary: dict[str, int] = {"cases": len(results), **verdict_counts(results)}
     return {
