@@ -38,17 +38,16 @@ import os
 import stat
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ._lazy import sympy as sp
 
-from .compare import Tolerance
 from .engines import NETWORK_ENGINES
 from .errors import CaseError, InvalidArgument
-from .case_fields import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
+from .case_fields import CaseBase, _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
 from .escaping import is_plain_name, one_line, terminal
 from .expr import NUMPY_MODULES, make_symbol, parse_expression
 from .layers import Loss
@@ -69,21 +68,12 @@ MAX_DATA_VALUE = 1e12
 digit of a difference is lost; rescale the data)."""
 
 
-@dataclass
-class Case:
+@dataclass(kw_only=True)
+class Case(CaseBase):
     """A validated case, ready to run."""
 
-    name: str
     problem: Problem
     quantities: list[str]
-    engines: list[str]
-    description: str = ""
-    file: str | None = None
-    seed: int = 0
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    finite_diff: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
-    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def summary(self) -> dict[str, Any]:
         """Name, description, network and expanded quantity names (for ``derivcheck list``)."""
@@ -382,7 +372,7 @@ def load_network_case(table: Mapping[str, Any], *, file: str | None, base_dir: P
     validate_engine_names(engines, file=file, key="engines")
     tolerance = _tolerance(table.get("tolerance"), file)
     finite_diff = _finite_diff(table.get("finite_diff"), file)
-    return Case(name, problem, list(quantities), list(engines), description, file, seed, tolerance, finite_diff)
+    return Case(name=name, problem=problem, quantities=list(quantities), engines=list(engines), description=description, file=file, seed=seed, tolerance=tolerance, finite_diff=finite_diff)
 
 
 def _check_budget(network: Network, batch: int, table: Mapping[str, Any], overrides: Mapping[str, Any], file: str | None) -> None:

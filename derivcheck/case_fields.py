@@ -8,6 +8,7 @@ them (see ``tests/test_layering.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .compare import Tolerance
@@ -15,6 +16,24 @@ from .engines import ENGINE_NAMES
 from .engines.finite_diff import METHODS as FD_METHODS
 from .errors import CaseError
 from .layers import LAYERS, LOSSES, Layer, Loss
+
+
+@dataclass(kw_only=True)
+class CaseBase:
+    """What every loaded case has, whatever its kind: its name and description, the file
+    it came from, the engines to compare, the seed, tolerance and finite-difference options,
+    and the device it asks for (``None``: the run's ``--device``). Each kind adds its own
+    problem fields (constructed by keyword)."""
+
+    name: str
+    engines: list[str]
+    description: str = ""
+    file: str | None = None
+    seed: int = 0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    finite_diff: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+
 
 MIN_FD_STEP, MAX_FD_STEP = 1e-8, 0.1
 """The finite-difference steps a case may set (float64 central differences are best near

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .case_fields import CaseBase
 from .compare import Tolerance, compare_quantity
 from .engines import make_engines
 from .errors import CaseError
@@ -211,20 +212,11 @@ def run_gan_problem(
     return CaseResult(name=name, quantities=compared, engines=list(results), file=file, description=description, errors=errors, timings=timings, meta=meta)
 
 
-@dataclass
-class GanCase:
+@dataclass(kw_only=True)
+class GanCase(CaseBase):
     """A validated GAN case (see :func:`load_gan_case`)."""
 
-    name: str
     problem: GanProblem
-    engines: list[str]
-    description: str = ""
-    file: str | None = None
-    seed: int = 0
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    finite_diff: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
-    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -293,4 +285,13 @@ def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapp
     engines = overrides.get("engines") or reader.get("engines", list, ["symbolic", "finite_diff", "numpy", "torch"])
     validate_engine_names(engines, file=file, key="engines")
     problem = GanProblem(generator, discriminator, params, z, x_real, loss, dtype=dtype)
-    return GanCase(name, problem, list(engines), description, file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file))
+    return GanCase(
+        name=name,
+        problem=problem,
+        engines=list(engines),
+        description=description,
+        file=file,
+        seed=seed,
+        tolerance=_tolerance(table.get("tolerance"), file),
+        finite_diff=_finite_diff(table.get("finite_diff"), file),
+    )

@@ -26,14 +26,14 @@ Formulas go through the whitelisting parser with the operators of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ._lazy import sympy as sp
 
-from .compare import Tolerance
+from .case_fields import CaseBase
 from .errors import CaseError, ExpressionError
 from .expr import check_real, make_symbol, name_problem, parse_expression
 from .fields import FieldProblem, PDESpec, field_quantities
@@ -58,21 +58,12 @@ relative to ``max(1, |x|)``, and a PDE posed on such a domain is better rescaled
 FIELD_ENGINES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")
 
 
-@dataclass
-class FieldCase:
+@dataclass(kw_only=True)
+class FieldCase(CaseBase):
     """A validated PDE case: one :class:`FieldProblem` per checked field kind."""
 
-    name: str
     problems: list[FieldProblem]
     quantities: list[str] | None
-    engines: list[str]
-    description: str = ""
-    file: str | None = None
-    seed: int = 0
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    finite_diff: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
-    """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def summary(self) -> dict[str, Any]:
         first = self.problems[0]
@@ -306,7 +297,17 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     engines = overrides.get("engines") or table.get("engines", list(FIELD_ENGINES))
     validate_engine_names(engines, file=file, key="engines")
     _check_budget(problems, quantities, engines, file)
-    return FieldCase(name, problems, quantities, list(engines), description, file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file))
+    return FieldCase(
+        name=name,
+        problems=problems,
+        quantities=quantities,
+        engines=list(engines),
+        description=description,
+        file=file,
+        seed=seed,
+        tolerance=_tolerance(table.get("tolerance"), file),
+        finite_diff=_finite_diff(table.get("finite_diff"), file),
+    )
 
 
 def _check_solution_values(spec: PDESpec, points: np.ndarray, file: str | None, where: str) -> None:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .case_fields import CaseBase
 from .compare import Tolerance, compare_quantity
 from .errors import CaseError
 from .schedules import SCHEDULES, Schedule, numpy_schedule
@@ -44,24 +45,16 @@ MAX_POINTS = 1000
 MAX_HUTCHINSON = 100_000
 
 
-@dataclass
-class ScoreCase:
+@dataclass(kw_only=True)
+class ScoreCase(CaseBase):
     """A validated score case (see the module docstring)."""
 
-    name: str
     mixture: Mixture
     schedule: Schedule
     times: list[int]
     points: int
-    engines: list[str]
     quantities: list[str]
     hutchinson: int = 256
-    description: str = ""
-    file: str | None = None
-    seed: int = 0
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    finite_diff: dict[str, Any] = field(default_factory=dict)
-    device: str | None = None
     """``"cpu"`` or ``"cuda"`` from the case file; ``None``: the run's ``--device``."""
 
     def problems(self) -> list[ScoreProblem]:
@@ -184,8 +177,8 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
     engines = overrides.get("engines") or reader.get("engines", list, list(SCORE_ENGINES))
     validate_engine_names(engines, file=file, key="engines")
     return ScoreCase(
-        name, mixture, schedule, times, points, list(engines), list(quantities), hutchinson,
-        reader.get("description", str, ""), file, seed, _tolerance(table.get("tolerance"), file), _finite_diff(table.get("finite_diff"), file),
+        name=name, mixture=mixture, schedule=schedule, times=times, points=points, engines=list(engines), quantities=list(quantities), hutchinson=hutchinson,
+        description=reader.get("description", str, ""), file=file, seed=seed, tolerance=_tolerance(table.get("tolerance"), file), finite_diff=_finite_diff(table.get("finite_diff"), file),
     )  # fmt: skip
 
 
