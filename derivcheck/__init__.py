@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
     from . import operators
     from .check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
-    from .case import Case, case_from_dict, discover, load_case, load_cases
+    from .case import Case
+    from .loading import case_from_dict, discover, load_case, load_cases
     from .compare import QuantityResult, Tolerance, compare_quantity
     from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
     from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
@@ -41,10 +42,10 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "check_operator": ("check", "check_operator"),
     "check_torch": ("check", "check_torch"),
     "Case": ("case", "Case"),
-    "case_from_dict": ("case", "case_from_dict"),
-    "discover": ("case", "discover"),
-    "load_case": ("case", "load_case"),
-    "load_cases": ("case", "load_cases"),
+    "case_from_dict": ("loading", "case_from_dict"),
+    "discover": ("loading", "discover"),
+    "load_case": ("loading", "load_case"),
+    "load_cases": ("loading", "load_cases"),
     "QuantityResult": ("compare", "QuantityResult"),
     "Tolerance": ("compare", "Tolerance"),
     "compare_quantity": ("compare", "compare_quantity"),

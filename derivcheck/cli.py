@@ -126,7 +126,7 @@ def _scale_options(command: argparse.ArgumentParser) -> None:
 
 
 def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
-    from .case import discover, load_cases
+    from .loading import discover, load_cases
 
     return [case for path in discover(paths) for case in load_cases(path, overrides)]
 
@@ -134,7 +134,7 @@ def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
 def _cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .case import discover, load_case_at
+    from .loading import discover, load_case_at
     from .parallel import case_refs
 
     _configure_inputs(args)
@@ -232,7 +232,7 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     _configure_inputs(args)
     _check_outputs(args)
     from . import compile_cache
-    from .case import discover, load_case_at
+    from .loading import discover, load_case_at
     from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_ref, run_refs
 
     discover(args.paths)  # a missing path is an error before anything else
@@ -317,7 +317,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .case import read_table
+    from .loading import read_table
     from .suite import write_suite
 
     _configure_inputs(args)
@@ -342,7 +342,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .case import load_case
+    from .loading import load_case
     from .explain import explain
 
     _configure_inputs(args)

@@ -41,7 +41,7 @@ class CaseRef:
 
 def case_refs(paths: Sequence[Any], overrides: dict[str, Any]) -> list[CaseRef]:
     """One ref per case under `paths` (folders searched like ``derivcheck run``)."""
-    from .case import case_count, discover
+    from .loading import case_count, discover
 
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None))
     refs: list[CaseRef] = []
@@ -82,7 +82,7 @@ def prefork_imports() -> None:
 
 def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
     """Load and run one case; an exception becomes an ``error`` result (never raised)."""
-    from .case import load_case_at
+    from .loading import load_case_at
     from .runner import run_case
 
     single_threaded_torch()

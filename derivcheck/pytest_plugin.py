@@ -59,7 +59,7 @@ class DerivcheckFile(pytest.File):
     through pytest-xdist spreads a suite's cases over its workers)."""
 
     def collect(self) -> Any:
-        from .case import read_table
+        from .loading import read_table
         from .errors import DerivcheckError
         from .escaping import one_line
         from .suite import expand_suite, is_suite
@@ -84,7 +84,7 @@ class DerivcheckItem(pytest.Item):
     case_index: int | None = None
 
     def runtest(self) -> None:
-        from .case import load_case, load_case_at
+        from .loading import load_case, load_case_at
         from .errors import DerivcheckError
         from .report.junit import max_rel_error
         from .report.table import details, summary_table

@@ -165,7 +165,7 @@ def check_operator(
     """
     import torch
 
-    from ..case import case_from_dict
+    from ..loading import case_from_dict
     from ..engines import make_engines
     from ..runner import run_field_problem
 
@@ -217,7 +217,7 @@ def check_operator(
             case = case_from_dict(table, file="check_operator")
         except InvalidArgument as exc:
             raise InvalidArgument(str(exc).replace("check_operator: key 'pde'", "operator")) from None
-        (problem,) = case.problems  # type: ignore[attr-defined]  # a field case; case_from_dict returns the union
+        (problem,) = case.problems  # a field case
         user = _UserOperator(op_fn, torch_dtype, rounding_samples, seed)
         engines = make_engines(["symbolic", "finite_diff", "torch"]) + [user]
         result = run_field_problem(problem, engines, ["residual"], tolerance=tolerance, zero_residual=False)  # type: ignore[arg-type]
