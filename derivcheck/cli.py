@@ -343,7 +343,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .loading import load_case
-    from .explain import explain
+    from .explain_steps import explain
 
     _configure_inputs(args)
     result = explain(load_case(args.path))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ._lazy import sympy as sp
 
-from .explain import Check, Explanation, Step, _compare, schedule_check
+from .explain_steps import Check, Explanation, Step, _compare, schedule_check
 from .values import computed
 
 

@@ -134,3 +134,20 @@ def test_no_module_imports_the_public_api_package():
     graph = import_graph()
     upward = sorted(module for module, targets in graph.items() if "derivcheck" in targets)
     assert not upward, upward
+
+
+KINDS = {"derivcheck." + name for name in ("case", "pde_case", "gan", "score_case", "explain", "explain_score")}
+"""The modules of the four kinds of case (loader, runner, explainer)."""
+FRONT = {"derivcheck", "derivcheck.__main__", "derivcheck.cli", "derivcheck.pytest_plugin"}
+"""What users start from: these may import anything."""
+
+
+def test_shared_modules_import_no_kind_and_kinds_import_no_other_kind():
+    """The shared parts -- parser, tolerance model and comparison, values, errors, layers,
+    engines, compile cache, loading, running, the parallel runner, reports -- sit below the
+    kinds; a kind builds on them and on nothing of another kind."""
+    graph = import_graph()
+    upward = {module: sorted(graph[module] & KINDS) for module in graph if module not in KINDS | FRONT and graph[module] & KINDS}
+    assert not upward, upward
+    across = {module: sorted(graph[module] & (KINDS - {module})) for module in KINDS if graph[module] & (KINDS - {module})}
+    assert not across, across
