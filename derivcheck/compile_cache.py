@@ -208,16 +208,9 @@ def _read_regular(path: Path, limit: int) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        from .data_paths import read_at_most
+
+        return read_at_most(fd, limit)
     except OSError:
         return None
     finally:

@@ -75,20 +75,29 @@ def open_data_file(relative: str, case_folder: Path, *, file: str | None, key: s
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the checks
             raise CaseError("data file is not a regular file", file=file, key=key, value=relative)
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_DATA_BYTES:
-                raise CaseError(f"data file is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB", file=file, key=key, value=relative)
-            chunks.append(chunk)
+        data = read_at_most(fd, MAX_DATA_BYTES)
     except OSError as exc:
         raise CaseError(f"data file could not be read ({exc.strerror})", file=file, key=key, value=relative) from None
     finally:
         os.close(fd)
-    return b"".join(chunks)
+    if data is None:  # it grew between the checks
+        raise CaseError(f"data file is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB", file=file, key=key, value=relative)
+    return data
 
 
-__all__ = ["ENV_ROOTS", "MAX_DATA_BYTES", "allowed_roots", "configure", "open_data_file"]
+def read_at_most(fd: int, limit: int) -> bytes | None:
+    """Every byte of the open file `fd`, read in 1 MiB chunks; ``None`` as soon as it holds
+    more than `limit` (a file that grows, or a device that never ends)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+
+
+__all__ = ["ENV_ROOTS", "MAX_DATA_BYTES", "allowed_roots", "configure", "open_data_file", "read_at_most"]
