@@ -125,21 +125,14 @@ def _scale_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-cache", action="store_true", help="derive everything afresh (do not read or write the compile cache)")
 
 
-def _load_all(paths: Sequence[str], overrides: dict[str, Any]) -> list[Any]:
-    from .loading import discover, load_cases
-
-    return [case for path in discover(paths) for case in load_cases(path, overrides)]
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .loading import discover, load_case_at
+    from .loading import load_case_at
     from .parallel import case_refs
 
     _configure_inputs(args)
-    discover(args.paths)  # a missing path is an error before anything else
-    refs = case_refs(args.paths, {})
+    refs = case_refs(args.paths, {})  # a missing path is an error before anything else
     _require_case_count(len(refs))
     # one case at a time: a large suite is summarised without holding every case
     summaries = [load_case_at(ref.path, ref.index).summary() for ref in refs]
@@ -232,11 +225,10 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     _configure_inputs(args)
     _check_outputs(args)
     from . import compile_cache
-    from .loading import discover, load_case_at
+    from .loading import load_case_at
     from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_ref, run_refs
 
-    discover(args.paths)  # a missing path is an error before anything else
-    counted = case_refs(args.paths, overrides)
+    counted = case_refs(args.paths, overrides)  # a missing path is an error before anything else
     _require_case_count(len(counted))
     # validate everything before running anything; keep the cases only while they are few
     keep = len(counted) <= KEEP_LOADED

@@ -58,11 +58,6 @@ def markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def markdown_block(text: str) -> str:
-    """A paragraph of untrusted text: like :func:`markdown`, line breaks kept as spaces."""
-    return markdown(text)
-
-
 _LATEX = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
     "^": r"\^{}", "_": r"\_", "%": r"\%", "~": r"\~{}",
