@@ -7,31 +7,31 @@ model compares them, naming the engine that disagrees, where, and by how much.
 
 from __future__ import annotations
 
-from ._version import __version__
+from derivcheck._version import __version__
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
-    from . import operators
-    from .check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
-    from .case import Case
-    from .loading import case_from_dict, discover, load_case, load_cases
-    from .compare import QuantityResult, Tolerance, compare_quantity
-    from .engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
-    from .errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
-    from .expr import parse_expression
-    from .fields import FieldProblem, PDESpec, field_quantities
-    from .kinks import find_kinks
-    from .layers import LAYERS, LOSSES
-    from .problem import Network, Problem
-    from .pde_case import FIELD_ENGINES, FieldCase
-    from .runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
-    from .schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
-    from .score import Mixture, ScoreProblem
-    from .score_case import ScoreCase, run_score_case, run_score_problem
-    from .suite import expand_suite
-    from .values import EngineValue, Skipped
+    from derivcheck import operators
+    from derivcheck.check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
+    from derivcheck.case import Case
+    from derivcheck.loading import case_from_dict, discover, load_case, load_cases
+    from derivcheck.compare import QuantityResult, Tolerance, compare_quantity
+    from derivcheck.engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
+    from derivcheck.errors import CaseError, DerivcheckError, EngineError, ExpressionError, InvalidArgument, InvalidType
+    from derivcheck.expr import parse_expression
+    from derivcheck.fields import FieldProblem, PDESpec, field_quantities
+    from derivcheck.kinks import find_kinks
+    from derivcheck.layers import LAYERS, LOSSES
+    from derivcheck.problem import Network, Problem
+    from derivcheck.pde_case import FIELD_ENGINES, FieldCase
+    from derivcheck.runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
+    from derivcheck.schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
+    from derivcheck.score import Mixture, ScoreProblem
+    from derivcheck.score_case import ScoreCase, run_score_case, run_score_problem
+    from derivcheck.suite import expand_suite
+    from derivcheck.values import EngineValue, Skipped
 
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "operators": ("operators", None),

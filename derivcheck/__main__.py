@@ -1,5 +1,5 @@
 """``python -m derivcheck`` runs the command line."""
 
-from .cli import entry
+from derivcheck.cli import entry
 
 entry()

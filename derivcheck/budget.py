@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CaseError, InvalidArgument
+from derivcheck.errors import CaseError, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ SIMPLIFY_SECONDS = 2.0
 def tidy(expr: Any) -> Any:
     """`expr` simplified for display when SymPy manages it within :data:`SIMPLIFY_SECONDS`
     (and the expression is small), else `expr` itself."""
-    from ._lazy import sympy as sp
+    from derivcheck._lazy import sympy as sp
 
     try:
         if sp.count_ops(expr) > 200:

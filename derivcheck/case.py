@@ -39,18 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .engines import NETWORK_ENGINES
-from .errors import CaseError
-from .loading import MAX_CASE_BYTES, case_count, case_from_dict, discover, load_case, load_case_at, load_cases, read_table  # noqa: F401 - the loading API, also here
-from .case_fields import CaseBase, _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
-from .escaping import one_line
-from .expr import NUMPY_MODULES, make_symbol, parse_expression
-from .layers import Loss
-from .problem import DTYPES, Network, Problem
-from .quantities import DEFAULT_QUANTITIES, expand_quantities
-from .toy_data import DISTRIBUTIONS, sample_points
+from derivcheck.engines import NETWORK_ENGINES
+from derivcheck.errors import CaseError
+from derivcheck.loading import MAX_CASE_BYTES, case_count, case_from_dict, discover, load_case, load_case_at, load_cases, read_table  # noqa: F401 - the loading API, also here
+from derivcheck.case_fields import CaseBase, _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
+from derivcheck.escaping import one_line
+from derivcheck.expr import NUMPY_MODULES, make_symbol, parse_expression
+from derivcheck.layers import Loss
+from derivcheck.problem import DTYPES, Network, Problem
+from derivcheck.quantities import DEFAULT_QUANTITIES, expand_quantities
+from derivcheck.toy_data import DISTRIBUTIONS, sample_points
 
 TOP_LEVEL_KEYS = (
     "name", "description", "dtype", "seed", "network", "loss", "data", "inputs",
@@ -90,7 +90,7 @@ class Case(CaseBase):
 def _read_csv(relative: str, base_dir: Path, file: str | None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the data file `relative` (confined to the case's folder or a
     ``--data-root``, see :mod:`derivcheck.data_paths`)."""
-    from .data_paths import open_data_file
+    from derivcheck.data_paths import open_data_file
 
     raw = open_data_file(relative, base_dir, file=file, key="data.csv")
     try:
@@ -196,7 +196,7 @@ def _random_inputs(sub: "_Reader", rng: np.random.Generator, batch: int, network
 def _noise_targets(network: Network, loss: Loss | None, batch: int, file: str | None) -> np.ndarray:
     """``targets = "noise"``: the noise drawn by a leading ``ddpm_noise`` layer (what the
     denoiser learns to predict)."""
-    from .layers.diffusion import DdpmNoise
+    from derivcheck.layers.diffusion import DdpmNoise
 
     first, key = network.layers[0], "inputs.targets"
     if not isinstance(first, DdpmNoise):
@@ -325,8 +325,8 @@ def _check_budget(network: Network, batch: int, table: Mapping[str, Any], overri
     """Refuse the case before anything is allocated when its estimated cost exceeds a
     limit of :mod:`derivcheck.budget` (the quantities and engines as the file asks, else
     the defaults: every parameter and input gradient, every engine)."""
-    from . import budget
-    from .quantities import ALL_PARAMS, INPUT_GRAD, JACOBIAN
+    from derivcheck import budget
+    from derivcheck.quantities import ALL_PARAMS, INPUT_GRAD, JACOBIAN
 
     engines = overrides.get("engines") or table.get("engines")
     finite = "finite_diff" in engines if isinstance(engines, list) else True

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .compare import Tolerance
-from .engines import ENGINE_NAMES
-from .engines.finite_diff import METHODS as FD_METHODS
-from .errors import CaseError
-from .layers import LAYERS, LOSSES, Layer, Loss
+from derivcheck.compare import Tolerance
+from derivcheck.engines import ENGINE_NAMES
+from derivcheck.engines.finite_diff import METHODS as FD_METHODS
+from derivcheck.errors import CaseError
+from derivcheck.layers import LAYERS, LOSSES, Layer, Loss
 
 
 @dataclass(kw_only=True)

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import DerivcheckError
-from .escaping import terminal as _terminal
+from derivcheck.errors import DerivcheckError
+from derivcheck.escaping import terminal as _terminal
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CASES = 0, 1, 2, 3, 4, 5
 
@@ -29,8 +29,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._version import __version__
-    from .engines import ENGINE_NAMES
+    from derivcheck._version import __version__
+    from derivcheck.engines import ENGINE_NAMES
 
     parser = _Parser(prog="derivcheck", description="Prove derivatives right: symbolic, finite-difference, numpy and torch engines compared.")
     parser.add_argument("--version", action="version", version=f"derivcheck {__version__}")
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _input_options(command: argparse.ArgumentParser) -> None:
     """``--data-root`` and the ``--max-...`` limits of :mod:`derivcheck.budget`."""
-    from .budget import LIMITS
+    from derivcheck.budget import LIMITS
 
     command.add_argument("--data-root", action="append", metavar="DIR", help="a folder case files may read data from besides their own (repeatable)")
     group = command.add_argument_group("limits", "refuse a case (exit 4) whose estimated cost exceeds a limit; 0 switches a limit off; case files cannot raise them")
@@ -111,7 +111,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _configure_inputs(args: argparse.Namespace) -> None:
-    from . import budget, data_paths
+    from derivcheck import budget, data_paths
 
     budget.configure({name: getattr(args, _limit_dest(name), None) for name in budget.LIMITS})
     data_paths.configure(getattr(args, "data_root", None))
@@ -128,8 +128,8 @@ def _scale_options(command: argparse.ArgumentParser) -> None:
 def _cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .loading import load_case_at
-    from .parallel import case_refs
+    from derivcheck.loading import load_case_at
+    from derivcheck.parallel import case_refs
 
     _configure_inputs(args)
     refs = case_refs(args.paths, {})  # a missing path is an error before anything else
@@ -140,7 +140,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("no case files found", file=sys.stderr)
         return EXIT_NO_CASES
     if args.json:
-        from .escaping import json_safe
+        from derivcheck.escaping import json_safe
 
         print(json.dumps(json_safe(summaries), indent=2, allow_nan=False))
         return EXIT_OK
@@ -161,7 +161,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _require_case_count(count: int) -> None:
-    from . import budget
+    from derivcheck import budget
 
     budget.require("cases", count, file=None, detail="every file, and every combination of a suite's grid")
 
@@ -194,7 +194,7 @@ validated, dropped, and loaded again when its turn comes (memory stays bounded).
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output path is checked before the run starts (not after an hour of it)."""
-    from .outputs import check_output_file, check_output_folder
+    from derivcheck.outputs import check_output_file, check_output_folder
 
     for option in ("json", "junit"):
         value = getattr(args, option, None)
@@ -206,8 +206,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def _run_cases(args: argparse.Namespace) -> list[Any] | int:
     """Validate every case, then run them; an exit code instead when there is nothing to run."""
-    from .case_fields import validate_engine_names
-    from .runner import run_case
+    from derivcheck.case_fields import validate_engine_names
+    from derivcheck.runner import run_case
 
     overrides: dict[str, Any] = {"dtype": args.dtype, "seed": args.seed}
     if args.seed is not None and args.seed < 0:
@@ -217,16 +217,16 @@ def _run_cases(args: argparse.Namespace) -> list[Any] | int:
         validate_engine_names(names, key="--engines")
         overrides["engines"] = names
     if args.device == "cuda":
-        from .engines import cuda_available
+        from derivcheck.engines import cuda_available
 
         if not cuda_available():
             print("derivcheck: error: --device cuda was requested but torch.cuda.is_available() is False on this machine (no GPU or a CPU-only torch build); use --device cpu", file=sys.stderr)
             return EXIT_USAGE
     _configure_inputs(args)
     _check_outputs(args)
-    from . import compile_cache
-    from .loading import load_case_at
-    from .parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_ref, run_refs
+    from derivcheck import compile_cache
+    from derivcheck.loading import load_case_at
+    from derivcheck.parallel import case_refs, heavy_first_order, inherited_cases, needs_derivation, parse_jobs, prepare_worker, run_on_dask, run_ref, run_refs
 
     counted = case_refs(args.paths, overrides)  # a missing path is an error before anything else
     _require_case_count(len(counted))
@@ -284,18 +284,18 @@ def _exit_code(results: Sequence[Any]) -> int:
 
 def _count_line(results: Sequence[Any]) -> str:
     """``"12 case(s): 11 agree, 1 skipped"``."""
-    from .runner import verdict_counts
+    from derivcheck.runner import verdict_counts
 
     return f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in verdict_counts(results).items() if n)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report.writer import write_report
+    from derivcheck.report.writer import write_report
 
     results = _run_cases(args)
     if isinstance(results, int):
         return results
-    from .outputs import writing
+    from derivcheck.outputs import writing
 
     with writing(f"the report to {args.output!r}"):
         written = write_report(results, args.output, with_plots=not args.no_plots)
@@ -309,8 +309,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .loading import read_table
-    from .suite import write_suite
+    from derivcheck.loading import read_table
+    from derivcheck.suite import write_suite
 
     _configure_inputs(args)
     written = write_suite(read_table(args.suite), args.output, args.suite, force=args.force)
@@ -319,7 +319,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from . import compile_cache
+    from derivcheck import compile_cache
 
     compile_cache.configure(args.cache_dir)
     if args.action == "clear":
@@ -334,8 +334,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .loading import load_case
-    from .explain_steps import explain
+    from derivcheck.loading import load_case
+    from derivcheck.explain_steps import explain
 
     _configure_inputs(args)
     result = explain(load_case(args.path))
@@ -345,8 +345,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .report.json_report import write_json
-    from .report.table import details, summary_table
+    from derivcheck.report.json_report import write_json
+    from derivcheck.report.table import details, summary_table
 
     results = _run_cases(args)
     if isinstance(results, int):
@@ -357,13 +357,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if text:
             print()
             print(text)
-    from .outputs import writing
+    from derivcheck.outputs import writing
 
     if args.json:
         with writing(f"--json {args.json!r}"):
             write_json(args.json, results)
     if args.junit:
-        from .report.junit import write_junit
+        from derivcheck.report.junit import write_junit
 
         with writing(f"--junit {args.junit!r}"):
             write_junit(args.junit, results)
@@ -387,13 +387,13 @@ def _process_settings() -> tuple[dict[str, str], dict[str, Any], dict[str, int]]
     """What a command changes for itself and its workers (``DERIVCHECK_*`` variables, the
     cache and limit settings), so that :func:`main` called in-process (tests, notebooks)
     leaves the caller's process as it found it."""
-    from . import budget, compile_cache
+    from derivcheck import budget, compile_cache
 
     return ({k: v for k, v in os.environ.items() if k.startswith("DERIVCHECK_")}, dict(compile_cache._settings), dict(budget._overrides))
 
 
 def _restore_process_settings(saved: tuple[dict[str, str], dict[str, Any], dict[str, int]]) -> None:
-    from . import budget, compile_cache
+    from derivcheck import budget, compile_cache
 
     environment, cache, limits = saved
     for key in [k for k in os.environ if k.startswith("DERIVCHECK_")]:
@@ -412,7 +412,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     previous_term = _interrupt_on_sigterm()
     if getattr(args, "dask", None):
-        from .parallel import start_fork_server, uses_fork_server
+        from derivcheck.parallel import start_fork_server, uses_fork_server
 
         if uses_fork_server(args.dask):
             # first of all: the fork server imports torch and derivcheck for the Dask workers
@@ -486,7 +486,7 @@ def _restore_sigterm(previous: Any) -> None:
 
 def _remove_pending() -> None:
     """Temporary files of an interrupted write (compile-cache entries being stored)."""
-    from . import compile_cache
+    from derivcheck import compile_cache
 
     compile_cache.remove_pending()
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .values import EngineValue
+from derivcheck.values import EngineValue
 
 VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error")
 

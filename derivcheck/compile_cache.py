@@ -138,7 +138,7 @@ def versions() -> dict[str, str]:
     """Everything besides the content that an entry depends on."""
     global _versions
     if _versions is None:
-        from ._version import __version__
+        from derivcheck._version import __version__
 
         _versions = {
             "format": str(FORMAT), "derivcheck": __version__, "sympy": _installed_version("sympy"),
@@ -208,7 +208,7 @@ def _read_regular(path: Path, limit: int) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return None
-        from .data_paths import read_at_most
+        from derivcheck.data_paths import read_at_most
 
         return read_at_most(fd, limit)
     except OSError:
@@ -494,7 +494,7 @@ def _fresh_namespace() -> dict[str, Any]:
 
         import numpy
 
-        from .expr import NUMPY_MODULES
+        from derivcheck.expr import NUMPY_MODULES
 
         # ``from numpy import *`` without importing the submodules numpy loads on first
         # access (f2py, testing, ...: ~60 ms; generated code never names a module)
@@ -529,8 +529,8 @@ def _resolves_as_lambdify(code: Any) -> bool:
     if _lambdify_namespace is None:
         import functools
 
-        from ._lazy import sympy as sp
-        from .expr import NUMPY_MODULES
+        from derivcheck._lazy import sympy as sp
+        from derivcheck.expr import NUMPY_MODULES
 
         _lambdify_namespace = {**sp.lambdify([], 0, modules=NUMPY_MODULES).__globals__, "reduce": functools.reduce}
     _fresh_namespace()  # built once; read here, not copied

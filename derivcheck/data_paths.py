@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import CaseError
+from derivcheck.errors import CaseError
 
 ENV_ROOTS = "DERIVCHECK_DATA_ROOT"
 MAX_DATA_BYTES = 64 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import InvalidArgument
+from derivcheck.errors import InvalidArgument
 
 DEVICES = ("cpu", "cuda")
 

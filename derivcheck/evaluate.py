@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
 DerivativeHandler = Callable[["sp.Derivative"], Any]
 

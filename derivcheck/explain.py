@@ -26,11 +26,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .values import computed
+from derivcheck.values import computed
 
-from .explain_steps import CHECK_RTOL, MAX_PARAMS, MAX_WIDTH, Check, Explanation, ExplainTooLarge, Step, _compare, _grad, explain, schedule_check  # noqa: F401 - also the API here
+from derivcheck.explain_steps import CHECK_RTOL, MAX_PARAMS, MAX_WIDTH, Check, Explanation, ExplainTooLarge, Step, _compare, _grad, explain, schedule_check  # noqa: F401 - also the API here
 
 
 def explain_gan(case: Any) -> Explanation:
@@ -107,8 +107,8 @@ def _names(layers: list[Any]) -> tuple[list[str], list[str]]:
 def _explain_network(case: Any) -> Explanation:
     import torch
 
-    from .engines.symbolic import compile_layer, compile_loss
-    from .problem import Problem
+    from derivcheck.engines.symbolic import compile_layer, compile_loss
+    from derivcheck.problem import Problem
 
     problem = case.problem
     network = problem.network
@@ -246,8 +246,8 @@ def _explain_network(case: Any) -> Explanation:
     steps.append(chain)
 
     # 4. total derivative of every weight
-    from .engines import SymbolicEngine
-    from .quantities import expand_quantities
+    from derivcheck.engines import SymbolicEngine
+    from derivcheck.quantities import expand_quantities
 
     qs = expand_quantities(["dL/dparams"], sample)
     totals = SymbolicEngine().compute(sample, qs)
@@ -273,7 +273,7 @@ def _explain_network(case: Any) -> Explanation:
 def _diffusion_forward(forward: Step, layer: Any, out: str, inp: str, shape: tuple[int, ...]) -> None:
     """Forward-pass lines of the diffusion layers (the sample's t, noise and schedule)."""
     if layer.kind == "ddpm_noise":
-        from .schedules import numpy_schedule
+        from derivcheck.schedules import numpy_schedule
 
         eps, t = layer.draws(1)
         step = int(t[0])
@@ -301,7 +301,7 @@ def _tex(name: str) -> str:
 
 
 def _pretty(expr: sp.Expr) -> str:
-    from .operators import derivative_name, derivative_nodes
+    from derivcheck.operators import derivative_name, derivative_nodes
 
     out = expr
     for node in derivative_nodes(expr):
@@ -312,10 +312,10 @@ def _pretty(expr: sp.Expr) -> str:
 
 
 def _explain_pde(case: Any) -> Explanation:
-    from .budget import tidy
-    from .engines.fields_torch import _TorchFields
-    from .fields import drop_dirac
-    from .operators import derivative_name, derivative_nodes
+    from derivcheck.budget import tidy
+    from derivcheck.engines.fields_torch import _TorchFields
+    from derivcheck.fields import drop_dirac
+    from derivcheck.operators import derivative_name, derivative_nodes
 
     problem = next((p for p in case.problems if p.kind == "exact"), None)
     if problem is None:

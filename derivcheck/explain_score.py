@@ -20,18 +20,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .explain_steps import Check, Explanation, Step, _compare, schedule_check
-from .values import computed
+from derivcheck.explain_steps import Check, Explanation, Step, _compare, schedule_check
+from derivcheck.values import computed
 
 
 def explain_score(case: Any) -> Explanation:
     """The derivation of a :class:`~derivcheck.score_case.ScoreCase` (module docstring)."""
-    from .engines import score_fd, score_numpy, score_symbolic, score_torch
-    from .expr import make_symbol
-    from .schedules import numpy_schedule
-    from .score import DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES
+    from derivcheck.engines import score_fd, score_numpy, score_symbolic, score_torch
+    from derivcheck.expr import make_symbol
+    from derivcheck.schedules import numpy_schedule
+    from derivcheck.score import DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES
 
     problems = case.problems()
     noised = [p for p in problems if p.t > 0]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 MAX_PARAMS = 600
 MAX_WIDTH = 32
@@ -75,7 +75,7 @@ class Explanation:
         return "\n".join(out) + "\n"
 
     def to_markdown(self) -> str:
-        from .escaping import markdown
+        from derivcheck.escaping import markdown
 
         out = [f"# derivcheck explain: {markdown(self.name)}", "", self.intro, ""]
         for number, step in enumerate(self.steps, 1):
@@ -90,7 +90,7 @@ class Explanation:
         return "\n".join(out) + "\n"
 
     def to_latex(self) -> str:
-        from .escaping import latex as esc
+        from derivcheck.escaping import latex as esc
 
         out = [r"\documentclass{article}", r"\usepackage{amsmath,amssymb}", r"\begin{document}", rf"\section*{{derivcheck explain: {esc(self.name)}}}", esc(self.intro)]
         for step in self.steps:
@@ -138,7 +138,7 @@ def explain(case: Any) -> Explanation:
 
     **Raises:** :class:`ExplainTooLarge` with a hint when a network case is too large.
     """
-    from .case_kinds import kind_of_case
+    from derivcheck.case_kinds import kind_of_case
 
     kind = kind_of_case(case)
     explainer = kind.explainer()
@@ -149,7 +149,7 @@ def explain(case: Any) -> Explanation:
 
 def schedule_check(schedule: Any, t: int) -> Check:
     """``abar_t`` from the three independent schedule implementations, compared."""
-    from .schedules import numpy_schedule, sympy_schedule, torch_schedule
+    from derivcheck.schedules import numpy_schedule, sympy_schedule, torch_schedule
 
     return _compare(f"abar_{t} from three schedules", {
         "SymPy (40 digits)": np.array([float(sympy_schedule(schedule)[1][t])]),

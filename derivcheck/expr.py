@@ -26,9 +26,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .errors import ExpressionError
+from derivcheck.errors import ExpressionError
 
 MAX_LENGTH = 2000
 MAX_NODES = 600

@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .operators import derivative_name, derivative_nodes
-from .problem import DTYPES, Network
-from .errors import InvalidArgument
-from .expr import NUMPY_MODULES
+from derivcheck.operators import derivative_name, derivative_nodes
+from derivcheck.problem import DTYPES, Network
+from derivcheck.errors import InvalidArgument
+from derivcheck.expr import NUMPY_MODULES
 
 
 def drop_dirac(expr: sp.Expr) -> sp.Expr:
@@ -331,7 +331,7 @@ def lambda_hat(grads_r: Mapping[str, np.ndarray], grads_b: Mapping[str, np.ndarr
 def pinn_values(quantities: Sequence[FieldQuantity], grads: Mapping[str, Mapping[str, np.ndarray]], problem: FieldProblem, note: str) -> dict[str, Any]:
     """Engine values of the ``pinn`` quantities from exact gradients ``grads[term][param]``
     (``term`` ``"r"`` or ``"b"``): each gradient, and ``lambda_hat`` over the weights."""
-    from .values import EngineValue
+    from derivcheck.values import EngineValue
 
     out: dict[str, Any] = {}
     for q in quantities:

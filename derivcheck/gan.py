@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from .case_fields import CaseBase
-from .compare import Tolerance, compare_quantity
-from .engines import make_engines
-from .errors import CaseError
-from .layers import Loss
-from .problem import Network, Problem
-from .values import EngineValue
+from derivcheck.case_fields import CaseBase
+from derivcheck.compare import Tolerance, compare_quantity
+from derivcheck.engines import make_engines
+from derivcheck.errors import CaseError
+from derivcheck.layers import Loss
+from derivcheck.problem import Network, Problem
+from derivcheck.values import EngineValue
 
 DETACHED = "G.grad after errD.backward() (detach)"
 UNDETACHED = "dL_D/dG (without detach)"
@@ -86,7 +86,7 @@ class GanProblem:
 
 def _engine_values(problem: GanProblem, engine: Any) -> dict[str, EngineValue]:
     """The GAN quantities from one engine's gradients of the three sub-problems."""
-    from .quantities import expand_quantities
+    from derivcheck.quantities import expand_quantities
 
     parts: dict[str, dict[str, Any]] = {}
     for key, (sub, names) in problem.sub_problems().items():
@@ -185,7 +185,7 @@ def run_gan_problem(
     import time
     import traceback
 
-    from .runner import CaseResult
+    from derivcheck.runner import CaseResult
 
     results: dict[str, dict[str, EngineValue]] = {}
     errors, timings = [], {}
@@ -234,9 +234,9 @@ def load_gan_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapp
     """Build a :class:`GanCase` from a case table with ``generator`` and ``discriminator``
     layer arrays, ``loss`` (``"bce_with_logits"`` or ``"bce"``) and ``inputs = { batch,
     latent, real_mean, real_std }`` (latent ``z`` standard normal; real samples normal)."""
-    from . import budget
-    from .case_fields import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
-    from .problem import DTYPES
+    from derivcheck import budget
+    from derivcheck.case_fields import _build_layers, _build_loss, _finite_diff, _Reader, _tolerance, validate_engine_names
+    from derivcheck.problem import DTYPES
 
     reader = _Reader(table, file)
     reader.check_keys(GAN_KEYS)

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .evaluate import Evaluator
-from .fields import FieldProblem, expand_derivatives, field_derivative_key
-from .operators import derivative_nodes
-from .problem import Network
-from .expr import NUMPY_MODULES
+from derivcheck.evaluate import Evaluator
+from derivcheck.fields import FieldProblem, expand_derivatives, field_derivative_key
+from derivcheck.operators import derivative_nodes
+from derivcheck.problem import Network
+from derivcheck.expr import NUMPY_MODULES
 
 
 class JetUnsupported(Exception):

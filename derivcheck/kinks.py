@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .problem import Problem
+from derivcheck.problem import Problem
 
 
 @dataclass(frozen=True)

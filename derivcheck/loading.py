@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CaseError, InvalidArgument
-from .escaping import is_plain_name, terminal
+from derivcheck.errors import CaseError, InvalidArgument
+from derivcheck.escaping import is_plain_name, terminal
 
 MAX_CASE_BYTES = 1_000_000
 
@@ -67,7 +67,7 @@ DEVICES = ("cpu", "cuda")
 
 
 def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any] | None) -> Any:
-    from .case_kinds import load_table
+    from derivcheck.case_kinds import load_table
 
     return load_table(table, file=file, base_dir=base_dir, overrides=overrides or {})
 
@@ -103,7 +103,7 @@ def load_case(path: str | Path, overrides: Mapping[str, Any] | None = None) -> A
 
     **Raises:** :class:`~derivcheck.errors.CaseError` (exit code 4 on the command line).
     """
-    from .suite import is_suite
+    from derivcheck.suite import is_suite
 
     table = read_table(path)
     if is_suite(table):
@@ -123,9 +123,9 @@ def _validated(table: Mapping[str, Any], path: Path, overrides: Mapping[str, Any
 
 def case_count(path: str | Path) -> int:
     """How many cases a file holds (1, or a suite's grid size)."""
-    from .suite import is_suite
+    from derivcheck.suite import is_suite
 
-    from .suite import grid_size
+    from derivcheck.suite import grid_size
 
     table = read_table(path)
     return grid_size(table, str(path)) if is_suite(table) else 1
@@ -133,7 +133,7 @@ def case_count(path: str | Path) -> int:
 
 def load_case_at(path: str | Path, index: int, overrides: Mapping[str, Any] | None = None) -> Any:
     """Case `index` of a file: the file's case (index 0), or the index-th case of a suite."""
-    from .suite import is_suite
+    from derivcheck.suite import is_suite
 
     table = read_table(path)
     if not is_suite(table):
@@ -147,7 +147,7 @@ _SUITES: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
 def _expanded_suite(path: str | Path, table: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The expanded grid of the suite file `path`, expanded once per process (a worker
     loads case after case of the same suite) and again if the file changes."""
-    from .suite import expand_suite
+    from derivcheck.suite import expand_suite
 
     stat = os.stat(path)
     key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
@@ -160,7 +160,7 @@ def _expanded_suite(path: str | Path, table: Mapping[str, Any]) -> list[dict[str
 
 def load_cases(path: str | Path, overrides: Mapping[str, Any] | None = None) -> list[Any]:
     """Every case of a file: one for a case file, the whole grid for a suite file."""
-    from .suite import is_suite
+    from derivcheck.suite import is_suite
 
     table = read_table(path)
     if not is_suite(table):

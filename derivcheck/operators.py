@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
 if TYPE_CHECKING:
-    from .expr import OperatorHandler, _Parser
+    from derivcheck.expr import OperatorHandler, _Parser
 
 MAX_ORDER = 4
 """Highest total derivative order a case may ask for."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 DASK_HINT = "--dask needs Dask's distributed scheduler: pip install 'derivcheck[dask]'"
 
@@ -41,7 +41,7 @@ class CaseRef:
 
 def case_refs(paths: Sequence[Any], overrides: dict[str, Any]) -> list[CaseRef]:
     """One ref per case under `paths` (folders searched like ``derivcheck run``)."""
-    from .loading import case_count, discover
+    from derivcheck.loading import case_count, discover
 
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None))
     refs: list[CaseRef] = []
@@ -75,15 +75,15 @@ def inherited_cases(refs: Sequence[CaseRef], cases: Sequence[Any] | None) -> Ite
 def prefork_imports() -> None:
     """Import what running a case needs (the runner, torch with one thread) once, in the
     process that is about to fork workers, and freeze the heap (:func:`prepare_worker`)."""
-    from . import runner  # noqa: F401
+    from derivcheck import runner  # noqa: F401
 
     prepare_worker()
 
 
 def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
     """Load and run one case; an exception becomes an ``error`` result (never raised)."""
-    from .loading import load_case_at
-    from .runner import run_case
+    from derivcheck.loading import load_case_at
+    from derivcheck.runner import run_case
 
     single_threaded_torch()
     try:
@@ -97,7 +97,7 @@ def run_ref(ref: CaseRef, device: str = "cpu") -> list[Any]:
 
 
 def error_result(ref: CaseRef, message: str) -> Any:
-    from .runner import CaseResult
+    from derivcheck.runner import CaseResult
 
     return CaseResult(name=ref.name, quantities=[], engines=[], file=ref.path, errors=[message])
 
@@ -175,7 +175,7 @@ def heavy_first_order(cases: Sequence[Any]) -> list[int]:
 def needs_derivation(cases: Sequence[Any]) -> set[int]:
     """Indices of the `cases` whose symbolic engine would derive a whole layer that the
     compile cache (this process's folder) does not hold yet."""
-    from .engines.symbolic import needs_derivation as network_needs
+    from derivcheck.engines.symbolic import needs_derivation as network_needs
 
     cold = set()
     for i, case in enumerate(cases):
@@ -286,7 +286,7 @@ def run_batch(refs: Sequence[CaseRef], device: str, task: Callable[..., list[Any
     """``task(ref, device)`` for each ref (one Dask task), with the compile cache folder and
     switch `cache` (the client's, for workers on its machine) or the worker's own."""
     if cache is not None:
-        from . import compile_cache
+        from derivcheck import compile_cache
 
         compile_cache.configure(cache[0], enabled=cache[1])
     return [task(ref, device) for ref in refs]
@@ -358,7 +358,7 @@ def run_on_dask(
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise DerivcheckError(DASK_HINT) from None
-    from . import compile_cache
+    from derivcheck import compile_cache
 
     done: list[list[Any] | None] = [None] * len(refs)
     settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": 2, "distributed.logging.distributed": "error"}

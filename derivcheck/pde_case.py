@@ -31,17 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .case_fields import CaseBase
-from .errors import CaseError, ExpressionError
-from .expr import check_real, make_symbol, name_problem, parse_expression
-from .fields import FieldProblem, PDESpec, field_quantities
-from .layers import LAYERS
-from . import budget
-from .escaping import one_line
-from .operators import MAX_ORDER, OperatorRecord, derivative_name, derivative_nodes, operator_handlers
-from .problem import DTYPES, Network
+from derivcheck.case_fields import CaseBase
+from derivcheck.errors import CaseError, ExpressionError
+from derivcheck.expr import check_real, make_symbol, name_problem, parse_expression
+from derivcheck.fields import FieldProblem, PDESpec, field_quantities
+from derivcheck.layers import LAYERS
+from derivcheck import budget
+from derivcheck.escaping import one_line
+from derivcheck.operators import MAX_ORDER, OperatorRecord, derivative_name, derivative_nodes, operator_handlers
+from derivcheck.problem import DTYPES, Network
 
 PDE_KEYS = (
     "name", "description", "variables", "time", "fields", "constants", "solution", "pde", "sources",
@@ -116,7 +116,7 @@ def _formulas(table: Mapping[str, Any], key: str, names: list[str] | None, file:
 
 def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path | None, overrides: Mapping[str, Any]) -> FieldCase:
     """Validate a PDE case table (see the module docstring) and build its problems."""
-    from .case_fields import _finite_diff, _tolerance, shown_scalar, validate_engine_names
+    from derivcheck.case_fields import _finite_diff, _tolerance, shown_scalar, validate_engine_names
 
     for key, value in table.items():
         if key not in PDE_KEYS:
@@ -313,7 +313,7 @@ def load_pde_case(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
 def _check_solution_values(spec: PDESpec, points: np.ndarray, file: str | None, where: str) -> None:
     """Refuse a solution that is not a finite real number at a point (``sqrt(x)`` at
     x < 0, ``log(x)`` at 0): evaluated as floats it would be NaN or silently wrong."""
-    from .expr import NUMPY_MODULES
+    from derivcheck.expr import NUMPY_MODULES
 
     assert spec.solution is not None
     values = spec.constant_values()

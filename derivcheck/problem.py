@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgument
-from .layers import Layer, Loss
+from derivcheck.errors import InvalidArgument
+from derivcheck.layers import Layer, Loss
 
 DTYPES = ("float64", "float32")
 

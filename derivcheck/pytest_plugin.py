@@ -59,10 +59,10 @@ class DerivcheckFile(pytest.File):
     through pytest-xdist spreads a suite's cases over its workers)."""
 
     def collect(self) -> Any:
-        from .loading import read_table
-        from .errors import DerivcheckError
-        from .escaping import one_line
-        from .suite import expand_suite, is_suite
+        from derivcheck.loading import read_table
+        from derivcheck.errors import DerivcheckError
+        from derivcheck.escaping import one_line
+        from derivcheck.suite import expand_suite, is_suite
 
         try:
             table = read_table(self.path)
@@ -84,11 +84,11 @@ class DerivcheckItem(pytest.Item):
     case_index: int | None = None
 
     def runtest(self) -> None:
-        from .loading import load_case, load_case_at
-        from .errors import DerivcheckError
-        from .report.junit import max_rel_error
-        from .report.table import details, summary_table
-        from .runner import run_case
+        from derivcheck.loading import load_case, load_case_at
+        from derivcheck.errors import DerivcheckError
+        from derivcheck.report.junit import max_rel_error
+        from derivcheck.report.table import details, summary_table
+        from derivcheck.runner import run_case
 
         try:
             case = load_case(self.path) if self.case_index is None else load_case_at(self.path, self.case_index)
@@ -108,7 +108,7 @@ class DerivcheckItem(pytest.Item):
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
         if isinstance(excinfo.value, DerivcheckFailure):
-            from .escaping import terminal
+            from derivcheck.escaping import terminal
 
             return terminal(str(excinfo.value))
         return super().repr_failure(excinfo)
@@ -130,22 +130,22 @@ class DerivcheckFixture:
         return result
 
     def check_torch(self, *args: Any, **kwargs: Any) -> Any:
-        from .check import check_torch
+        from derivcheck.check import check_torch
 
         return self._note(check_torch(*args, **kwargs))
 
     def check_numpy(self, *args: Any, **kwargs: Any) -> Any:
-        from .check import check_numpy
+        from derivcheck.check import check_numpy
 
         return self._note(check_numpy(*args, **kwargs))
 
     def check_operator(self, *args: Any, **kwargs: Any) -> Any:
-        from .check import check_operator
+        from derivcheck.check import check_operator
 
         return self._note(check_operator(*args, **kwargs))
 
     def _assert(self, result: Any) -> Any:
-        from .check import DerivativeMismatch
+        from derivcheck.check import DerivativeMismatch
 
         if not result.ok:
             raise DerivativeMismatch(result)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .problem import Problem
+from derivcheck.problem import Problem
 
 LOSS_VALUE = "L"
 ALL_PARAMS = "dL/dparams"

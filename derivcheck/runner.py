@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compare import QuantityResult, Tolerance, compare_quantity
-from .engines import Engine
-from .kinks import find_kinks, samples_with_kinks
-from .problem import Problem
-from .quantities import Quantity, expand_quantities
-from .values import EngineValue, Skipped
-from .expr import NUMPY_MODULES
+from derivcheck.compare import QuantityResult, Tolerance, compare_quantity
+from derivcheck.engines import Engine
+from derivcheck.kinks import find_kinks, samples_with_kinks
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity, expand_quantities
+from derivcheck.values import EngineValue, Skipped
+from derivcheck.expr import NUMPY_MODULES
 
 CASE_VERDICTS = ("agree", "disagree", "kink", "error", "skipped")
 SGD_ENGINE = "torch.optim.SGD"
@@ -24,9 +24,9 @@ CLIP_ENGINE = "torch clip_grad_norm_"
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
 
 if TYPE_CHECKING:
-    from .case import Case
-    from .fields import FieldProblem
-    from .pde_case import FieldCase
+    from derivcheck.case import Case
+    from derivcheck.fields import FieldProblem
+    from derivcheck.pde_case import FieldCase
 
 
 def verdict_counts(results: Sequence["CaseResult"]) -> dict[str, int]:
@@ -267,7 +267,7 @@ def _group_scales(qs: Sequence[Quantity], results: dict[str, dict[str, Any]]) ->
 
 def run_network(case: "Case", *, device: str = "cpu") -> CaseResult:
     """Run a validated network :class:`~derivcheck.case.Case` with its engines."""
-    from .engines import make_engines
+    from derivcheck.engines import make_engines
 
     engines = make_engines(case.engines, device=device, finite_diff=case.finite_diff)
     result = run_problem(
@@ -309,7 +309,7 @@ def run_field_problem(
     """
     import sympy as sp
 
-    from .fields import exact_kinks, field_quantities
+    from derivcheck.fields import exact_kinks, field_quantities
 
     qs = field_quantities(problem, quantities)
     # Every derivative of the PDE is computed (reported or not): the largest of them sets
@@ -411,7 +411,7 @@ def preferred_gradient_norms(case: CaseResult) -> tuple[str, dict[str, dict[str,
 
 def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult]:
     """Run every field problem of a PDE case; one result per checked field kind."""
-    from .engines import make_engines
+    from derivcheck.engines import make_engines
 
     out = []
     for problem in case.problems:
@@ -435,11 +435,11 @@ def run_case(case: Any, *, device: str = "cpu") -> list[CaseResult]:
     :mod:`derivcheck.case_kinds` -- with its kind's runner; always a list of results (a PDE
     case gives one per checked field). The case's own ``device`` wins over `device`; a case
     for ``cuda`` on a machine without CUDA is one ``skipped`` result saying so."""
-    from .case_kinds import kind_of_case
+    from derivcheck.case_kinds import kind_of_case
 
     device = case.device or device
     if device == "cuda":
-        from .engines import cuda_available
+        from derivcheck.engines import cuda_available
 
         if not cuda_available():
             reason = "the case runs on device cuda, and torch.cuda.is_available() is False here (no GPU, or a CPU-only torch build)"

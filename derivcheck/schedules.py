@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from ._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
 SCHEDULES = ("linear", "cosine")
 MAX_STEPS = 100_000

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .schedules import Schedule
+from derivcheck.schedules import Schedule
 
 LOG_P = "log_p"
 SCORE = "score"

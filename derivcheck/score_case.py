@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from .case_fields import CaseBase
-from .compare import Tolerance, compare_quantity
-from .errors import CaseError
-from .schedules import SCHEDULES, Schedule, numpy_schedule
-from .score import HUTCHINSON, PF_DIVERGENCE, SCORE_QUANTITIES, Mixture, ScoreProblem
+from derivcheck.case_fields import CaseBase
+from derivcheck.compare import Tolerance, compare_quantity
+from derivcheck.errors import CaseError
+from derivcheck.schedules import SCHEDULES, Schedule, numpy_schedule
+from derivcheck.score import HUTCHINSON, PF_DIVERGENCE, SCORE_QUANTITIES, Mixture, ScoreProblem
 
 SCORE_KEYS = ("name", "description", "seed", "density", "diffusion", "points", "hutchinson", "quantities", "engines", "tolerance", "finite_diff")
 DIFFUSION_KEYS = ("schedule", "steps", "beta_start", "beta_end", "times")
@@ -91,7 +91,7 @@ def _array(reader: Any, name: str, ndim: int, example: str) -> np.ndarray:
 
 
 def _mixture(spec: Any, file: str | None) -> Mixture:
-    from .case_fields import _Reader
+    from derivcheck.case_fields import _Reader
 
     if not isinstance(spec, dict):
         raise CaseError("must be a table", file=file, key="density", value=spec, allowed="{ mean = [0.0, 0.0], covariance = [[1.0, 0.0], [0.0, 1.0]] } or { weights, means, covariances }")
@@ -118,7 +118,7 @@ def _mixture(spec: Any, file: str | None) -> Mixture:
 
 
 def _diffusion(spec: Any, file: str | None) -> tuple[Schedule, list[int]]:
-    from .case_fields import _Reader
+    from derivcheck.case_fields import _Reader
 
     if spec is None:
         spec = {}
@@ -142,7 +142,7 @@ def _diffusion(spec: Any, file: str | None) -> tuple[Schedule, list[int]]:
 def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Mapping[str, Any], base_dir: Any = None) -> ScoreCase:
     """Build a :class:`ScoreCase` from a case table with a ``density`` key (see the module
     docstring); raises :class:`~derivcheck.errors.CaseError` naming file, key and value."""
-    from .case_fields import _finite_diff, _Reader, _tolerance, validate_engine_names
+    from derivcheck.case_fields import _finite_diff, _Reader, _tolerance, validate_engine_names
 
     reader = _Reader(table, file)
     reader.check_keys(SCORE_KEYS)
@@ -158,7 +158,7 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
     hutchinson = reader.get("hutchinson", int, 256)
     if not (hutchinson == 0 or 2 <= hutchinson <= MAX_HUTCHINSON):
         raise reader.error("out of range", "hutchinson", hutchinson, f"0 (off) or 2..{MAX_HUTCHINSON} vectors per point")
-    from . import budget
+    from derivcheck import budget
 
     probes = max(hutchinson, 1)
     per_time = float(points) * probes * mixture.dim * max(mixture.components, 1)
@@ -184,18 +184,18 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
 
 def _engine_values(engine: str, problem: ScoreProblem, quantities: Sequence[str], device: str, finite_diff: Mapping[str, Any]) -> dict[str, Any]:
     if engine == "symbolic":
-        from .engines.score_symbolic import compute_score
+        from derivcheck.engines.score_symbolic import compute_score
 
         return compute_score(problem, quantities)
     if engine == "numpy":
-        from .engines.score_numpy import compute_score as numpy_score
+        from derivcheck.engines.score_numpy import compute_score as numpy_score
 
         return numpy_score(problem, quantities)
     if engine == "torch":
-        from .engines.score_torch import compute_score as torch_score
+        from derivcheck.engines.score_torch import compute_score as torch_score
 
         return torch_score(problem, quantities, device)
-    from .engines.score_fd import compute_score as fd_score
+    from derivcheck.engines.score_fd import compute_score as fd_score
 
     return fd_score(problem, quantities, finite_diff.get("method", "richardson"), finite_diff.get("step"))
 
@@ -205,7 +205,7 @@ def run_score_problem(
     device: str = "cpu", finite_diff: Mapping[str, Any] | None = None, file: str | None = None, description: str = "",
 ) -> Any:  # fmt: skip
     """Every engine's score quantities at one time, compared; a :class:`~derivcheck.runner.CaseResult`."""
-    from .runner import CaseResult
+    from derivcheck.runner import CaseResult
 
     wanted = [q for q in quantities if q in problem.quantities]
     results: dict[str, dict[str, Any]] = {}

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .errors import InvalidArgument
+from derivcheck.errors import InvalidArgument
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
@@ -141,7 +141,7 @@ def gaussian_mixtures(draw: Any, max_dim: int = 3, max_components: int = 3, max_
     """Well-conditioned :class:`~derivcheck.score.Mixture` s: weights bounded away from 0,
     means in ``[-2, 2]``, covariances ``Q diag(lambda) Q^T`` with a drawn rotation ``Q``
     and eigenvalues in ``[0.1, 0.1 * max_condition]`` (condition number <= `max_condition`)."""
-    from .score import Mixture
+    from derivcheck.score import Mixture
 
     _check_bounds("max_dim/max_components", 1, min(max_dim, max_components))
     d = draw(st.integers(1, max_dim))

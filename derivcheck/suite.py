@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CaseError
+from derivcheck.errors import CaseError
 
 MAX_SUITE_BYTES = 200_000_000
 """Largest total size of a suite's expanded case tables (template size x grid size)."""
@@ -71,7 +71,7 @@ def _mlp(spec: Any, file: str | None) -> list[dict[str, Any]]:
     for name in ("in", "hidden", "depth", "out"):
         if not isinstance(spec[name], int) or isinstance(spec[name], bool) or spec[name] < (0 if name == "depth" else 1):
             raise CaseError("must be a positive integer", file=file, key=f"network.mlp.{name}", value=spec[name])
-    from . import budget
+    from derivcheck import budget
 
     budget.require("layers", 2 * spec["depth"] + 1, file=file, key="network.mlp.depth")
     bias = spec.get("bias", True)
@@ -117,7 +117,7 @@ def expand_suite(table: Mapping[str, Any], file: str | None = None) -> list[dict
         if not isinstance(values, list) or not values:
             raise CaseError("must be a non-empty array of values", file=file, key=f"grid.{key}", value=values)
     count = grid_size(table, file)
-    from . import budget
+    from derivcheck import budget
 
     budget.require("cases", count, file=file, key="grid", detail="the combinations of this suite's grid")
     template_bytes = len(repr(template))
@@ -209,8 +209,8 @@ def write_suite(table: Mapping[str, Any], output: str | Path, file: str | None =
     and no existing file is overwritten unless `force`. Each file is written atomically.
 
     **Raises:** :class:`~derivcheck.errors.CaseError`."""
-    from .escaping import is_plain_name
-    from .outputs import write_atomic
+    from derivcheck.escaping import is_plain_name
+    from derivcheck.outputs import write_atomic
 
     folder = Path(output)
     if folder.exists() and not folder.is_dir():

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .numpy_check import check_numpy
-from .operator_check import check_operator
-from .result import CheckResult, DerivativeMismatch, Finding
-from .torch_check import check_torch
+from derivcheck.check.numpy_check import check_numpy
+from derivcheck.check.operator_check import check_operator
+from derivcheck.check.result import CheckResult, DerivativeMismatch, Finding
+from derivcheck.check.torch_check import check_torch
 
 __all__ = ["CheckResult", "DerivativeMismatch", "Finding", "assert_numpy", "assert_operator", "assert_torch", "check_numpy", "check_operator", "check_torch"]
 

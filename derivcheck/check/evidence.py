@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..compare import QuantityResult, Tolerance, compare_quantity
-from ..values import EngineValue
+from derivcheck.compare import QuantityResult, Tolerance, compare_quantity
+from derivcheck.values import EngineValue
 
 ENGINE_WORDS = {
     "autograd": "your backward (reverse-mode autograd)",

@@ -30,16 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from ..compare import Tolerance
-from ..errors import InvalidArgument, InvalidType
-from ..values import EngineValue
-from .differences import directional, jacobian
-from .evidence import compare
-from .noise import SCALES, NoiseSamples, spread
-from .result import CheckResult, Finding
-from .taylor import SAFETY, skipped, taylor_test
-from .torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_COLUMNS, MAX_FULL, ROUNDING_SAMPLES, check_common
-from .tree import Path, flatten, path_name, unflatten
+from derivcheck.compare import Tolerance
+from derivcheck.errors import InvalidArgument, InvalidType
+from derivcheck.values import EngineValue
+from derivcheck.check.differences import directional, jacobian
+from derivcheck.check.evidence import compare
+from derivcheck.check.noise import SCALES, NoiseSamples, spread
+from derivcheck.check.result import CheckResult, Finding
+from derivcheck.check.taylor import SAFETY, skipped, taylor_test
+from derivcheck.check.torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_COLUMNS, MAX_FULL, ROUNDING_SAMPLES, check_common
+from derivcheck.check.tree import Path, flatten, path_name, unflatten
 
 EPS = float(np.finfo(np.float64).eps)
 

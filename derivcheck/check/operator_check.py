@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..compare import Tolerance
-from ..errors import InvalidArgument, InvalidType
-from ..values import EngineValue
-from .evidence import OPERATOR_WORDS, explain
-from .noise import magnitude_floor, noisy_runs, observed, spread
-from .result import CheckResult
+from derivcheck.compare import Tolerance
+from derivcheck.errors import InvalidArgument, InvalidType
+from derivcheck.values import EngineValue
+from derivcheck.check.evidence import OPERATOR_WORDS, explain
+from derivcheck.check.noise import magnitude_floor, noisy_runs, observed, spread
+from derivcheck.check.result import CheckResult
 
 
 OPERATOR_TOLERANCE = Tolerance(exact_factors=(("float32", 256.0),))
@@ -65,8 +65,8 @@ class _UserOperator:
     def compute(self, problem: Any, quantities: Sequence[Any]) -> dict[str, Any]:
         import torch
 
-        from ..evaluate import Evaluator
-        from ..values import Skipped
+        from derivcheck.evaluate import Evaluator
+        from derivcheck.values import Skipped
 
         spec = problem.spec
         if problem.kind == "network":
@@ -165,9 +165,9 @@ def check_operator(
     """
     import torch
 
-    from ..loading import case_from_dict
-    from ..engines import make_engines
-    from ..runner import run_field_problem
+    from derivcheck.loading import case_from_dict
+    from derivcheck.engines import make_engines
+    from derivcheck.runner import run_field_problem
 
     if not callable(op_fn):
         raise InvalidType(f"op_fn must be callable, got {type(op_fn).__name__}")

@@ -21,9 +21,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..compare import QuantityResult
-from ..errors import DerivcheckError
-from .taylor import TaylorResult
+from derivcheck.compare import QuantityResult
+from derivcheck.errors import DerivcheckError
+from derivcheck.check.taylor import TaylorResult
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .noise import observed
-from .torch_call import OutputSpec, TorchCall, from_real, to_real
+from derivcheck.check.noise import observed
+from derivcheck.check.torch_call import OutputSpec, TorchCall, from_real, to_real
 
 
 class Graph:

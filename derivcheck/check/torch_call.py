@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, InvalidType
-from .tree import Path, flatten, path_name, unflatten
+from derivcheck.errors import InvalidArgument, InvalidType
+from derivcheck.check.tree import Path, flatten, path_name, unflatten
 
 
 def _torch() -> Any:

@@ -29,19 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import sympy as sp
-from ..compare import QuantityResult, Tolerance
-from ..errors import InvalidArgument, InvalidType
-from ..expr import NUMPY_MODULES, make_symbol, parse_expression
-from ..values import EngineValue
-from .differences import Differences, directional, jacobian, second_directional
-from .evidence import compare
-from .noise import NoiseSamples, magnitude_floor, noisy_runs, observed, spread
-from .result import CheckResult, Finding
-from .taylor import SAFETY, skipped, taylor_test
-from .torch_autograd import Graph, flat_grads, forward_jacobian, forward_mode_support, jvp
-from .torch_call import OutputSpec, TorchCall, describe, to_real
-from .torch_properties import batched_gradients, gradient_attributes, undefined_output_gradients, zero_output_gradient
+from derivcheck._lazy import sympy as sp
+from derivcheck.compare import QuantityResult, Tolerance
+from derivcheck.errors import InvalidArgument, InvalidType
+from derivcheck.expr import NUMPY_MODULES, make_symbol, parse_expression
+from derivcheck.values import EngineValue
+from derivcheck.check.differences import Differences, directional, jacobian, second_directional
+from derivcheck.check.evidence import compare
+from derivcheck.check.noise import NoiseSamples, magnitude_floor, noisy_runs, observed, spread
+from derivcheck.check.result import CheckResult, Finding
+from derivcheck.check.taylor import SAFETY, skipped, taylor_test
+from derivcheck.check.torch_autograd import Graph, flat_grads, forward_jacobian, forward_mode_support, jvp
+from derivcheck.check.torch_call import OutputSpec, TorchCall, describe, to_real
+from derivcheck.check.torch_properties import batched_gradients, gradient_attributes, undefined_output_gradients, zero_output_gradient
 
 MAX_FULL = 4096
 """Default largest Jacobian (entries, per input) checked in full."""

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..compare import Tolerance
-from .noise import magnitude_floor
-from .result import Finding
-from .torch_autograd import Graph, flat_grads
-from .torch_call import TorchCall, to_real
+from derivcheck.compare import Tolerance
+from derivcheck.check.noise import magnitude_floor
+from derivcheck.check.result import Finding
+from derivcheck.check.torch_autograd import Graph, flat_grads
+from derivcheck.check.torch_call import TorchCall, to_real
 
 
 def _short(exc: BaseException) -> str:

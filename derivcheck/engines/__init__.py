@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Engine
-from .finite_diff import FiniteDifferences
-from .numpy_backprop import NumpyBackprop
-from .symbolic_engine import SymbolicEngine
-from ..devices import cuda_available
-from .torch_autograd import TorchAutograd
-from .torch_func import TorchFunc
+from derivcheck.engines.base import Engine
+from derivcheck.engines.finite_diff import FiniteDifferences
+from derivcheck.engines.numpy_backprop import NumpyBackprop
+from derivcheck.engines.symbolic_engine import SymbolicEngine
+from derivcheck.devices import cuda_available
+from derivcheck.engines.torch_autograd import TorchAutograd
+from derivcheck.engines.torch_func import TorchFunc
 
 ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")
 """All engines in report order."""

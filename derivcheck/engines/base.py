@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ..problem import Problem
-from ..quantities import Quantity
-from ..values import EngineResult
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity
+from derivcheck.values import EngineResult
 
 
 class Engine(ABC):

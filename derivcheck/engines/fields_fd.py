@@ -27,14 +27,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..evaluate import Evaluator
-from ..fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key, kink_arguments, lambda_hat
-from ..jets import PinnLossesNumpy
-from ..operators import derivative_nodes
-from ..values import EngineResult, EngineValue, Skipped
-from ..expr import NUMPY_MODULES
+from derivcheck.evaluate import Evaluator
+from derivcheck.fields import FieldProblem, FieldQuantity, expand_derivatives, field_derivative_key, kink_arguments, lambda_hat
+from derivcheck.jets import PinnLossesNumpy
+from derivcheck.operators import derivative_nodes
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.expr import NUMPY_MODULES
 
 EPS = float(np.finfo(np.float64).eps)
 

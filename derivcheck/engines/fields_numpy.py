@@ -12,9 +12,9 @@ import numpy as np
 
 from collections.abc import Sequence
 
-from ..fields import FieldProblem, FieldQuantity
-from ..jets import JetUnsupported, evaluate_with_jets, network_jets
-from ..values import EngineResult, EngineValue, Skipped
+from derivcheck.fields import FieldProblem, FieldQuantity
+from derivcheck.jets import JetUnsupported, evaluate_with_jets, network_jets
+from derivcheck.values import EngineResult, EngineValue, Skipped
 
 
 def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives, field_derivative_key
-from ..operators import derivative_nodes
-from ..values import EngineResult, EngineValue, Skipped
-from .symbolic import compile_layer
-from ..expr import NUMPY_MODULES
+from derivcheck.fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives, field_derivative_key
+from derivcheck.operators import derivative_nodes
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.engines.symbolic import compile_layer
+from derivcheck.expr import NUMPY_MODULES
 
 
 def _lambdify_points(expr: sp.Expr, symbols: list[sp.Symbol], points: np.ndarray, extra: dict[sp.Symbol, np.ndarray] | None = None) -> np.ndarray:

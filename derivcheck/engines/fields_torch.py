@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..evaluate import Evaluator
-from ..fields import FieldProblem, FieldQuantity, pinn_values
-from ..operators import torch_gradient_all, torch_hessian, torch_partial
-from ..values import EngineResult, EngineValue, Skipped
+from derivcheck.evaluate import Evaluator
+from derivcheck.fields import FieldProblem, FieldQuantity, pinn_values
+from derivcheck.operators import torch_gradient_all, torch_hessian, torch_partial
+from derivcheck.values import EngineResult, EngineValue, Skipped
 
 
 class _TorchFields:

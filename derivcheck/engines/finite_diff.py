@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidArgument
-from ..fields import FieldProblem
-from ..problem import Problem
-from ..quantities import Quantity
-from ..values import EngineResult, EngineValue, Skipped
-from .base import Engine
+from derivcheck.errors import InvalidArgument
+from derivcheck.fields import FieldProblem
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.engines.base import Engine
 
 EPS = float(np.finfo(np.float64).eps)
 METHODS = ("richardson", "central")
@@ -99,7 +99,7 @@ class FiniteDifferences(Engine):
     # -- quantities ----------------------------------------------------------------------
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from .fields_fd import compute_fields
+            from derivcheck.engines.fields_fd import compute_fields
 
             return compute_fields(problem, quantities, self.method, self._field_step)
         base = self._evaluate(problem, problem.params, problem.x)

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ..fields import FieldProblem
-from ..problem import Problem
-from ..quantities import Quantity
-from ..values import EngineResult, EngineValue, Skipped
-from .base import Engine
+from derivcheck.fields import FieldProblem
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.engines.base import Engine
 
 
 class NumpyBackprop(Engine):
@@ -28,7 +28,7 @@ class NumpyBackprop(Engine):
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from .fields_numpy import compute_fields
+            from derivcheck.engines.fields_numpy import compute_fields
 
             return compute_fields(problem, quantities)
         dtype = problem.numpy_dtype

@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..schedules import numpy_schedule
-from ..score import (
+from derivcheck.schedules import numpy_schedule
+from derivcheck.score import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem, numpy_log_density,
 )  # fmt: skip
-from ..values import EngineResult, EngineValue
+from derivcheck.values import EngineResult, EngineValue
 
 EPS = float(np.finfo(np.float64).eps)
 

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..schedules import numpy_schedule
-from ..score import (
+from derivcheck.schedules import numpy_schedule
+from derivcheck.score import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem, numpy_log_density,
 )  # fmt: skip
-from ..values import EngineResult, EngineValue
+from derivcheck.values import EngineResult, EngineValue
 
 
 def mixture_score(problem: ScoreProblem, abar: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

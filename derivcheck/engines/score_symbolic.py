@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..expr import NUMPY_MODULES, make_symbol
-from ..schedules import Schedule, sympy_schedule
-from ..score import (
+from derivcheck.expr import NUMPY_MODULES, make_symbol
+from derivcheck.schedules import Schedule, sympy_schedule
+from derivcheck.score import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     Mixture, ScoreProblem,
 )  # fmt: skip
-from ..values import EngineResult, EngineValue
+from derivcheck.values import EngineResult, EngineValue
 
 _DIGITS = 40
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ..schedules import torch_schedule
-from ..score import (
+from derivcheck.schedules import torch_schedule
+from derivcheck.score import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, HUTCHINSON, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem,
 )  # fmt: skip
-from ..values import EngineResult, EngineValue
+from derivcheck.values import EngineResult, EngineValue
 
 
 def noised_distribution(problem: ScoreProblem, device: str = "cpu") -> tuple[Any, float, float]:

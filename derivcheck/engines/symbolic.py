@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .. import compile_cache
-from ..expr import NUMPY_MODULES, make_symbol
-from ..layers import Layer, Loss
-from .symbolic_rules import CompiledRule, partials
+from derivcheck import compile_cache
+from derivcheck.expr import NUMPY_MODULES, make_symbol
+from derivcheck.layers import Layer, Loss
+from derivcheck.engines.symbolic_rules import CompiledRule, partials
 
 
 def _compile(args: list[Any], exprs: list[sp.Expr]) -> Callable[..., list[Any]]:

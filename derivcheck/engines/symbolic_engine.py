@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..fields import FieldProblem
-from ..problem import Problem
-from ..quantities import Quantity
-from ..values import EngineResult, EngineValue, Skipped
-from .base import Engine
-from .fields_symbolic import compute_fields
-from .symbolic import compile_layer, compile_loss, size_problem
-from .symbolic_rules import BatchCoupledRule
+from derivcheck.fields import FieldProblem
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.engines.base import Engine
+from derivcheck.engines.fields_symbolic import compute_fields
+from derivcheck.engines.symbolic import compile_layer, compile_loss, size_problem
+from derivcheck.engines.symbolic_rules import BatchCoupledRule
 
 
 class SymbolicEngine(Engine):

@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .. import compile_cache
-from ..expr import NUMPY_MODULES, make_symbol
-from ..layers.rules import Cell, LocalRule
+from derivcheck import compile_cache
+from derivcheck.expr import NUMPY_MODULES, make_symbol
+from derivcheck.layers.rules import Cell, LocalRule
 
 
 def partials(expr: sp.Expr, wanted: set[sp.Symbol]) -> dict[sp.Symbol, sp.Expr]:

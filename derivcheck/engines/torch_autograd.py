@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..devices import validate_device
-from ..fields import FieldProblem
-from ..problem import Problem
-from ..quantities import Quantity
-from ..values import EngineResult, EngineValue
-from .base import Engine
+from derivcheck.devices import validate_device
+from derivcheck.fields import FieldProblem
+from derivcheck.problem import Problem
+from derivcheck.quantities import Quantity
+from derivcheck.values import EngineResult, EngineValue
+from derivcheck.engines.base import Engine
 
 
 class TorchAutograd(Engine):
@@ -38,7 +38,7 @@ class TorchAutograd(Engine):
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from .fields_torch import compute_fields
+            from derivcheck.engines.fields_torch import compute_fields
 
             return compute_fields(problem, quantities, self.device)
         import torch

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..devices import validate_device
-from ..evaluate import Evaluator
-from ..fields import FieldProblem, expand_derivatives, field_derivative_key, pinn_values
-from ..values import EngineResult, EngineValue, Skipped
-from .base import Engine
+from derivcheck.devices import validate_device
+from derivcheck.evaluate import Evaluator
+from derivcheck.fields import FieldProblem, expand_derivatives, field_derivative_key, pinn_values
+from derivcheck.values import EngineResult, EngineValue, Skipped
+from derivcheck.engines.base import Engine
 
 
 class _Functional:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from .activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
-from .attention import MultiheadAttention, ScaledDotProductAttention, TransformerEncoder
-from .base import Layer, Loss, Option
-from .diffusion import DdpmNoise, TimeEmbedding
-from .conv import AvgPool2d, Conv1d, Conv2d, Flatten, MaxPool2d
-from .misc import Dropout, Embedding
-from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
-from .recurrent import GRU, LSTM, RNN
-from .linear import Linear
-from .losses import BCE, MSE, BCEWithLogits, CrossEntropy
+from derivcheck.layers.activations import ELU, GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Softplus, Tanh
+from derivcheck.layers.attention import MultiheadAttention, ScaledDotProductAttention, TransformerEncoder
+from derivcheck.layers.base import Layer, Loss, Option
+from derivcheck.layers.diffusion import DdpmNoise, TimeEmbedding
+from derivcheck.layers.conv import AvgPool2d, Conv1d, Conv2d, Flatten, MaxPool2d
+from derivcheck.layers.misc import Dropout, Embedding
+from derivcheck.layers.norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from derivcheck.layers.recurrent import GRU, LSTM, RNN
+from derivcheck.layers.linear import Linear
+from derivcheck.layers.losses import BCE, MSE, BCEWithLogits, CrossEntropy
 
 LAYERS: dict[str, type[Layer]] = {
     cls.kind: cls

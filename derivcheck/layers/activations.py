@@ -8,9 +8,9 @@ import math
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, Params, SymbolArrays, elementwise_jet
+from derivcheck.layers.base import Layer, Option, Params, SymbolArrays, elementwise_jet
 
 
 class Identity(Layer):

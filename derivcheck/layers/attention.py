@@ -27,11 +27,11 @@ import math
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, positive_int
-from .norm import _add_normalization, normalize, normalize_backward
-from .rules import LocalRule, RuleBuilder, dot_cell, param_offsets
+from derivcheck.layers.base import Layer, Option, positive_int
+from derivcheck.layers.norm import _add_normalization, normalize, normalize_backward
+from derivcheck.layers.rules import LocalRule, RuleBuilder, dot_cell, param_offsets
 
 
 # -- numpy pieces ----------------------------------------------------------------------
@@ -375,7 +375,7 @@ class TransformerEncoder(_SelfAttentionBase):
         return builder.build(out)
 
     def numpy_forward(self, x, params):
-        from .activations import GELU, ReLU
+        from derivcheck.layers.activations import GELU, ReLU
 
         eps = self.options["eps"]
         xs = self._seq(x)

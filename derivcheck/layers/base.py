@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..errors import CaseError
-from .rules import LocalRule
+from derivcheck.errors import CaseError
+from derivcheck.layers.rules import LocalRule
 
 Params = Mapping[str, np.ndarray]
 """Parameters of one layer by local name (``"weight"``, ``"bias"``)."""
@@ -273,7 +273,7 @@ class Layer(Configurable):
 def elementwise_rule(layer: Layer) -> "LocalRule":
     """A parameter-free layer whose output entry i depends on input entry i only:
     :meth:`Layer.sympy_forward` of one symbol is the cell, applied to every entry."""
-    from .rules import RuleBuilder
+    from derivcheck.layers.rules import RuleBuilder
 
     builder = RuleBuilder(layer.in_size)
     cell = builder.cell(lambda ins, _p: layer.sympy_forward(ins, {}), 1, 0, ("elementwise", type(layer).__name__, repr(sorted(layer.options.items()))))

@@ -21,10 +21,10 @@ import itertools
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, Params, elementwise_rule, positive_int
-from .rules import LocalRule, RuleBuilder, dot_cell, param_offsets
+from derivcheck.layers.base import Layer, Option, Params, elementwise_rule, positive_int
+from derivcheck.layers.rules import LocalRule, RuleBuilder, dot_cell, param_offsets
 
 
 def _int_or_pair(value: Any) -> str | None:

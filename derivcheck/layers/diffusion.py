@@ -30,10 +30,10 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from ..schedules import SCHEDULES, Schedule, numpy_schedule, sympy_schedule, torch_schedule
-from .base import Layer, Option, positive_int
+from derivcheck.schedules import SCHEDULES, Schedule, numpy_schedule, sympy_schedule, torch_schedule
+from derivcheck.layers.base import Layer, Option, positive_int
 
 
 def diffusion_draws(seed: int, n: int, features: int, steps: int, fixed_t: int) -> tuple[np.ndarray, np.ndarray]:

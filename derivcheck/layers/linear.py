@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, Params, SymbolArrays, positive_int
+from derivcheck.layers.base import Layer, Option, Params, SymbolArrays, positive_int
 
 
 class Linear(Layer):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .activations import stable_sigmoid
-from .base import Loss
+from derivcheck.layers.activations import stable_sigmoid
+from derivcheck.layers.base import Loss
 
 
 class CrossEntropy(Loss):

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, positive_int
+from derivcheck.layers.base import Layer, Option, positive_int
 
 
 def dropout_mask(seed: int, shape: tuple[int, int], p: float) -> np.ndarray:

@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, positive_int
-from .rules import LocalRule, RuleBuilder, param_offsets
+from derivcheck.layers.base import Layer, Option, positive_int
+from derivcheck.layers.rules import LocalRule, RuleBuilder, param_offsets
 
 
 def _positive_float(value: Any) -> str | None:

@@ -23,10 +23,10 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
-from .base import Layer, Option, Params
-from .rules import LocalRule, RuleBuilder, param_offsets
+from derivcheck.layers.base import Layer, Option, Params
+from derivcheck.layers.rules import LocalRule, RuleBuilder, param_offsets
 
 
 def _choice(*allowed: str):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from .._lazy import sympy as sp
+from derivcheck._lazy import sympy as sp
 
 CellFunction = Callable[["list[sp.Expr]", "list[sp.Expr]"], "list[sp.Expr]"]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from ..runner import CaseResult
+from derivcheck.runner import CaseResult
 
 
 def _version(package: str) -> str:
@@ -21,7 +21,7 @@ def _version(package: str) -> str:
 def environment(results: Sequence[CaseResult]) -> dict[str, Any]:
     """Versions of derivcheck, Python, sympy, numpy, torch (and matplotlib), with the
     devices, dtypes and seeds the cases ran with."""
-    from .._version import __version__
+    from derivcheck._version import __version__
 
     def collect(key: str) -> list[Any]:
         return sorted({str(r.meta.get(key)) for r in results if r.meta.get(key) is not None})

@@ -7,8 +7,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..runner import CaseResult, verdict_counts
-from .markdown import _ordered, summary_rows
+from derivcheck.runner import CaseResult, verdict_counts
+from derivcheck.report.markdown import _ordered, summary_rows
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #1b1f24; max-width: 80rem; }

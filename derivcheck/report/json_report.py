@@ -29,16 +29,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..escaping import json_safe
-from ..outputs import write_atomic
-from ..runner import CaseResult, verdict_counts
+from derivcheck.escaping import json_safe
+from derivcheck.outputs import write_atomic
+from derivcheck.runner import CaseResult, verdict_counts
 
 SCHEMA_VERSION = 1
 
 
 def run_to_dict(results: Sequence[CaseResult]) -> dict[str, Any]:
     """The JSON document for a run (see the module docstring)."""
-    from .._version import __version__
+    from derivcheck._version import __version__
 
     summary: dict[str, int] = {"cases": len(results), **verdict_counts(results)}
     return {

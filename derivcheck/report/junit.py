@@ -11,10 +11,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runner import CaseResult
-from ..escaping import xml as _x
-from ..outputs import write_atomic
-from .table import details
+from derivcheck.runner import CaseResult
+from derivcheck.escaping import xml as _x
+from derivcheck.outputs import write_atomic
+from derivcheck.report.table import details
 
 
 def max_rel_error(result: CaseResult) -> float:

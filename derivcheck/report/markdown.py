@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..compare import QuantityResult
-from ..escaping import markdown
-from ..runner import CaseResult, preferred_gradient_norms, verdict_counts
+from derivcheck.compare import QuantityResult
+from derivcheck.escaping import markdown
+from derivcheck.runner import CaseResult, preferred_gradient_norms, verdict_counts
 
 ICONS = {"agree": "✅ agree", "disagree": "❌ disagree", "kink": "⚠️ kink", "nonfinite": "❌ nonfinite", "error": "💥 error", "skipped": "⏭️ skipped"}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runner import CaseResult, preferred_gradient_norms
+from derivcheck.runner import CaseResult, preferred_gradient_norms
 
 MISSING = "Plots need matplotlib: pip install 'derivcheck[plots]' (or pip install matplotlib)."
 

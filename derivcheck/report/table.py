@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from ..runner import CaseResult, preferred_gradient_norms
+from derivcheck.runner import CaseResult, preferred_gradient_norms
 
 
 def _fmt(value: float | None) -> str:

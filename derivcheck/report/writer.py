@@ -12,14 +12,14 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runner import CaseResult
-from . import plots as plotting
-from .environment import environment
-from .html import render_html
-from ..escaping import json_safe
-from ..outputs import write_atomic
-from .json_report import run_to_dict
-from .markdown import render_markdown
+from derivcheck.runner import CaseResult
+from derivcheck.report import plots as plotting
+from derivcheck.report.environment import environment
+from derivcheck.report.html import render_html
+from derivcheck.escaping import json_safe
+from derivcheck.outputs import write_atomic
+from derivcheck.report.json_report import run_to_dict
+from derivcheck.report.markdown import render_markdown
 
 
 def _slug(title: str) -> str:
