@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from derivcheck.engines import NumpyBackprop, SymbolicEngine, TorchAutograd  # noqa: E402
-from derivcheck.engines import symbolic as symbolic_module  # noqa: E402
-from derivcheck.engines import symbolic_rules  # noqa: E402
+from derivcheck.engines.symbolic import layers as symbolic_module  # noqa: E402
+from derivcheck.engines.symbolic import rules as symbolic_rules  # noqa: E402
 from derivcheck.layers import LAYERS, LOSSES  # noqa: E402
 from derivcheck.problem import Network, Problem  # noqa: E402
 from derivcheck.quantities import expand_quantities  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from derivcheck.engines import FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd  # noqa: E402
-from derivcheck.engines import symbolic as symbolic_module  # noqa: E402
+from derivcheck.engines.symbolic import layers as symbolic_module  # noqa: E402
 from derivcheck.layers import LAYERS, LOSSES  # noqa: E402
 from derivcheck.problem import Network, Problem  # noqa: E402
 from derivcheck.quantities import expand_quantities  # noqa: E402

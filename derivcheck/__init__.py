@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
     from derivcheck import operators
     from derivcheck.check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
-    from derivcheck.case import Case
+    from derivcheck.kinds.network.case import Case
     from derivcheck.loading import case_from_dict, discover, load_case, load_cases
     from derivcheck.compare import QuantityResult, Tolerance, compare_quantity
     from derivcheck.engines import ENGINE_NAMES, NETWORK_ENGINES, FiniteDifferences, NumpyBackprop, SymbolicEngine, TorchAutograd, TorchFunc, make_engines
@@ -25,11 +25,12 @@ if TYPE_CHECKING:  # the public API, for type checkers; at run time each name lo
     from derivcheck.kinks import find_kinks
     from derivcheck.layers import LAYERS, LOSSES
     from derivcheck.problem import Network, Problem
-    from derivcheck.pde_case import FIELD_ENGINES, FieldCase
-    from derivcheck.runner import CaseResult, run_any, run_case, run_field_case, run_field_problem, run_problem
+    from derivcheck.kinds.pde.case import FIELD_ENGINES, FieldCase
+    from derivcheck.runner import CaseResult, run_any, run_case, run_field_problem, run_problem
+    from derivcheck.kinds.pde.run import run_field_case
     from derivcheck.schedules import Schedule, numpy_schedule, sympy_schedule, torch_schedule
-    from derivcheck.score import Mixture, ScoreProblem
-    from derivcheck.score_case import ScoreCase, run_score_case, run_score_problem
+    from derivcheck.kinds.score.density import Mixture, ScoreProblem
+    from derivcheck.kinds.score.case import ScoreCase, run_score_case, run_score_problem
     from derivcheck.suite import expand_suite
     from derivcheck.values import EngineValue, Skipped
 
@@ -41,7 +42,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "check_numpy": ("check", "check_numpy"),
     "check_operator": ("check", "check_operator"),
     "check_torch": ("check", "check_torch"),
-    "Case": ("case", "Case"),
+    "Case": ("kinds.network.case", "Case"),
     "case_from_dict": ("loading", "case_from_dict"),
     "discover": ("loading", "discover"),
     "load_case": ("loading", "load_case"),
@@ -72,26 +73,26 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "LOSSES": ("layers", "LOSSES"),
     "Network": ("problem", "Network"),
     "Problem": ("problem", "Problem"),
-    "FIELD_ENGINES": ("pde_case", "FIELD_ENGINES"),
-    "FieldCase": ("pde_case", "FieldCase"),
+    "FIELD_ENGINES": ("kinds.pde.case", "FIELD_ENGINES"),
+    "FieldCase": ("kinds.pde.case", "FieldCase"),
     "CheckResult": ("check", "CheckResult"),
     "DerivativeMismatch": ("check", "DerivativeMismatch"),
     "Finding": ("check", "Finding"),
     "CaseResult": ("runner", "CaseResult"),
     "run_any": ("runner", "run_any"),
     "run_case": ("runner", "run_case"),
-    "run_field_case": ("runner", "run_field_case"),
+    "run_field_case": ("kinds.pde.run", "run_field_case"),
     "run_field_problem": ("runner", "run_field_problem"),
     "run_problem": ("runner", "run_problem"),
     "Schedule": ("schedules", "Schedule"),
     "numpy_schedule": ("schedules", "numpy_schedule"),
     "sympy_schedule": ("schedules", "sympy_schedule"),
     "torch_schedule": ("schedules", "torch_schedule"),
-    "Mixture": ("score", "Mixture"),
-    "ScoreProblem": ("score", "ScoreProblem"),
-    "ScoreCase": ("score_case", "ScoreCase"),
-    "run_score_case": ("score_case", "run_score_case"),
-    "run_score_problem": ("score_case", "run_score_problem"),
+    "Mixture": ("kinds.score.density", "Mixture"),
+    "ScoreProblem": ("kinds.score.density", "ScoreProblem"),
+    "ScoreCase": ("kinds.score.case", "ScoreCase"),
+    "run_score_case": ("kinds.score.case", "run_score_case"),
+    "run_score_problem": ("kinds.score.case", "run_score_problem"),
     "expand_suite": ("suite", "expand_suite"),
     "EngineValue": ("values", "EngineValue"),
     "Skipped": ("values", "Skipped"),

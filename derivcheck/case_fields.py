@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from derivcheck.compare import Tolerance
 from derivcheck.engines import ENGINE_NAMES
-from derivcheck.engines.finite_diff import METHODS as FD_METHODS
+from derivcheck.engines.finite_diff.network import METHODS as FD_METHODS
 from derivcheck.errors import CaseError
 from derivcheck.layers import LAYERS, LOSSES, Layer, Loss
 

@@ -63,10 +63,38 @@ def _resolve(reference: str) -> Any:
 
 
 KINDS: list[CaseKind] = [
-    CaseKind("gan", ("generator", "discriminator"), "derivcheck.gan:load_gan_case", "derivcheck.gan:run_gan_case", "derivcheck.gan:GanCase", "derivcheck.explain:explain_gan"),
-    CaseKind("score", ("density",), "derivcheck.score_case:load_score_case", "derivcheck.score_case:run_score_case", "derivcheck.score_case:ScoreCase", "derivcheck.explain_score:explain_score"),
-    CaseKind("pde", ("pde", "variables"), "derivcheck.pde_case:load_pde_case", "derivcheck.runner:run_field_case", "derivcheck.pde_case:FieldCase", "derivcheck.explain:explain_pde"),
-    CaseKind("network", (), "derivcheck.case:load_network_case", "derivcheck.runner:run_network_case", "derivcheck.case:Case", "derivcheck.explain:explain_network"),
+    CaseKind(
+        "gan",
+        ("generator", "discriminator"),
+        "derivcheck.kinds.gan.case:load_gan_case",
+        "derivcheck.kinds.gan.case:run_gan_case",
+        "derivcheck.kinds.gan.case:GanCase",
+        "derivcheck.kinds.gan.explain:explain_gan",
+    ),
+    CaseKind(
+        "score",
+        ("density",),
+        "derivcheck.kinds.score.case:load_score_case",
+        "derivcheck.kinds.score.case:run_score_case",
+        "derivcheck.kinds.score.case:ScoreCase",
+        "derivcheck.kinds.score.explain:explain_score",
+    ),
+    CaseKind(
+        "pde",
+        ("pde", "variables"),
+        "derivcheck.kinds.pde.case:load_pde_case",
+        "derivcheck.kinds.pde.run:run_field_case",
+        "derivcheck.kinds.pde.case:FieldCase",
+        "derivcheck.kinds.pde.explain:explain_pde",
+    ),
+    CaseKind(
+        "network",
+        (),
+        "derivcheck.kinds.network.case:load_network_case",
+        "derivcheck.kinds.network.run:run_network_case",
+        "derivcheck.kinds.network.case:Case",
+        "derivcheck.kinds.network.explain:explain_network",
+    ),
 ]
 """Every kind, in the order tables are matched (the fallback, networks, last)."""
 

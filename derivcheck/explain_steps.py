@@ -1,8 +1,8 @@
 """What every ``derivcheck explain`` derivation is made of -- steps, numeric checks, the
 rendering as text, Markdown and LaTeX -- and :func:`explain`, which hands a case to its
 kind's explainer (see :mod:`derivcheck.case_kinds`). The explainers themselves (networks
-and PDEs in :mod:`derivcheck.explain`, score functions in
-:mod:`derivcheck.explain_score`) build on this module; it imports none of them."""
+and PDEs in :mod:`derivcheck.kinds.network.explain`, score functions in
+:mod:`derivcheck.kinds.score.explain`) build on this module; it imports none of them."""
 
 from __future__ import annotations
 

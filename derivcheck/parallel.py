@@ -175,7 +175,7 @@ def heavy_first_order(cases: Sequence[Any]) -> list[int]:
 def needs_derivation(cases: Sequence[Any]) -> set[int]:
     """Indices of the `cases` whose symbolic engine would derive a whole layer that the
     compile cache (this process's folder) does not hold yet."""
-    from derivcheck.engines.symbolic import needs_derivation as network_needs
+    from derivcheck.engines.symbolic.layers import needs_derivation as network_needs
 
     cold = set()
     for i, case in enumerate(cases):

@@ -24,9 +24,7 @@ CLIP_ENGINE = "torch clip_grad_norm_"
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
 
 if TYPE_CHECKING:
-    from derivcheck.case import Case
     from derivcheck.fields import FieldProblem
-    from derivcheck.pde_case import FieldCase
 
 
 def verdict_counts(results: Sequence["CaseResult"]) -> dict[str, int]:
@@ -265,24 +263,6 @@ def _group_scales(qs: Sequence[Quantity], results: dict[str, dict[str, Any]]) ->
     return scales
 
 
-def run_network(case: "Case", *, device: str = "cpu") -> CaseResult:
-    """Run a validated network :class:`~derivcheck.case.Case` with its engines."""
-    from derivcheck.engines import make_engines
-
-    engines = make_engines(case.engines, device=device, finite_diff=case.finite_diff)
-    result = run_problem(
-        case.problem,
-        engines,
-        case.quantities,
-        name=case.name,
-        tolerance=case.tolerance,
-        file=case.file,
-        description=case.description,
-    )
-    result.meta = {"dtype": case.problem.dtype, "seed": case.seed, "device": device, "samples": case.problem.batch, **case.problem.meta, **result.meta}
-    return result
-
-
 ZERO_ENGINE = "zero (MMS)"
 CASE_FORCING_ENGINE = "forcing (case file)"
 
@@ -409,27 +389,6 @@ def preferred_gradient_norms(case: CaseResult) -> tuple[str, dict[str, dict[str,
     return engine, norms[engine]
 
 
-def run_field_case(case: "FieldCase", *, device: str = "cpu") -> list[CaseResult]:
-    """Run every field problem of a PDE case; one result per checked field kind."""
-    from derivcheck.engines import make_engines
-
-    out = []
-    for problem in case.problems:
-        engines = make_engines(case.engines, device=device, finite_diff=case.finite_diff)
-        result = run_field_problem(
-            problem,
-            engines,
-            case.quantities,
-            name=f"{case.name} [{problem.kind}]",
-            tolerance=case.tolerance,
-            file=case.file,
-            description=case.description,
-        )
-        result.meta = {"dtype": problem.dtype, "seed": case.seed, "device": device, "points": problem.n_points, "field": problem.kind, **problem.meta, **result.meta}
-        out.append(result)
-    return out
-
-
 def run_case(case: Any, *, device: str = "cpu") -> list[CaseResult]:
     """Run a loaded case of any kind -- network, PDE, GAN, score, or one registered in
     :mod:`derivcheck.case_kinds` -- with its kind's runner; always a list of results (a PDE
@@ -449,8 +408,3 @@ def run_case(case: Any, *, device: str = "cpu") -> list[CaseResult]:
 
 run_any = run_case
 """The former name of :func:`run_case` (kept so that existing code runs)."""
-
-
-def run_network_case(case: "Case", *, device: str = "cpu") -> list[CaseResult]:
-    """The network kind's runner: :func:`run_network` as a one-result list."""
-    return [run_network(case, device=device)]

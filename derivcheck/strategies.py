@@ -138,10 +138,10 @@ def points(domain: Mapping[str, Sequence[float]], *, min_count: int = 1, max_cou
 
 @st.composite
 def gaussian_mixtures(draw: Any, max_dim: int = 3, max_components: int = 3, max_condition: float = 20.0) -> Any:
-    """Well-conditioned :class:`~derivcheck.score.Mixture` s: weights bounded away from 0,
+    """Well-conditioned :class:`~derivcheck.kinds.score.density.Mixture` s: weights bounded away from 0,
     means in ``[-2, 2]``, covariances ``Q diag(lambda) Q^T`` with a drawn rotation ``Q``
     and eigenvalues in ``[0.1, 0.1 * max_condition]`` (condition number <= `max_condition`)."""
-    from derivcheck.score import Mixture
+    from derivcheck.kinds.score.density import Mixture
 
     _check_bounds("max_dim/max_components", 1, min(max_dim, max_components))
     d = draw(st.integers(1, max_dim))

@@ -10,7 +10,7 @@ import pytest
 
 from derivcheck import cli
 from derivcheck.engines import cuda_available
-from derivcheck.engines.numpy_backprop import NumpyBackprop
+from derivcheck.engines.numpy_backprop.network import NumpyBackprop
 
 from helpers import CASES
 

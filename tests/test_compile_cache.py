@@ -11,7 +11,7 @@ import pytest
 
 from derivcheck import compile_cache
 from derivcheck.cli import main
-from derivcheck.engines import symbolic, symbolic_rules
+from derivcheck.engines.symbolic import layers as symbolic, rules as symbolic_rules
 from derivcheck.problem import Network
 from helpers import CASES, layer
 
@@ -64,7 +64,7 @@ def test_restored_layer_computes_the_same_as_a_fresh_derivation(cache):
 
 
 def test_cells_and_losses_are_cached_and_warm_runs_derive_nothing(cache):
-    from derivcheck.case import load_case
+    from derivcheck.kinds.network.case import load_case
     from derivcheck.runner import run_any
 
     case = load_case(CASES / "lstm-classifier.toml")

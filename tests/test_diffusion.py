@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from derivcheck.case import case_from_dict, load_case
+from derivcheck.kinds.network.case import case_from_dict, load_case
 from derivcheck.engines import NETWORK_ENGINES, make_engines
 from derivcheck.errors import CaseError
 from derivcheck.layers import diffusion

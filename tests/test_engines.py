@@ -140,7 +140,7 @@ def test_numpy_engine_alone_differs_from_torch_only_by_rounding():
 def test_symbolic_small_batches_on_floats_match_the_array_evaluation(monkeypatch):
     """Batches up to SCALAR_BATCH samples run sample by sample on Python floats: the same
     bits as numpy's array arithmetic on a network with whole-layer and local-rule layers."""
-    from derivcheck.engines import symbolic
+    from derivcheck.engines.symbolic import layers as symbolic
 
     problem = make_problem([("linear", {"in": 5, "out": 7}), ("tanh", {}), ("linear", {"in": 7, "out": 3})], sgd_lr=0.1)
     assert problem.batch <= symbolic.SCALAR_BATCH
@@ -155,7 +155,7 @@ def test_symbolic_small_batches_on_floats_match_the_array_evaluation(monkeypatch
 def test_symbolic_float_evaluation_falls_back_to_numpy_semantics():
     """Where Python's float arithmetic raises (1/0) or turns complex ((-1)**0.5), the batch
     is evaluated on arrays: inf and nan, as the derived formula has them, never an exception."""
-    from derivcheck.engines.symbolic import _batched, _compile
+    from derivcheck.engines.symbolic.layers import _batched, _compile
     from derivcheck.expr import make_symbol
 
     x, w = make_symbol("x"), make_symbol("w")

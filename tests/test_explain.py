@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from derivcheck import cli, load_case
-from derivcheck.explain import ExplainTooLarge, explain
+from derivcheck.explain_steps import ExplainTooLarge, explain
 from derivcheck.layers.activations import Tanh
 
 CASES = Path(__file__).parent.parent / "cases"
@@ -104,7 +104,7 @@ def test_score_case_derives_the_score_step_by_step():
 
 
 def test_score_explanation_flags_a_wrong_hand_formula(monkeypatch):
-    from derivcheck.engines import score_numpy
+    from derivcheck.kinds.score.engines import numpy_backprop as score_numpy
 
     def no_inverse(problem, abar, x):
         score, hessian, r, covs = original(problem, abar, x)

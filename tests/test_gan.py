@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from derivcheck import load_case, run_any
-from derivcheck.case import case_from_dict
+from derivcheck.kinds.network.case import case_from_dict
 from derivcheck.errors import CaseError
-from derivcheck.gan import DETACHED, UNDETACHED, torch_gan_step
+from derivcheck.kinds.gan.case import DETACHED, UNDETACHED, torch_gan_step
 
 from helpers import CASES
 

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from derivcheck import cli
-from derivcheck.case import case_from_dict
+from derivcheck.kinds.network.case import case_from_dict
 from derivcheck.errors import CaseError, DerivcheckError, ExpressionError
 
 SECRET = "hunter2-do-not-leak"
@@ -290,7 +290,7 @@ def test_toml_nested_without_end_is_an_invalid_case(capsys, tmp_path):
     for command in ("run", "list", "explain"):
         code, out = run_main(capsys, command, str(case))
         assert code == 4 and "nested too deeply" in out, (command, out)
-    from derivcheck.case import read_table
+    from derivcheck.kinds.network.case import read_table
 
     with pytest.raises(CaseError):  # what the pytest plugin's collection calls
         read_table(case)
@@ -854,7 +854,7 @@ def test_data_values_and_input_scales_beyond_range_are_refused(capsys, tmp_path)
 
 
 def test_field_error_estimates_have_a_floor():
-    from derivcheck.engines.fields_fd import _with_floor
+    from derivcheck.engines.finite_diff.fields import _with_floor
 
     errors = np.full(1000, 1e-9)
     errors[7] = 0.0  # two Richardson levels that agree by chance

@@ -285,7 +285,7 @@ def test_symbolic_engine_skips_networks_beyond_its_limits_and_says_why():
 
 def test_local_rule_vjp_and_jacobian_are_consistent():
     """The symbolic local rule's reverse (VJP) and forward (Jacobian) accumulations agree."""
-    from derivcheck.engines.symbolic import compile_layer
+    from derivcheck.engines.symbolic.layers import compile_layer
 
     lstm = layer("lstm", input_size=2, hidden_size=3, output="sequence")
     lstm.bind((4, 2))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from derivcheck.case import load_case, load_cases
+from derivcheck.kinds.network.case import load_case, load_cases
 from derivcheck.cli import EXIT_OK, EXIT_USAGE, main
 from derivcheck.errors import CaseError, DerivcheckError
 from derivcheck.parallel import CaseRef, case_refs, heavy_first_order, inherited_cases, interleaved_batches, needs_derivation, parse_jobs, spread_order, run_on_dask, run_ref, run_refs, task_batches
@@ -164,7 +164,7 @@ def test_cases_that_need_a_derivation_are_found_from_the_cache(tmp_path, monkeyp
     """A case needs a derivation until its whole layers are in the cache folder or compiled
     in this process; cases without the symbolic engine or without a network never do."""
     from derivcheck import compile_cache
-    from derivcheck.engines import symbolic
+    from derivcheck.engines.symbolic import layers as symbolic
 
     monkeypatch.setitem(compile_cache._settings, "directory", tmp_path / "cache")
     monkeypatch.setitem(compile_cache._settings, "enabled", True)

@@ -14,7 +14,7 @@ from derivcheck import CaseError, case_from_dict, cli, load_case
 from derivcheck.engines import TorchAutograd, make_engines
 from derivcheck.devices import cuda_available
 from derivcheck.fields import FieldProblem, field_quantities
-from derivcheck.pde_case import FIELD_ENGINES, FieldCase
+from derivcheck.kinds.pde.case import FIELD_ENGINES, FieldCase
 from derivcheck.runner import ZERO_ENGINE, run_any, run_field_problem
 
 from helpers import CASES

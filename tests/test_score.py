@@ -7,15 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from derivcheck.case import case_from_dict, load_case
-from derivcheck.engines import score_fd, score_numpy, score_torch
+from derivcheck.kinds.network.case import case_from_dict, load_case
+from derivcheck.kinds.score.engines import finite_diff as score_fd, numpy_backprop as score_numpy, torch_autograd as score_torch
 from derivcheck.errors import CaseError
 from derivcheck.runner import run_any
 from derivcheck.schedules import Schedule, numpy_schedule
-from derivcheck.score import (
+from derivcheck.kinds.score.density import (
     DDPM_JACOBIAN, EPS_STAR, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES, Mixture, ScoreProblem,
 )  # fmt: skip
-from derivcheck.score_case import HUTCHINSON_ENGINE, run_score_problem
+from derivcheck.kinds.score.case import HUTCHINSON_ENGINE, run_score_problem
 from derivcheck.strategies import diffusion_times, gaussian_mixtures
 from helpers import CASES
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from derivcheck.engines.base import Engine
-from derivcheck.engines.finite_diff import FiniteDifferences
-from derivcheck.engines.numpy_backprop import NumpyBackprop
-from derivcheck.engines.symbolic_engine import SymbolicEngine
+from derivcheck.engines.finite_diff.network import FiniteDifferences
+from derivcheck.engines.numpy_backprop.network import NumpyBackprop
+from derivcheck.engines.symbolic.engine import SymbolicEngine
 from derivcheck.devices import cuda_available
-from derivcheck.engines.torch_autograd import TorchAutograd
+from derivcheck.engines.torch_autograd.network import TorchAutograd
 from derivcheck.engines.torch_func import TorchFunc
 
 ENGINE_NAMES = ("symbolic", "finite_diff", "numpy", "torch", "torch_func")

@@ -17,7 +17,7 @@ recurrence nests it T deep). A :class:`LocalRule` instead says:
 
 The symbolic engine derives each cell's Jacobians once with SymPy, compiles them, and
 evaluates every application of a stage in one vectorized call; the vector chain rule
-over the value space does the rest (see :mod:`derivcheck.engines.symbolic`).
+over the value space does the rest (see :mod:`derivcheck.engines.symbolic.layers`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Score problems in the finite-difference engine: differences of the float64 log-density.
 
-Only ``log p_t`` (:func:`~derivcheck.score.numpy_log_density`) is ever evaluated. The
+Only ``log p_t`` (:func:`~derivcheck.kinds.score.density.numpy_log_density`) is ever evaluated. The
 score is its central first difference, the score's Jacobian its second differences
 (``[1, -2, 1] / h^2`` on the diagonal, the four-point ``(++ - +- - -+ + --) / 4 h_i h_j``
 off it); both are ``O(h^2)``. With ``method = "richardson"`` (default) values at h, h/2,
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from derivcheck.schedules import numpy_schedule
-from derivcheck.score import (
+from derivcheck.kinds.score.density import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem, numpy_log_density,
 )  # fmt: skip

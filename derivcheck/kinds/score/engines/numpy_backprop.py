@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from derivcheck.schedules import numpy_schedule
-from derivcheck.score import (
+from derivcheck.kinds.score.density import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem, numpy_log_density,
 )  # fmt: skip

@@ -99,7 +99,7 @@ class FiniteDifferences(Engine):
     # -- quantities ----------------------------------------------------------------------
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from derivcheck.engines.fields_fd import compute_fields
+            from derivcheck.engines.finite_diff.fields import compute_fields
 
             return compute_fields(problem, quantities, self.method, self._field_step)
         base = self._evaluate(problem, problem.params, problem.x)

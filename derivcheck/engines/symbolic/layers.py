@@ -30,7 +30,7 @@ from derivcheck._lazy import sympy as sp
 from derivcheck import compile_cache
 from derivcheck.expr import NUMPY_MODULES, make_symbol
 from derivcheck.layers import Layer, Loss
-from derivcheck.engines.symbolic_rules import CompiledRule, partials
+from derivcheck.engines.symbolic.rules import CompiledRule, partials
 
 
 def _compile(args: list[Any], exprs: list[sp.Expr]) -> Callable[..., list[Any]]:

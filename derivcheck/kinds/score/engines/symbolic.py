@@ -18,7 +18,7 @@ from derivcheck._lazy import sympy as sp
 
 from derivcheck.expr import NUMPY_MODULES, make_symbol
 from derivcheck.schedules import Schedule, sympy_schedule
-from derivcheck.score import (
+from derivcheck.kinds.score.density import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     Mixture, ScoreProblem,
 )  # fmt: skip

@@ -27,11 +27,11 @@ from derivcheck.values import computed
 
 
 def explain_score(case: Any) -> Explanation:
-    """The derivation of a :class:`~derivcheck.score_case.ScoreCase` (module docstring)."""
-    from derivcheck.engines import score_fd, score_numpy, score_symbolic, score_torch
+    """The derivation of a :class:`~derivcheck.kinds.score.case.ScoreCase` (module docstring)."""
+    from derivcheck.kinds.score.engines import finite_diff as score_fd, numpy_backprop as score_numpy, symbolic as score_symbolic, torch_autograd as score_torch
     from derivcheck.expr import make_symbol
     from derivcheck.schedules import numpy_schedule
-    from derivcheck.score import DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES
+    from derivcheck.kinds.score.density import DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN, SCORE_QUANTITIES
 
     problems = case.problems()
     noised = [p for p in problems if p.t > 0]

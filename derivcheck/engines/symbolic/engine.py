@@ -1,6 +1,6 @@
 """The symbolic engine: SymPy-derived reference derivatives of networks
-(:mod:`derivcheck.engines.symbolic`) and of PDE fields
-(:mod:`derivcheck.engines.fields_symbolic`), chosen by the kind of problem."""
+(:mod:`derivcheck.engines.symbolic.layers`) and of PDE fields
+(:mod:`derivcheck.engines.symbolic.fields`), chosen by the kind of problem."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from derivcheck.problem import Problem
 from derivcheck.quantities import Quantity
 from derivcheck.values import EngineResult, EngineValue, Skipped
 from derivcheck.engines.base import Engine
-from derivcheck.engines.fields_symbolic import compute_fields
-from derivcheck.engines.symbolic import compile_layer, compile_loss, size_problem
-from derivcheck.engines.symbolic_rules import BatchCoupledRule
+from derivcheck.engines.symbolic.fields import compute_fields
+from derivcheck.engines.symbolic.layers import compile_layer, compile_loss, size_problem
+from derivcheck.engines.symbolic.rules import BatchCoupledRule
 
 
 class SymbolicEngine(Engine):

@@ -22,7 +22,7 @@ from derivcheck._lazy import sympy as sp
 from derivcheck.fields import FieldProblem, FieldQuantity, drop_dirac, expand_derivatives, field_derivative_key
 from derivcheck.operators import derivative_nodes
 from derivcheck.values import EngineResult, EngineValue, Skipped
-from derivcheck.engines.symbolic import compile_layer
+from derivcheck.engines.symbolic.layers import compile_layer
 from derivcheck.expr import NUMPY_MODULES
 
 

@@ -15,7 +15,7 @@ A score case file::
     tolerance = { fd_safety = 10.0 }
     finite_diff = { method = "richardson" }
 
-Running it gives one result per time, named ``<name>[t=<t>]`` (see :mod:`derivcheck.score`
+Running it gives one result per time, named ``<name>[t=<t>]`` (see :mod:`derivcheck.kinds.score.density`
 for the quantities). Every engine works in float64.
 """
 
@@ -33,7 +33,7 @@ from derivcheck.case_fields import CaseBase
 from derivcheck.compare import Tolerance, compare_quantity
 from derivcheck.errors import CaseError
 from derivcheck.schedules import SCHEDULES, Schedule, numpy_schedule
-from derivcheck.score import HUTCHINSON, PF_DIVERGENCE, SCORE_QUANTITIES, Mixture, ScoreProblem
+from derivcheck.kinds.score.density import HUTCHINSON, PF_DIVERGENCE, SCORE_QUANTITIES, Mixture, ScoreProblem
 
 SCORE_KEYS = ("name", "description", "seed", "density", "diffusion", "points", "hutchinson", "quantities", "engines", "tolerance", "finite_diff")
 DIFFUSION_KEYS = ("schedule", "steps", "beta_start", "beta_end", "times")
@@ -184,18 +184,18 @@ def load_score_case(table: Mapping[str, Any], *, file: str | None, overrides: Ma
 
 def _engine_values(engine: str, problem: ScoreProblem, quantities: Sequence[str], device: str, finite_diff: Mapping[str, Any]) -> dict[str, Any]:
     if engine == "symbolic":
-        from derivcheck.engines.score_symbolic import compute_score
+        from derivcheck.kinds.score.engines.symbolic import compute_score
 
         return compute_score(problem, quantities)
     if engine == "numpy":
-        from derivcheck.engines.score_numpy import compute_score as numpy_score
+        from derivcheck.kinds.score.engines.numpy_backprop import compute_score as numpy_score
 
         return numpy_score(problem, quantities)
     if engine == "torch":
-        from derivcheck.engines.score_torch import compute_score as torch_score
+        from derivcheck.kinds.score.engines.torch_autograd import compute_score as torch_score
 
         return torch_score(problem, quantities, device)
-    from derivcheck.engines.score_fd import compute_score as fd_score
+    from derivcheck.kinds.score.engines.finite_diff import compute_score as fd_score
 
     return fd_score(problem, quantities, finite_diff.get("method", "richardson"), finite_diff.get("step"))
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from derivcheck.schedules import torch_schedule
-from derivcheck.score import (
+from derivcheck.kinds.score.density import (
     DDPM_JACOBIAN, DDPM_STEP, EPS_STAR, HUTCHINSON, LOG_P, PF_DIVERGENCE, PF_JACOBIAN, PF_STEP, SCORE, SCORE_JACOBIAN,
     ScoreProblem,
 )  # fmt: skip

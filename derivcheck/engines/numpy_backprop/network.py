@@ -28,7 +28,7 @@ class NumpyBackprop(Engine):
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from derivcheck.engines.fields_numpy import compute_fields
+            from derivcheck.engines.numpy_backprop.fields import compute_fields
 
             return compute_fields(problem, quantities)
         dtype = problem.numpy_dtype

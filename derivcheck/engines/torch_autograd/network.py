@@ -38,7 +38,7 @@ class TorchAutograd(Engine):
 
     def compute(self, problem: Problem, quantities: Sequence[Quantity]) -> EngineResult:
         if isinstance(problem, FieldProblem):
-            from derivcheck.engines.fields_torch import compute_fields
+            from derivcheck.engines.torch_autograd.fields import compute_fields
 
             return compute_fields(problem, quantities, self.device)
         import torch

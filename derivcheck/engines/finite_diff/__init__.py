@@ -1,0 +1,1 @@
+"""The finite-difference engine: Richardson central differences for networks and fields."""

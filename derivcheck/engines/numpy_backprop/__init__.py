@@ -1,0 +1,1 @@
+"""The numpy engine: a from-scratch reverse mode for networks and hand-written field derivatives."""

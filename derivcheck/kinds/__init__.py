@@ -1,0 +1,1 @@
+"""The kinds of case, one package each: its loader, runner and explainer (and, where no other kind computes its quantities, its engines). Reached only through :mod:`derivcheck.case_kinds`; a kind imports no other kind."""

@@ -1,0 +1,1 @@
+"""GAN cases (``generator``, ``discriminator``): one training step of both players."""

@@ -1,0 +1,1 @@
+"""PDE cases (``pde``, ``variables``): operators on manufactured solutions and PINN residuals."""

@@ -1,0 +1,1 @@
+"""Score cases (``density``): log-densities of diffused Gaussian mixtures, scores and DDPM steps."""
