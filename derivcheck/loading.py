@@ -72,6 +72,17 @@ def _case_of_kind(table: Mapping[str, Any], *, file: str | None, base_dir: Path 
     return load_table(table, file=file, base_dir=base_dir, overrides=overrides or {})
 
 
+CASE_KEYS = ("network", "grid", "template")
+"""Top-level keys of a network case and of a suite; the other kinds add their marker keys."""
+
+
+def is_case_table(table: Mapping[str, Any]) -> bool:
+    """Whether a parsed TOML table is a case or a suite (of any registered kind)."""
+    from derivcheck.case_kinds import KINDS
+
+    return any(key in table for key in CASE_KEYS) or any(kind.marker_keys and kind.owns(table) for kind in KINDS)
+
+
 def read_table(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a case or suite file (size-limited; errors as :class:`CaseError`)."""
     path = Path(path)

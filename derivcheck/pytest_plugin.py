@@ -1,13 +1,25 @@
 """pytest plugin (registered through the ``pytest11`` entry point).
 
-- ``pytest --derivcheck cases/`` (repeatable), or the ini option ``derivcheck_paths``,
-  collects every case file under those paths as one test item per file; a failure shows
-  the agreement table. ``--derivcheck-device cuda`` runs the torch engines on the GPU.
+- ``pytest --derivcheck cases/`` collects the case and suite files (``*.toml``) among the
+  paths pytest collects -- those named on the command line, else ``testpaths`` -- as one
+  test item per case, as ``--nbval`` does for notebooks; ``pytest --derivcheck cases/``
+  collects exactly the cases. A failure shows the agreement table. In a folder, a
+  ``.toml`` file is a case when it has a case's keys (``network``, ``pde``, ``density``,
+  ``generator``, a suite's ``grid``/``template``), so ``pyproject.toml`` and other
+  configuration are left alone; a file named on the command line is always a case.
+- The ini option ``derivcheck_paths`` (folders or files) collects those cases without the
+  flag; they are collected when the command line names no paths.
+- ``--derivcheck-device cuda`` runs the torch engines on the GPU.
+- The Hypothesis profile ``derivcheck-ci`` (derandomized, no deadline, no example
+  database) is registered by the plugin, so ``pytest --hypothesis-profile=derivcheck-ci``
+  works in any project that has Hypothesis.
 - The ``derivcheck`` fixture offers ``check_torch``/``assert_torch``, ``check_numpy``/
   ``assert_numpy`` and ``check_operator``/``assert_operator``, and records the verdict and
   the largest relative error as test properties (they appear in ``--junitxml`` output).
 
-Items also record ``verdict`` and ``max_rel_error`` as JUnit properties.
+Items also record ``verdict`` and ``max_rel_error`` as JUnit properties. Properties sit in
+each ``<testcase>``, which Jenkins and GitLab read; the strict xunit2 schema has no place
+for them (``junit_family = legacy`` in the ini file gives a schema-valid file).
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ from typing import Any
 
 import pytest
 
+HYPOTHESIS_PROFILE = "derivcheck-ci"
+
 
 class DerivcheckFailure(Exception):
     """A case did not agree; the message is the explanation."""
@@ -24,20 +38,35 @@ class DerivcheckFailure(Exception):
 
 def pytest_addoption(parser: Any) -> None:
     group = parser.getgroup("derivcheck")
-    group.addoption("--derivcheck", action="append", default=[], metavar="PATH", help="collect derivcheck case files (*.toml) under PATH as tests")
+    group.addoption("--derivcheck", action="store_true", default=False, help="collect derivcheck case and suite files (*.toml) among the collected paths as tests")
     group.addoption("--derivcheck-device", default="cpu", choices=("cpu", "cuda"), help="device of the torch engines for collected cases")
-    parser.addini("derivcheck_paths", type="linelist", default=[], help="folders or files of derivcheck cases to collect as tests")
+    parser.addini("derivcheck_paths", type="linelist", default=[], help="folders or files of derivcheck cases to collect as tests (when the command line names no paths)")
 
 
+def register_hypothesis_profile() -> None:
+    """Register ``derivcheck-ci``: derandomized, no deadline, no example database, 25
+    examples, the too-slow health check off (derivations are slow the first time)."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # pragma: no cover - Hypothesis is the optional test extra
+        return
+    settings.register_profile(HYPOTHESIS_PROFILE, derandomize=True, deadline=None, database=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: Any) -> None:
-    raw = list(config.getoption("derivcheck") or []) + list(config.getini("derivcheck_paths") or [])
+    register_hypothesis_profile()  # before Hypothesis's own plugin loads --hypothesis-profile
     root = Path(str(config.rootpath))
-    paths = [(Path(p) if Path(p).is_absolute() else Path.cwd() / p).resolve() for p in raw]
     ini_paths = [(root / p).resolve() for p in config.getini("derivcheck_paths") or []]
-    config._derivcheck_paths = paths[: len(raw) - len(ini_paths)] + ini_paths
-    for path in config._derivcheck_paths:
-        if str(path) not in config.args:
-            config.args.append(str(path))
+    named = [Path(arg.split("::")[0]) for arg in config.args]
+    named = [(p if p.is_absolute() else Path(str(config.invocation_params.dir)) / p).resolve() for p in named]
+    config._derivcheck_named = {p for p in named if p.suffix == ".toml"}
+    config._derivcheck_paths = list(ini_paths)
+    if config.getoption("derivcheck"):
+        config._derivcheck_paths += [p for p in named if p.exists()]
+    from_command_line = getattr(config, "args_source", None) == pytest.Config.ArgsSource.ARGS
+    if ini_paths and not from_command_line:
+        config.args[:] = [a for a in config.args if Path(a).resolve() not in ini_paths] + [str(p) for p in ini_paths]
 
 
 def _wanted(config: Any, file_path: Path) -> bool:
@@ -48,9 +77,25 @@ def _wanted(config: Any, file_path: Path) -> bool:
     return False
 
 
+def _looks_like_case(file_path: Path) -> bool:
+    """A ``.toml`` file found in a folder is a case when its table has a case's keys; one
+    that does not parse is collected too, so that its error is reported."""
+    from derivcheck.errors import DerivcheckError
+    from derivcheck.loading import is_case_table, read_table
+
+    if file_path.name == "pyproject.toml":
+        return False
+    try:
+        return is_case_table(read_table(file_path))
+    except DerivcheckError:
+        return True
+
+
 def pytest_collect_file(file_path: Path, parent: Any) -> Any:
-    if file_path.suffix == ".toml" and _wanted(parent.config, file_path):
-        return DerivcheckFile.from_parent(parent, path=file_path)
+    config = parent.config
+    if file_path.suffix == ".toml" and _wanted(config, file_path):
+        if file_path.resolve() in config._derivcheck_named or _looks_like_case(file_path):
+            return DerivcheckFile.from_parent(parent, path=file_path)
     return None
 
 
@@ -162,6 +207,7 @@ class DerivcheckFixture:
 
 
 @pytest.fixture
-def derivcheck(record_property: Any) -> DerivcheckFixture:
-    """derivcheck's checks, with verdicts recorded as JUnit properties."""
-    return DerivcheckFixture(record_property)
+def derivcheck(request: Any) -> DerivcheckFixture:
+    """derivcheck's checks, with verdicts recorded as JUnit properties (appended to the
+    test's ``user_properties`` as ``record_property`` does, without its xunit2 warning)."""
+    return DerivcheckFixture(lambda name, value: request.node.user_properties.append((name, value)))

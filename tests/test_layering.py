@@ -153,9 +153,17 @@ def test_shared_modules_import_no_kind_and_kinds_import_no_other_kind():
     graph = import_graph()
     kinds = {kind_of(module) for module in graph} - {None}
     assert kinds == {"network", "pde", "gan", "score"}
-    upward = {module: sorted(t for t in targets if kind_of(t)) for module, targets in graph.items() if module not in FRONT and module != "derivcheck.kinds" and kind_of(module) is None and any(kind_of(t) for t in targets)}
+    upward = {
+        module: sorted(t for t in targets if kind_of(t))
+        for module, targets in graph.items()
+        if module not in FRONT and module != "derivcheck.kinds" and kind_of(module) is None and any(kind_of(t) for t in targets)
+    }
     assert not upward, upward
-    across = {module: sorted(t for t in targets if kind_of(t) not in (None, kind_of(module))) for module, targets in graph.items() if kind_of(module) and any(kind_of(t) not in (None, kind_of(module)) for t in targets)}
+    across = {
+        module: sorted(t for t in targets if kind_of(t) not in (None, kind_of(module)))
+        for module, targets in graph.items()
+        if kind_of(module) and any(kind_of(t) not in (None, kind_of(module)) for t in targets)
+    }
     assert not across, across
 
 

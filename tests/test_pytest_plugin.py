@@ -106,3 +106,67 @@ def test_cli_junit(tmp_path, monkeypatch, mutate):
     case_node = suite.find("testcase")
     assert case_node.find("properties/property[@name='verdict']").get("value") == ("disagree" if mutate else "agree")
     assert (case_node.find("failure") is not None) == mutate
+
+
+def test_the_flag_collects_exactly_the_named_cases_not_testpaths(pytester):
+    """``--derivcheck`` is a flag (as ``--nbval``): ``cases/`` is a path pytest collects,
+    not the flag's value, so ``testpaths`` do not apply and only the cases run."""
+    cases = pytester.mkdir("cases")
+    (cases / "tiny.toml").write_text(GOOD)
+    (cases / "settings.toml").write_text('[tool]\ncolour = "blue"\n')  # not a case: left alone
+    tests = pytester.mkdir("tests")
+    (tests / "test_other.py").write_text("def test_other():\n    pass\n")
+    pytester.makeini("[pytest]\ntestpaths = tests\n")
+    result = pytester.runpytest_subprocess("--derivcheck", "cases/", "-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*tiny.toml::tiny PASSED*"])
+    assert "test_other" not in result.stdout.str()
+    # without a path, the flag collects the cases among testpaths, and pyproject.toml is no case
+    (tests / "case.toml").write_text(GOOD)
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
+    (pytester.path / "tox.ini").unlink()
+    result = pytester.runpytest_subprocess("--derivcheck", "-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*tests/case.toml::case PASSED*"])
+    # without the flag, toml files are not collected
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_named_file_is_a_case_even_without_case_keys(pytester):
+    (pytester.path / "odd.toml").write_text('name = "x"\n')
+    result = pytester.runpytest_subprocess("--derivcheck", "odd.toml", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*invalid case file*"])
+
+
+def test_the_hypothesis_profile_is_registered_by_the_plugin(pytester):
+    """A project without derivcheck's conftest selects the profile (it used to be an
+    INTERNALERROR: the profile was registered only in derivcheck's own tests)."""
+    pytester.makepyfile(
+        """
+from hypothesis import given, settings, strategies as st
+
+@given(st.integers())
+def test_profile(n):
+    assert settings.get_current_profile_name() == "derivcheck-ci"
+    assert settings.default.derandomize and settings.default.deadline is None and settings.default.database is None
+"""
+    )
+    result = pytester.runpytest_subprocess("--hypothesis-profile=derivcheck-ci", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_fixture_does_not_warn_under_xunit2(pytester):
+    pytester.makepyfile(
+        """
+import torch
+
+def test_ok(derivcheck):
+    derivcheck.assert_torch(torch.tanh, torch.linspace(-1, 1, 5, dtype=torch.float64))
+"""
+    )
+    result = pytester.runpytest_subprocess("--junitxml=out.xml", "-o", "junit_family=xunit2", "-p", "no:cacheprovider", "-W", "error::pytest.PytestWarning")
+    result.assert_outcomes(passed=1)
+    assert "incompatible with junit_family" not in result.stdout.str()
+    tree = ET.parse(pytester.path / "out.xml")
+    assert [p.get("value") for p in tree.iter("property") if p.get("name") == "derivcheck_verdict"] == ["agree"]
