@@ -34,8 +34,11 @@ ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
 
 def register_profiles() -> None:
-    """Register the ``derivcheck-ci`` and ``derivcheck-dev`` Hypothesis profiles."""
-    settings.register_profile("derivcheck-ci", derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    """Register the ``derivcheck-ci`` and ``derivcheck-dev`` Hypothesis profiles (the pytest
+    plugin registers ``derivcheck-ci`` itself; this is for runs without it)."""
+    from derivcheck.pytest_plugin import register_hypothesis_profile
+
+    register_hypothesis_profile()
     settings.register_profile("derivcheck-dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -83,21 +86,64 @@ def arrays(
     return hnp.arrays(dtype, cast(Any, shape), elements=element)
 
 
+_DTYPE_NAMES = ("float64", "float32")
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``"float64"``, ``torch.float32``, ``np.float32``, ``np.dtype("float64")`` -> the name."""
+    text = str(dtype).removeprefix("torch.")
+    try:
+        text = np.dtype(dtype).name if not text.startswith(("float", "bfloat")) else text
+    except TypeError:
+        pass
+    return text
+
+
+def _like_dtype_device(like: Any) -> tuple[str, Any]:
+    """The dtype and device that inputs for `like` (a module, a tensor, an array) need."""
+    if isinstance(like, np.ndarray):
+        return like.dtype.name, None
+    import torch
+
+    if isinstance(like, torch.Tensor):
+        return _dtype_name(like.dtype), like.device
+    if isinstance(like, torch.nn.Module):
+        tensors = [t for t in list(like.parameters()) + list(like.buffers()) if t.is_floating_point()]
+        if not tensors:
+            return _dtype_name(torch.get_default_dtype()), None
+        return _dtype_name(tensors[0].dtype), tensors[0].device
+    raise InvalidArgument(f"like must be an nn.Module, a torch tensor or a numpy array, got {type(like).__name__}")
+
+
 def inputs(
     shape: Sequence[int] | st.SearchStrategy[Any],
     *,
     kind: str = "torch",
-    dtype: str = "float64",
+    dtype: Any = None,
+    like: Any = None,
     min_magnitude: float = 1e-2,
     max_magnitude: float = 3.0,
 ) -> st.SearchStrategy[Any]:
     """Well-conditioned inputs for :func:`~derivcheck.check.assert_torch` (``kind="torch"``)
-    or :func:`~derivcheck.check.assert_numpy` (``kind="numpy"``); see :func:`arrays`."""
+    or :func:`~derivcheck.check.assert_numpy` (``kind="numpy"``); see :func:`arrays`.
+
+    `dtype` is ``"float64"`` (the default) or ``"float32"``, as a string, a torch dtype or a
+    numpy dtype. ``like=module_or_tensor`` takes the dtype (and, for torch, the device) from
+    a module's first floating parameter or from a tensor, so inputs match an ordinary
+    float32 ``nn.Module`` without thinking about it."""
     if kind not in ("torch", "numpy"):
         raise InvalidArgument(f"kind must be 'torch' or 'numpy', got {kind!r}")
-    if dtype not in ("float64", "float32"):
-        raise InvalidArgument(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    np_dtype = np.float64 if dtype == "float64" else np.float32
+    device = None
+    if like is not None:
+        like_dtype, device = _like_dtype_device(like)
+        if dtype is not None and _dtype_name(dtype) != like_dtype:
+            raise InvalidArgument(f"dtype={_dtype_name(dtype)} contradicts like=, which is {like_dtype}: pass one of them")
+        name = like_dtype
+    else:
+        name = "float64" if dtype is None else _dtype_name(dtype)
+    if name not in _DTYPE_NAMES:
+        raise InvalidArgument(f"dtype must be float64 or float32 (a string, a torch or a numpy dtype), got {dtype if like is None else name!r}" + (" (from like=)" if like is not None else ""))
+    np_dtype = np.float64 if name == "float64" else np.float32
     base = arrays(shape, min_magnitude=min_magnitude, max_magnitude=max_magnitude, dtype=np_dtype)
     if kind == "numpy":
         return base
@@ -105,7 +151,8 @@ def inputs(
     def to_tensor(a: np.ndarray) -> Any:
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(a))
+        tensor = torch.from_numpy(np.ascontiguousarray(a))
+        return tensor if device is None or device.type == "cpu" else tensor.to(device)
 
     return base.map(to_tensor)
 

@@ -84,3 +84,43 @@ def test_profiles_are_registered():
 def test_recipe_from_the_docs(data):
     x = data.draw(dcs.inputs(shape=(3, 4)))
     dc.assert_torch(torch.tanh, x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", torch.float32, np.float32, np.dtype("float32")])
+def test_inputs_accept_torch_and_numpy_dtypes(dtype):
+    x = find(dcs.inputs(shape=(2,), dtype=dtype), lambda _: True)
+    assert x.dtype == torch.float32
+
+
+def test_inputs_like_a_module_match_its_dtype_and_an_ordinary_module_passes():
+    """The README's snippet with an ordinary float32 nn.Module: inputs drawn like= the
+    module are float32, and the check passes (no dtype clash, no false alarm)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+
+    @settings(max_examples=5, deadline=None)
+    @given(x=dcs.inputs(shape=(2, 4), like=layer))
+    def check(x):
+        assert x.dtype == torch.float32
+        dc.assert_torch(layer, x)
+
+    check()
+    assert find(dcs.inputs(shape=(1,), like=torch.zeros(1, dtype=torch.float64)), lambda _: True).dtype == torch.float64
+    assert find(dcs.inputs(shape=(1,), like=layer.double()), lambda _: True).dtype == torch.float64
+
+
+def test_inputs_dtype_errors_say_what_is_allowed():
+    with pytest.raises(dc.InvalidArgument, match="dtype must be float64 or float32.*int64"):
+        dcs.inputs(shape=(2,), dtype=torch.int64)
+    with pytest.raises(dc.InvalidArgument, match="contradicts like="):
+        dcs.inputs(shape=(2,), dtype="float64", like=torch.nn.Linear(2, 2))
+    with pytest.raises(dc.InvalidArgument, match="like must be"):
+        dcs.inputs(shape=(2,), like="float32")
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_dtype_clash_says_how_to_fix_it(wrap):
+    layer = torch.nn.Linear(3, 2)
+    fn = (lambda x: torch.tanh(layer(x))) if wrap else layer
+    with pytest.raises(dc.InvalidArgument, match=r"(your module is|its parameters .* are) float32 and the inputs float64: pass dtype=torch.float32.*\.double\(\) the module"):
+        dc.check_torch(fn, torch.randn(4, 3, dtype=torch.float64))

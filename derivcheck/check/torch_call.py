@@ -421,3 +421,34 @@ class TorchCall:
 
 def _overlaps(t: Any) -> bool:
     return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
+
+
+_MESSAGE_DTYPES = {"Double": "float64", "Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "double": "float64", "float": "float32", "half": "float16"}
+
+
+def dtype_mismatch_hint(call: TorchCall, exc: BaseException) -> str | None:
+    """A sentence for a forward that failed because its inputs and its module's (or
+    closure's) parameters have different dtypes -- torch says ``mat1 and mat2 must have
+    the same dtype, but got Double and Float`` -- or ``None`` if that is not the failure."""
+    import re
+
+    text = str(exc)
+    if not re.search(r"dtype|scalar type|Input type|same type", text):
+        return None
+    inputs = sorted({str(s.tensor.dtype).removeprefix("torch.") for s in call.slots if s.param is None})
+    if not inputs:
+        return None
+    if call.module is not None:
+        module = sorted({str(p.dtype).removeprefix("torch.") for p in call.module.parameters() if p.is_floating_point()} - set(inputs))
+        owner = "your module"
+    else:
+        module = sorted({_MESSAGE_DTYPES[w] for w in re.findall(r"\b(Double|Float|Half|BFloat16|double|float|half)\b", text)} - set(inputs))
+        owner = "its parameters (or another tensor it uses)"
+    if not module:
+        return None
+    want = module[0]
+    return (
+        f"{owner} {'is' if call.module is not None else 'are'} {' and '.join(module)} and the inputs {' and '.join(inputs)}: "
+        f"pass dtype=torch.{want} (or like=module) to dc.strategies.inputs, make the inputs {want}, "
+        f"or .double() the module to check in float64"
+    )

@@ -40,7 +40,7 @@ from derivcheck.check.noise import NoiseSamples, magnitude_floor, noisy_runs, ob
 from derivcheck.check.result import CheckResult, Finding
 from derivcheck.check.taylor import SAFETY, skipped, taylor_test
 from derivcheck.check.torch_autograd import Graph, flat_grads, forward_jacobian, forward_mode_support, jvp
-from derivcheck.check.torch_call import OutputSpec, TorchCall, describe, to_real
+from derivcheck.check.torch_call import OutputSpec, TorchCall, describe, dtype_mismatch_hint, to_real
 from derivcheck.check.torch_properties import batched_gradients, gradient_attributes, undefined_output_gradients, zero_output_gradient
 
 MAX_FULL = 4096
@@ -276,7 +276,8 @@ def check_torch(
     except (InvalidType, InvalidArgument):
         raise
     except Exception as exc:
-        raise InvalidArgument(f"calling {what} on the inputs failed: {type(exc).__name__}: {exc}") from exc
+        hint = dtype_mismatch_hint(call, exc)
+        raise InvalidArgument(f"calling {what} on the inputs failed: {type(exc).__name__}: {exc}" + (f"\n{hint}" if hint else "")) from exc
     spec = graph.spec
     dtypes = {_dtype_name(s.tensor.dtype) for s in call.slots} | {_dtype_name(o.dtype) for o in graph.outs}
     user_dtype = max(dtypes, key=PRECISION.index)  # the least precise
