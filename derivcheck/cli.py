@@ -286,7 +286,11 @@ def _count_line(results: Sequence[Any]) -> str:
     """``"12 case(s): 11 agree, 1 skipped"``."""
     from derivcheck.runner import verdict_counts
 
-    return f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in verdict_counts(results).items() if n)
+    line = f"{len(results)} case(s): " + ", ".join(f"{n} {v}" for v, n in verdict_counts(results).items() if n)
+    skipped = sum(1 for r in results for q in r.quantities if q.verdict == "skipped")
+    if skipped:
+        line += f" ({skipped} quantit{'y' if skipped == 1 else 'ies'} skipped: fewer than two of the chosen engines compute {'it' if skipped == 1 else 'them'}; -v says which)"
+    return line
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -346,17 +350,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from derivcheck.report.json_report import write_json
-    from derivcheck.report.table import details, summary_table
+    from derivcheck.report.table import terminal_report
 
     results = _run_cases(args)
     if isinstance(results, int):
         return results
     if not args.quiet:
-        print(summary_table(results))
-        text = details(results, verbose=args.verbose)
-        if text:
-            print()
-            print(text)
+        print(terminal_report(results, verbose=args.verbose))
     from derivcheck.outputs import writing
 
     if args.json:

@@ -19,8 +19,10 @@ involving an approximate engine (one that reports an error estimate).
 Entries at a non-differentiable point (``kink_mask``) are not compared; entries an engine
 excludes itself (a finite-difference step across a kink) are not compared for that engine.
 Verdicts: ``nonfinite`` (NaN/Inf in some engine), ``disagree``, ``kink`` (agreement
-everywhere it could be checked, but some entries sit at a kink), ``agree``, and
-``error`` (fewer than two engines produced the quantity).
+everywhere it could be checked, but some entries sit at a kink), ``agree``, ``skipped``
+(fewer than two of the chosen engines can compute the quantity, each saying why: nothing to
+compare, nothing wrong) and ``error`` (fewer than two engines produced it, and not because
+they cannot: an engine crashed).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 
 from derivcheck.values import EngineValue
 
-VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error")
+VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error", "skipped")
 
 _EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
 _TINY = 1e-300
@@ -140,7 +142,15 @@ class QuantityResult:
 
     @property
     def ok(self) -> bool:
-        return self.verdict in ("agree", "kink")
+        return self.verdict in ("agree", "kink", "skipped")
+
+    @property
+    def margin(self) -> float | None:
+        """error / tolerance at the worst entry: below 1 agrees, the closer to 1 the nearer
+        the check came to failing; ``None`` when nothing was compared."""
+        if self.worst is None or not self.worst.tolerance > 0 or not np.isfinite(self.worst.error):
+            return None
+        return float(self.worst.error / self.worst.tolerance)
 
     def agreement_matrix(self) -> dict[str, dict[str, bool]]:
         """``matrix[a][b]`` is whether engines a and b agree."""
@@ -219,8 +229,14 @@ def compare_quantity(
     result.notes = {e: v.note for e, v in values.items() if v.note}
     result.studies = {e: v.study for e, v in values.items() if v.study}
     if len(engines) < 2:
-        result.verdict = "error"
-        result.message = "fewer than two engines computed this quantity, so nothing was compared"
+        if result.skipped:
+            # the chosen engines cannot all compute it (a subset by --engines): a fact, not a failure
+            result.verdict = "skipped"
+            only = f"only {engines[0]} computes" if engines else "none of the chosen engines computes"
+            result.message = f"{only} this quantity ({'; '.join(f'{e}: {r}' for e, r in result.skipped.items())}), so there is nothing to compare it with"
+        else:
+            result.verdict = "error"
+            result.message = "fewer than two engines computed this quantity, so nothing was compared"
         return result
     shape = np.shape(values[engines[0]].values)
     for engine, value in values.items():

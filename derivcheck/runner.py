@@ -38,7 +38,8 @@ class CaseResult:
 
     The case verdict is ``disagree`` if any quantity disagrees, else ``error`` if any
     quantity is ``error``/``nonfinite`` or an engine crashed, else ``kink`` if any quantity
-    is ``kink``, else ``agree``.
+    is ``kink``, else ``skipped`` if every quantity is (no two chosen engines compute any),
+    else ``agree``.
     """
 
     name: str
@@ -66,6 +67,8 @@ class CaseResult:
             return "error"
         if "kink" in verdicts:
             return "kink"
+        if verdicts == {"skipped"}:
+            return "skipped"
         return "agree"
 
     @property

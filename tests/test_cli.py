@@ -35,7 +35,10 @@ def test_run_all_shipped_cases_exit_0(capsys, tmp_path):
         assert case["verdict"] == "agree"
         for q in case["quantities"]:
             assert {"name", "verdict", "engines", "max_rel_error"} <= set(q)
-            assert q["verdict"] in ("agree", "disagree", "kink", "nonfinite", "error")
+            assert q["verdict"] in ("agree", "disagree", "kink", "nonfinite", "error", "skipped")
+    # one line per agreeing case, no per-quantity rows for them
+    assert "worst margin" in out and "cases that did not simply agree" not in out
+    assert len(out.splitlines()) < len(doc["cases"]) + 8
 
 
 def test_json_is_deterministic(tmp_path):
@@ -50,6 +53,31 @@ def test_engine_subset_dtype_and_seed(capsys):
     code = cli.main(["run", str(CASES / "tanh-regression.toml"), "--engines", "symbolic,torch", "--dtype", "float32", "--seed", "9"])
     out = capsys.readouterr().out
     assert code == 0 and "finite_diff" not in out
+
+
+def test_quantities_a_chosen_subset_cannot_compute_are_skipped_not_errors(capsys, tmp_path):
+    """The README's example: the PINN gradient quantities only torch computes are
+    ``skipped`` with the reason when the chosen engines are symbolic and torch; exit 0."""
+    out_json = tmp_path / "out.json"
+    code = cli.main(["run", str(CASES / "pde" / "helmholtz-mms.toml"), "--engines", "symbolic,torch", "--dtype", "float32", "--seed", "3", "-v", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ERROR" not in out and "lambda_hat: SKIPPED - only torch computes this quantity (symbolic: the symbolic engine does not derive" in out
+    assert "quantities skipped: fewer than two of the chosen engines compute them" in out
+    doc = json.loads(out_json.read_text())
+    network = next(c for c in doc["cases"] if c["name"].endswith("[network]"))
+    assert network["verdict"] == "agree" and {q["verdict"] for q in network["quantities"]} == {"agree", "skipped"}
+
+
+def test_one_engine_without_a_reason_is_still_an_error():
+    import numpy as np
+
+    from derivcheck.compare import compare_quantity
+    from derivcheck.values import EngineValue
+
+    value = {"torch": EngineValue(np.ones(3))}
+    assert compare_quantity("q", value).verdict == "error"
+    assert compare_quantity("q", value, skipped={"symbolic": "cannot"}).verdict == "skipped"
 
 
 def test_list(capsys):

@@ -11,7 +11,7 @@ Schema (version 1)::
          "engines": [...], "errors": [...], "kinks": [...], "meta": {...},
          "skipped": "why" (only on skipped cases: a ``device = "cuda"`` case without CUDA),
          "quantities": [
-           {"name", "verdict": "agree"|"disagree"|"kink"|"nonfinite"|"error",
+           {"name", "verdict": "agree"|"disagree"|"kink"|"nonfinite"|"error"|"skipped",
             "engines": [...], "max_rel_error", "odd_engine", "message",
             "worst": {"index", "label", "values": {engine: value}, "pair", "error", "tolerance"},
             "scale", "kinks", "pairs": [...], "skipped", "excluded", "nonfinite", "notes"}]}]

@@ -23,7 +23,7 @@ def _cell(text: str) -> str:
 
 def _ordered(quantities: Sequence[QuantityResult]) -> list[QuantityResult]:
     """Disagreements first, then the rest in their own order."""
-    rank = {"disagree": 0, "nonfinite": 1, "error": 2, "kink": 3, "agree": 4}
+    rank = {"disagree": 0, "nonfinite": 1, "error": 2, "kink": 3, "agree": 4, "skipped": 5}
     return sorted(quantities, key=lambda q: rank.get(q.verdict, 5))
 
 

@@ -26,6 +26,30 @@ def summary_table(results: Sequence[CaseResult]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple")
 
 
+def worst_margin(case: CaseResult) -> tuple[float, str] | None:
+    """The largest error/tolerance over a case's quantities, and where it is."""
+    found = [(q.margin, q) for q in case.quantities if q.margin is not None]
+    if not found:
+        return None
+    margin, q = max(found, key=lambda pair: pair[0])
+    where = q.name if q.worst is None else f"{q.name}, {q.worst.pair[0]} vs {q.worst.pair[1]}"
+    return margin, where
+
+
+def case_overview(results: Sequence[CaseResult]) -> str:
+    """One line per case: verdict, how many quantities (and how many could not be compared
+    by the chosen engines), and the worst margin = error/tolerance (1 is the line a check
+    fails at) with the quantity and engine pair it sits at."""
+    rows = []
+    for case in results:
+        counted = [q for q in case.quantities if q.verdict != "skipped"]
+        skipped = len(case.quantities) - len(counted)
+        quantities = f"{len(counted)}" + (f" (+{skipped} skipped)" if skipped else "")
+        worst = worst_margin(case)
+        rows.append([case.name, case.verdict, quantities, "-" if worst is None else f"{worst[0]:.2g}", "" if worst is None else worst[1]])
+    return tabulate(rows, headers=["case", "verdict", "quantities", "worst margin", "at"], tablefmt="simple")
+
+
 def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
     """Explanations for every quantity that did not simply agree (all of them if `verbose`)."""
     lines: list[str] = []
@@ -64,3 +88,18 @@ def details(results: Sequence[CaseResult], verbose: bool = False) -> str:
         if case.kinks and any(q.verdict == "kink" for q in case.quantities):
             lines.append(f"{case.name}: kinks at " + "; ".join(case.kinks[:5]) + (" ..." if len(case.kinks) > 5 else ""))
     return "\n".join(lines)
+
+
+def terminal_report(results: Sequence[CaseResult], verbose: bool = False) -> str:
+    """What ``derivcheck run`` prints: the one-line-per-case overview, then the quantity
+    table and the details of the cases that need attention (anything but agree; kinks are
+    listed, not failed). `verbose` prints every case's table and every engine pair."""
+    parts = [case_overview(results)]
+    shown = list(results) if verbose else [r for r in results if r.verdict != "agree"]
+    if shown:
+        table = summary_table(shown)
+        parts.append(table if verbose else "cases that did not simply agree:\n" + table)
+    text = details(shown, verbose=verbose)
+    if text:
+        parts.append(text)
+    return "\n\n".join(parts)
