@@ -412,7 +412,13 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     previous_term = _interrupt_on_sigterm()
     if getattr(args, "dask", None):
-        from derivcheck.parallel import start_fork_server, uses_fork_server
+        from derivcheck.parallel import check_dask_address, start_fork_server, uses_fork_server
+
+        try:
+            check_dask_address(args.dask)
+        except DerivcheckError as exc:
+            print(f"derivcheck: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
         if uses_fork_server(args.dask):
             # first of all: the fork server imports torch and derivcheck for the Dask workers

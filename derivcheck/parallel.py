@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -303,6 +304,46 @@ def cluster_size(client: Any, known: int) -> int:
         return 1 << 20
 
 
+_DASK_ADDRESS = re.compile(r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+DASK_CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a scheduler to answer (``$DERIVCHECK_DASK_TIMEOUT``)."""
+
+
+def check_dask_address(address: str) -> None:
+    """Refuse a ``--dask`` value that is neither ``local`` nor a scheduler address
+    ``[scheme://]host:port`` (a usage error, before anything runs)."""
+    if address == "local":
+        return
+    match = _DASK_ADDRESS.fullmatch(address)
+    allowed = f"'local', or a scheduler address [scheme://]host:port with scheme {', '.join(DASK_SCHEMES)} (e.g. tcp://scheduler:8786)"
+    if match is None or (match["scheme"] and match["scheme"] not in DASK_SCHEMES) or not 1 <= int(match["port"]) <= 65535:
+        raise DerivcheckError(f"--dask {address!r} is not a Dask address; allowed: {allowed}")
+
+
+def _connect_timeout() -> float:
+    raw = os.environ.get("DERIVCHECK_DASK_TIMEOUT", "")
+    try:
+        return float(raw) if raw and float(raw) > 0 else DASK_CONNECT_TIMEOUT
+    except ValueError:
+        return DASK_CONNECT_TIMEOUT
+
+
+def connect(address: str) -> Any:
+    """A Dask ``Client`` of the scheduler at `address`, or a :class:`DerivcheckError`
+    (exit 4, one line) when none answers within :data:`DASK_CONNECT_TIMEOUT` seconds."""
+    from distributed import Client
+
+    timeout = _connect_timeout()
+    try:
+        return Client(address, timeout=f"{timeout}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DerivcheckError(
+            f"--dask {address!r}: no Dask scheduler answered within {timeout:g} s ({reason}); start one with `dask scheduler` and workers with `dask worker {address}`, or use --dask local"
+        ) from None
+
+
 def uses_fork_server(address: str | None) -> bool:
     """Whether ``--dask ADDRESS`` starts its workers from a fork server (a local cluster,
     on Linux, with Dask installed)."""
@@ -381,7 +422,7 @@ def run_on_dask(
         env = {k: v for k, v in os.environ.items() if k.startswith("DERIVCHECK_")}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=env) if address == "local" else None
         try:
-            with Client(cluster if cluster is not None else address) as client:
+            with Client(cluster) if cluster is not None else connect(address) as client:
                 if cluster is not None:
                     client.run(prepare_worker)
                 size = cluster_size(client, workers if cluster is not None else 0)

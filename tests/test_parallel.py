@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +331,26 @@ def test_pytest_plugin_skips_a_case_for_a_missing_device(pytester):
     result = pytester.runpytest_subprocess("--derivcheck", "devices.toml", "-p", "no:cacheprovider", "-rs")
     assert result.ret == 0
     assert ("2 passed" if cuda_available() else "1 passed, 1 skipped") in result.stdout.str()
+
+
+@pytest.mark.parametrize("address", ["foo", "tcp://host", "http://127.0.0.1:8786", "tcp://127.0.0.1:99999", "local:1"])
+def test_a_malformed_dask_address_is_a_usage_error_at_once(address, tmp_path, capsys):
+    from derivcheck import cli
+
+    (tmp_path / "case.toml").write_text((CASES / "tanh-regression.toml").read_text())
+    start = time.monotonic()
+    assert cli.main(["run", str(tmp_path), "--dask", address]) == 4
+    err = capsys.readouterr().err
+    assert time.monotonic() - start < 5
+    assert "is not a Dask address; allowed: 'local', or a scheduler address" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_dask_scheduler_is_one_line_and_exit_4(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    (tmp_path / "case.toml").write_text((CASES / "tanh-regression.toml").read_text())
+    env = {**os.environ, "DERIVCHECK_DASK_TIMEOUT": "1"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "derivcheck", "run", str(tmp_path), "--dask", "tcp://127.0.0.1:1"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert time.monotonic() - start < 30
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "no Dask scheduler answered within 1 s" in proc.stderr and "Traceback" not in proc.stderr
