@@ -333,7 +333,7 @@ def test_pytest_plugin_skips_a_case_for_a_missing_device(pytester):
     assert ("2 passed" if cuda_available() else "1 passed, 1 skipped") in result.stdout.str()
 
 
-@pytest.mark.parametrize("address", ["foo", "tcp://host", "http://127.0.0.1:8786", "tcp://127.0.0.1:99999", "local:1"])
+@pytest.mark.parametrize("address", ["foo", "tcp://host", "http://127.0.0.1:8786", "tcp://127.0.0.1:99999", "tcp://two words:1"])
 def test_a_malformed_dask_address_is_a_usage_error_at_once(address, tmp_path, capsys):
     from derivcheck import cli
 
