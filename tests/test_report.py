@@ -78,10 +78,30 @@ def test_report_command_writes_everything(tmp_path):
     assert any("step-study" in n for n in pngs) and any("residual-map" in n for n in pngs)
     page = (out / "index.html").read_text()
     assert '<table id="summary">' in page and "data:image/png;base64," in page
+    assert "plots/margins-error-tolerance-of-every-quantity.png" in names and "How close" not in page  # the plot is a PNG
+    assert 'alt="margins: error / tolerance of every quantity"' in page
     assert "http://" not in page and "https://" not in page  # self-contained
     doc = json.loads((out / "report.json").read_text())
     assert doc["environment"]["torch"] and doc["summary"]["cases"] == 3
     assert oct((out / "report.md").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_html_overview_links_to_sections_with_valid_ids(tiny_results):
+    import re
+
+    from derivcheck.report.html import case_ids, render_html
+
+    results = list(tiny_results) * 2  # two cases of the same name get distinct ids
+    page = render_html(results, ENV)
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == case_ids(results) == ["case-tiny", "case-tiny-2"]
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", i) for i in ids)
+    assert re.findall(r'<a href="#([^"]+)">tiny</a>', page) == ids
+    assert "<details><summary>" in page and "worst margin" in page
+    assert page.index('id="summary"') < page.index("<section")
+    from derivcheck.runner import CaseResult
+
+    assert case_ids([CaseResult(name="helmholtz-mms [exact]", quantities=[], engines=[]), CaseResult(name="!!", quantities=[], engines=[])]) == ["case-helmholtz-mms-exact", "case-unnamed"]
 
 
 def test_missing_matplotlib_is_said(tmp_path, monkeypatch, tiny_results):
@@ -138,6 +158,21 @@ def test_html_renders_in_a_real_browser(tmp_path):
     ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", (tmp_path / "index.html").as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
     assert 'id="summary"' in dom and "helmholtz-mms [exact]" in dom
+    # every overview link lands on its case's section, and agreeing quantities start collapsed
+    links = tmp_path / "links.html"
+    links.write_text(
+        (tmp_path / "index.html")
+        .read_text()
+        .replace(
+            "</body>",
+            "<script>const a=[...document.querySelectorAll('#summary a')];"
+            "document.title=a.length+':'+a.filter(l=>document.querySelector(new URL(l.href).hash)?.tagName==='SECTION').length"
+            "+':'+[...document.querySelectorAll('details')].filter(d=>!d.open).length</script></body>",
+        )
+    )
+    probe_links = subprocess.run([CHROMIUM, *flags, "--dump-dom", links.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
+    total, landed, collapsed = (int(n) for n in probe_links.split("<title>")[1].split("</title>")[0].split(":"))
+    assert total == 2 and landed == 2 and collapsed >= 2
     # the browser decoded the embedded plots: ask it for the images' natural widths
     script = tmp_path / "probe.html"
     script.write_text(

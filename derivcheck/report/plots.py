@@ -113,6 +113,38 @@ def residual_maps(case: CaseResult) -> bytes | None:
     return _png(fig)
 
 
+MARGINS_TITLE = "margins: error / tolerance of every quantity"
+
+
+def margins(results: list[CaseResult] | tuple[CaseResult, ...]) -> bytes | None:
+    """Every compared quantity's margin (error / tolerance at its worst entry) on a log
+    axis, one column per case, with the 1.0 line where a check fails: the picture of how
+    close each check came to failing (None when nothing was compared)."""
+    columns = [(case.name, [q.margin for q in case.quantities if q.margin is not None]) for case in results]
+    if not any(values for _, values in columns):
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = _figure(max(6.0, 0.32 * len(columns) + 2), 4.5)
+    rng = np.random.default_rng(0)  # a fixed jitter: the same run draws the same picture
+    floor = 1e-6
+    for i, (_, values) in enumerate(columns):
+        if not values:
+            continue
+        shown = np.maximum(np.asarray(values, dtype=float), floor)
+        colours = ["#cf222e" if v > 1 else "#1a7f37" for v in values]
+        ax.scatter(i + rng.uniform(-0.18, 0.18, size=len(shown)), shown, s=12, c=colours, alpha=0.8, linewidths=0)
+    ax.axhline(1.0, color="#cf222e", linestyle="--", linewidth=1)
+    ax.text(len(columns) - 0.5, 1.15, "fails above 1", color="#cf222e", ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([name for name, _ in columns], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("error / tolerance")
+    ax.set_title(f"How close each check came to failing ({sum(len(v) for _, v in columns)} quantities; floor {floor:g})", fontsize=9)
+    plt.setp(ax.get_yticklabels(), fontsize=8)
+    return _png(fig)
+
+
 def case_plots(case: CaseResult) -> dict[str, bytes]:
     """All plots of one case by title."""
     out = {}

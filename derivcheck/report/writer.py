@@ -48,6 +48,7 @@ def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> 
     pngs: dict[str, bytes] = {}
     owners: dict[str, int] = {}  # plot title -> index of its case in `results`
     missing = ""
+    overview: bytes | None = None
     if with_plots:
         if plotting.available():
             for index, case in enumerate(results):
@@ -58,15 +59,18 @@ def render_report(results: Sequence[CaseResult], *, with_plots: bool = True) -> 
                         number += 1
                     pngs[shown] = png
                     owners[shown] = index
+            overview = plotting.margins(list(results))
         else:
             missing = plotting.MISSING
-    names = _plot_names(list(pngs))
+    names = _plot_names(([plotting.MARGINS_TITLE] if overview is not None else []) + list(pngs))
     files: dict[str, str | bytes] = {f"plots/{names[title]}": png for title, png in pngs.items()}
+    if overview is not None:
+        files[f"plots/{names[plotting.MARGINS_TITLE]}"] = overview
     document = run_to_dict(results)
     document["environment"] = env
     files["report.json"] = json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
     files["report.md"] = render_markdown(results, env, {title: f"plots/{names[title]}" for title in pngs}, missing)
-    files["index.html"] = render_html(results, env, pngs, missing, owners=owners)
+    files["index.html"] = render_html(results, env, pngs, missing, owners=owners, overview_plots={plotting.MARGINS_TITLE: overview} if overview is not None else None)
     return files
 
 
