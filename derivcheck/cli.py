@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _scale_options(run)
     _input_options(run)
     run.add_argument("-q", "--quiet", action="store_true", help="print only the final summary line")
+    run.add_argument("--annotations", choices=("github",), help="print GitHub Actions ::error lines for failing cases (::warning for kinks)")
 
     rep = sub.add_parser("report", help="write Markdown, HTML and JSON reports with plots", description="Run case files and write report.md, index.html, report.json and plots/ (atomically).")
     rep.add_argument("paths", nargs="+", help="case files or folders")
@@ -367,6 +368,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         with writing(f"--junit {args.junit!r}"):
             write_junit(args.junit, results)
+    from derivcheck.report.github import annotations, append_step_summary
+
+    if args.annotations == "github":
+        for line in annotations(results):
+            print(line)
+    with writing("the GitHub step summary ($GITHUB_STEP_SUMMARY)"):
+        append_step_summary(results)
     print("\n" + _count_line(results))
     return _exit_code(results)
 
