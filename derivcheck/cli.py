@@ -368,10 +368,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         with writing(f"--junit {args.junit!r}"):
             write_junit(args.junit, results)
-    from derivcheck.report.github import annotations, append_step_summary
+    from derivcheck.report.github import append_step_summary, workflow_annotations
 
     if args.annotations == "github":
-        for line in annotations(results):
+        for line in workflow_annotations(results):
             print(line)
     with writing("the GitHub step summary ($GITHUB_STEP_SUMMARY)"):
         append_step_summary(results)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from derivcheck import cli
-from derivcheck.report.github import annotations, step_summary
+from derivcheck.report.github import step_summary, workflow_annotations as annotations
 from derivcheck.runner import CaseResult
 
 GOOD = """

@@ -3,7 +3,7 @@
 - When ``GITHUB_STEP_SUMMARY`` names a file, ``derivcheck run`` appends a Markdown summary
   to it: the count line, one row per case (verdict, quantities, worst margin) and, for each
   case that needs attention, what went wrong. It is shown on the run's summary page.
-- ``--annotations github`` prints one ``::error file=...,title=...::message`` line per case
+- ``--annotations github`` (:func:`workflow_annotations`) prints one ``::error file=...,title=...::message`` line per case
   that fails (and ``::warning`` for a case whose only news is a kink), so the case file is
   marked in the pull request's diff.
 
@@ -56,7 +56,7 @@ def _problem(case: CaseResult) -> str:
     return "; ".join(parts[:5]) + (f"; and {len(parts) - 5} more" if len(parts) > 5 else "")
 
 
-def annotations(results: Sequence[CaseResult]) -> list[str]:
+def workflow_annotations(results: Sequence[CaseResult]) -> list[str]:
     """``::error`` lines for failing cases, ``::warning`` for kinks; none for the rest."""
     lines = []
     for case in results:
