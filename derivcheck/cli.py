@@ -306,7 +306,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         written = write_report(results, args.output, with_plots=not args.no_plots)
     print(_count_line(results))
     print(
-        f"wrote {len(written)} file(s) to {args.output}/: "
+        f"wrote {len(written)} file(s) to {args.output.rstrip('/') or '/'}/: "
         + ", ".join(sorted(p.name for p in written if p.parent.name != "plots"))
         + f" and {sum(1 for p in written if p.parent.name == 'plots')} plot(s)"
     )

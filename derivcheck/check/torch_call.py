@@ -105,6 +105,33 @@ def from_real(flat: np.ndarray, shape: tuple[int, ...], dtype: Any, device: Any)
     return torch.as_tensor(np.ascontiguousarray(flat).reshape(shape), dtype=dtype, device=device)
 
 
+_TORCH_NAMESPACES = ("torch", "torch.nn.functional", "torch.special", "torch.linalg", "torch.fft", "torch.Tensor")
+_torch_names: dict[int, str] | None = None
+
+
+def _public_torch_names() -> dict[int, str]:
+    """id(function) -> its public name, ``torch.special.expit`` rather than the internal
+    ``special_expit`` (first namespace wins: ``torch.conv2d`` is ``F.conv2d``)."""
+    global _torch_names
+    if _torch_names is None:
+        import importlib
+
+        found: dict[int, str] = {}
+        for namespace in _TORCH_NAMESPACES:
+            module = importlib.import_module(namespace) if namespace != "torch.Tensor" else _torch().Tensor
+            for attr in dir(module):
+                if attr.startswith("_") and not (attr.startswith("__") and namespace == "torch.Tensor"):
+                    continue
+                try:
+                    obj = getattr(module, attr)
+                except Exception:  # noqa: BLE001 - a lazy attribute that fails to load
+                    continue
+                if callable(obj) and not isinstance(obj, type):
+                    found.setdefault(id(obj), f"{namespace}.{attr}")
+        _torch_names = found
+    return _torch_names
+
+
 def describe(fn: Any, name: str | None = None) -> str:
     """A readable name for `fn`: ``name=``, a Function's or Module's class name,
     ``torch.tanh`` for torch built-ins, the function's qualified name otherwise."""
@@ -117,6 +144,9 @@ def describe(fn: Any, name: str | None = None) -> str:
     if inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
         return f"{owner.__name__}.apply"
     target = getattr(fn, "func", fn)  # functools.partial
+    public = _public_torch_names().get(id(target))
+    if public is not None:
+        return public
     qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(target).__name__
     qualname = qualname.rsplit("<locals>.", 1)[-1]
     for prefix in ("_VariableFunctionsClass.", "_TensorBase.", "TensorBase."):

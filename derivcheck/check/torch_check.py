@@ -706,7 +706,7 @@ def _second_order(ctx: _Check, w: np.ndarray, directions: int) -> QuantityResult
     call, spec = ctx.call, ctx.spec
     U = ctx.rng.standard_normal((directions, call.size)) * ctx.finite_inputs
     V = ctx.rng.standard_normal((directions, call.size)) * ctx.finite_inputs
-    name = "second derivative u^T H v of w.out"
+    name = "second derivative u^T H v of sum(w*out)"
 
     def double_backward() -> tuple[np.ndarray | None, float]:
         graph = Graph(call, spec)

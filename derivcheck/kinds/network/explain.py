@@ -193,7 +193,8 @@ def _explain_network(case: Any) -> Explanation:
         entry = cast(Any, comp).jacobian_exprs[0]  # explain compiles whole layers (CompiledLayer)
         constants_note = f", k_j = the sample's constants ({_CONSTANTS.get(layer.kind, 'not differentiated')})" if layer.n_sample_constants else ""
         local.text.append(f"SymPy, one entry: d{out}[0]/d{inp}[0] = {entry}   (SymPy's local symbols: a_j = {inp}[j], weight_i_j = {weights[index] or 'W'}[i, j]{constants_note})")
-        local.latex.append(f"\\frac{{\\partial {_tex(out)}[0]}}{{\\partial {_tex(inp)}[0]}} = {sp.latex(entry)}")
+        symbol_names = _latex_symbol_names(entry, inp, weights[index] or "W")
+        local.latex.append(f"\\frac{{\\partial {_tex(out)}[0]}}{{\\partial {_tex(inp)}[0]}} = {sp.latex(entry, symbol_names=symbol_names)}")
         jac = comp.jacobian(a, flat[index], constants[index])[0]
         sym_jacobians.append(jac)
         hand = np.stack([layer.numpy_backward(np.eye(network.sizes[index + 1])[k : k + 1], caches[index], network.layer_params(sample.params, index))[0][0] for k in range(network.sizes[index + 1])])
@@ -277,6 +278,24 @@ def _diffusion_forward(forward: Step, layer: Any, out: str, inp: str, shape: tup
 def _first_loss_entry(loss: Any) -> str:
     outputs = sorted((s for s in loss.expr.free_symbols if str(s).startswith("y")), key=lambda s: int(str(s)[1:]))
     return str(sp.diff(loss.expr, outputs[0]))
+
+
+def _latex_symbol_names(expr: Any, inp: str, weight: str) -> dict[Any, str]:
+    """LaTeX for SymPy's local symbols: ``weight_0_1`` -> ``W_{1}[0, 1]`` (the layer's
+    matrix), ``bias_2`` -> ``b_{1}[2]``, ``a_3`` -> ``x[3]`` (the layer's input), instead of
+    SymPy's ``weight_{0 1}``."""
+    import re
+
+    names: dict[Any, str] = {}
+    w_tex = _tex(weight)
+    b_tex = "b" + w_tex[1:] if w_tex.startswith("W") else "b"
+    for symbol in getattr(expr, "free_symbols", ()):
+        match = re.fullmatch(r"(weight|bias|a)((?:_\d+)+)", symbol.name)
+        if match:
+            index = ", ".join(match.group(2)[1:].split("_"))
+            base = {"weight": w_tex, "bias": b_tex, "a": _tex(inp)}[match.group(1)]
+            names[symbol] = f"{base}[{index}]"
+    return names
 
 
 def _tex(name: str) -> str:
