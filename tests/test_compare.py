@@ -54,9 +54,12 @@ def test_two_against_two_has_no_odd_engine():
     assert "no single engine" in r.message
 
 
-def test_fewer_than_two_engines_is_error():
+def test_fewer_than_two_engines_is_skipped_with_the_reason_or_an_error_without_one():
     r = compare_quantity("q", {"a": ev([1.0])}, skipped={"b": "not supported"})
-    assert r.verdict == "error" and r.skipped == {"b": "not supported"}
+    assert r.verdict == "skipped" and r.skipped == {"b": "not supported"} and r.ok
+    assert "only a computes this quantity (b: not supported)" in r.message
+    r = compare_quantity("q", {"a": ev([1.0])})
+    assert r.verdict == "error" and not r.ok
 
 
 def test_float32_tolerance_is_looser():

@@ -978,6 +978,6 @@ def test_plots_go_with_their_own_case_even_when_names_share_a_prefix(tmp_path):
     second = copy.deepcopy(first)
     first.name, second.name = "a", "a: b"
     page = render_html([first, second], {}, {"a: gradient norms": b"1", "a: b: gradient norms": b"2"}, owners={"a: gradient norms": 0, "a: b: gradient norms": 1})
-    start_a, start_ab = page.index('<h2 id="a">'), page.index('<h2 id="a: b">')
-    section_a, section_ab = page[start_a:start_ab], page[start_ab : page.index("<h2>Environment")]
+    start_a, start_ab = page.index('<section id="case-a">'), page.index('<section id="case-a-b">')
+    section_a, section_ab = page[start_a:start_ab], page[start_ab : page.index('<h2 id="environment">')]
     assert section_a.count("<figure>") == 1 and section_ab.count("<figure>") == 1

@@ -29,6 +29,7 @@ class Cube(torch.autograd.Function):
         (torch.linalg.norm, "torch.linalg.norm"),
         (torch.fft.fft, "torch.fft.fft"),
         (Cube.apply, "Cube.apply"),
+        (functools.partial(Cube.apply), "Cube.apply"),
         (torch.nn.Linear(2, 2), "Linear"),
     ],
 )

@@ -170,3 +170,17 @@ def test_ok(derivcheck):
     assert "incompatible with junit_family" not in result.stdout.str()
     tree = ET.parse(pytester.path / "out.xml")
     assert [p.get("value") for p in tree.iter("property") if p.get("name") == "derivcheck_verdict"] == ["agree"]
+
+
+def test_in_this_repository_the_flag_collects_only_the_shipped_cases():
+    """The issue's report: ``pytest --derivcheck cases/`` here collected the whole suite
+    too (527 items); now it collects the case files and nothing else."""
+    import subprocess
+    import sys
+
+    root = CASES.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--derivcheck", "cases/", "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True, timeout=300)
+    items = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert items and all(line.startswith("cases/") and ".toml::" in line for line in items), items[:5]
+    assert len(items) == len(list(CASES.rglob("*.toml")))

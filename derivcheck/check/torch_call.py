@@ -140,10 +140,10 @@ def describe(fn: Any, name: str | None = None) -> str:
     torch = _torch()
     if isinstance(fn, torch.nn.Module):
         return type(fn).__name__
-    owner = getattr(fn, "__self__", None)
+    target = getattr(fn, "func", fn)  # functools.partial
+    owner = getattr(target, "__self__", None)
     if inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
         return f"{owner.__name__}.apply"
-    target = getattr(fn, "func", fn)  # functools.partial
     public = _public_torch_names().get(id(target))
     if public is not None:
         return public
