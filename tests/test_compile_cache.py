@@ -47,11 +47,11 @@ def _entries(folder):
 
 def test_restored_layer_computes_the_same_as_a_fresh_derivation(cache):
     lin = _linear(4, 3)
-    fresh = symbolic.compile_layer(lin, 4)
+    fresh = symbolic.compile_layer(lin, 4, whole=True)
     assert len(_entries(cache)) == 1
     _forget()
     before = compile_cache.stats()["hits"]
-    restored = symbolic.compile_layer(lin, 4)
+    restored = symbolic.compile_layer(lin, 4, whole=True)
     assert compile_cache.stats()["hits"] == before + 1
     assert type(restored) is type(fresh) and restored is not fresh
     rng = np.random.default_rng(0)
@@ -79,27 +79,27 @@ def test_cells_and_losses_are_cached_and_warm_runs_derive_nothing(cache):
 
 
 def test_changed_case_misses(cache):
-    symbolic.compile_layer(_linear(3, 2), 3)
-    symbolic.compile_layer(_linear(3, 2, bias=False), 3)
-    symbolic.compile_layer(_linear(3, 4), 3)
+    symbolic.compile_layer(_linear(3, 2), 3, whole=True)
+    symbolic.compile_layer(_linear(3, 2, bias=False), 3, whole=True)
+    symbolic.compile_layer(_linear(3, 4), 3, whole=True)
     assert len(_entries(cache)) == 3
 
 
 def test_changed_version_misses(cache, monkeypatch):
     lin = _linear()
-    symbolic.compile_layer(lin, 3)
+    symbolic.compile_layer(lin, 3, whole=True)
     _forget()
     real = compile_cache.versions()
     monkeypatch.setattr(compile_cache, "versions", lambda: {**real, "sympy": "99.0"})
     misses = compile_cache.stats()["misses"]
-    symbolic.compile_layer(lin, 3)
+    symbolic.compile_layer(lin, 3, whole=True)
     assert compile_cache.stats()["misses"] == misses + 1
     assert len(_entries(cache)) == 2
 
 
 def test_tampered_entry_is_rejected_rebuilt_and_never_executed(cache, tmp_path):
     lin = _linear()
-    symbolic.compile_layer(lin, 3)
+    symbolic.compile_layer(lin, 3, whole=True)
     (entry,) = _entries(cache)
     wrapper = json.loads(entry.read_text())
     payload = json.loads(wrapper["payload"])
@@ -109,26 +109,26 @@ def test_tampered_entry_is_rejected_rebuilt_and_never_executed(cache, tmp_path):
     entry.write_text(json.dumps(wrapper))
     _forget()
     rejected = compile_cache.stats()["rejected"]
-    compiled = symbolic.compile_layer(lin, 3)
+    compiled = symbolic.compile_layer(lin, 3, whole=True)
     assert compile_cache.stats()["rejected"] == rejected + 1
     assert not marker.exists()
     assert compiled.forward(np.ones((3, 2)), [0.5] * 8).shape == (2, 2)
     _forget()
     hits = compile_cache.stats()["hits"]
-    symbolic.compile_layer(lin, 3)  # the rebuilt entry is valid again
+    symbolic.compile_layer(lin, 3, whole=True)  # the rebuilt entry is valid again
     assert compile_cache.stats()["hits"] == hits + 1
 
 
 def test_foreign_or_truncated_files_are_rejected(cache):
     lin = _linear()
-    symbolic.compile_layer(lin, 3)
+    symbolic.compile_layer(lin, 3, whole=True)
     (entry,) = _entries(cache)
     text = entry.read_text()
     for broken in (text[: len(text) // 2], "not json", json.dumps({"payload": json.loads(text)["payload"], "mac": "0" * 64})):
         entry.write_text(broken)
         _forget()
         rejected = compile_cache.stats()["rejected"]
-        symbolic.compile_layer(lin, 3)
+        symbolic.compile_layer(lin, 3, whole=True)
         assert compile_cache.stats()["rejected"] == rejected + 1
 
 
@@ -208,12 +208,12 @@ def test_concurrent_builders_of_one_entry_derive_it_once(cache, tmp_path):
 
 def test_disabled_cache_neither_reads_nor_writes(cache, monkeypatch):
     monkeypatch.setitem(compile_cache._settings, "enabled", False)
-    symbolic.compile_layer(_linear(), 3)
+    symbolic.compile_layer(_linear(), 3, whole=True)
     assert not cache.exists() or not _entries(cache)
 
 
 def test_cache_command_info_and_clear(cache, capsys):
-    symbolic.compile_layer(_linear(), 3)
+    symbolic.compile_layer(_linear(), 3, whole=True)
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "entries:   1" in out and str(cache) in out

@@ -275,12 +275,21 @@ def test_mutation_attention_without_scale(monkeypatch):
 
 
 def test_symbolic_engine_skips_networks_beyond_its_limits_and_says_why():
-    problem = make_problem([("linear", {"in": 120, "out": 100}), ("tanh", {})], batch=2)
+    problem = make_problem([("linear", {"in": 3, "out": 120}), ("softmax", {})], batch=2)
     result = run_problem(problem, make_engines(["symbolic", "numpy", "torch"]), ["L", "dL/dparams"])
     assert result.verdict == "agree"
     for q in result.quantities:
-        assert "100x120 local Jacobian" in q.skipped["symbolic"] and "other engines still run" in q.skipped["symbolic"]
+        assert "120x120 local Jacobian" in q.skipped["symbolic"] and "other engines still run" in q.skipped["symbolic"]
         assert set(q.engines) == {"numpy", "torch"}
+
+
+def test_a_wide_linear_layer_is_derived_from_one_term_and_agrees():
+    """A 120x100 linear layer used to be beyond the whole-layer limit; its one derived
+    product term now serves any width."""
+    problem = make_problem([("linear", {"in": 120, "out": 100}), ("tanh", {})], batch=2)
+    result = run_problem(problem, make_engines(["symbolic", "numpy", "torch"]), ["L", "dL/dparams", "dL/dx", "dy/dx"])
+    assert result.verdict == "agree"
+    assert all("symbolic" in q.engines for q in result.quantities)
 
 
 def test_local_rule_vjp_and_jacobian_are_consistent():

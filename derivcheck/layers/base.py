@@ -25,7 +25,7 @@ import numpy as np
 from derivcheck._lazy import sympy as sp
 
 from derivcheck.errors import CaseError
-from derivcheck.layers.rules import LocalRule
+from derivcheck.layers.rules import LocalRule, ProductCell
 
 Params = Mapping[str, np.ndarray]
 """Parameters of one layer by local name (``"weight"``, ``"bias"``)."""
@@ -168,6 +168,10 @@ class Layer(Configurable):
         after :meth:`bind`."""
         if self.ELEMENTWISE and not self.param_shapes() and not self.n_sample_constants:
             return elementwise_rule(self)
+        return None
+
+    def product_cell(self) -> "ProductCell | None":
+        """A dense layer as one derived product term (``nn.Linear``); ``None`` for the rest."""
         return None
 
     n_sample_constants: int = 0

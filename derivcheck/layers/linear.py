@@ -8,6 +8,11 @@ import numpy as np
 from derivcheck._lazy import sympy as sp
 
 from derivcheck.layers.base import Layer, Option, Params, SymbolArrays, positive_int
+from derivcheck.layers.rules import ProductCell
+
+
+def _weight_times_input(a: Any, w: Any) -> Any:
+    return w * a
 
 
 class Linear(Layer):
@@ -52,6 +57,10 @@ class Linear(Layer):
                 total = total + params["bias"][i]
             outputs.append(total)
         return outputs
+
+    def product_cell(self) -> ProductCell:
+        """``y_o = sum_k W_ok a_k + b_o``: the term ``w * a``, derived once for any width."""
+        return ProductCell(_weight_times_input, bool(self.options.get("bias", True)))
 
     def numpy_forward(self, x: np.ndarray, params: Params) -> tuple[np.ndarray, Any]:
         y = x @ params["weight"].T

@@ -109,6 +109,16 @@ class RuleBuilder:
         return LocalRule(self.in_size, self.n_values, self.cells, self.stages, np.asarray(output, dtype=np.int64).ravel())
 
 
+@dataclass(frozen=True)
+class ProductCell:
+    """A dense layer ``y_o = sum_k term(a_k, W_ok) (+ b_o)``: the layer states its term
+    (``nn.Linear``: ``w * a``) and the symbolic engine derives it once, for any width
+    (see :mod:`derivcheck.engines.symbolic.products`)."""
+
+    term: Callable[[Any, Any], Any]
+    bias: bool
+
+
 def param_offsets(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Flat parameter indices of each parameter, shaped like it (``-1`` never appears)."""
     offsets: dict[str, np.ndarray] = {}

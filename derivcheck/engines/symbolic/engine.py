@@ -55,8 +55,11 @@ class SymbolicEngine(Engine):
             param_grads: dict[str, np.ndarray] = {}
             for index in range(len(compiled) - 1, -1, -1):
                 layer = compiled[index]
-                cotangent, per_sample_params = layer.vjp(activations[index], flat_params[index], cotangent, constants[index])
-                summed = per_sample_params.sum(axis=1)
+                if hasattr(layer, "vjp_sum"):  # matrix products: no per-sample parameter cotangents
+                    cotangent, summed = layer.vjp_sum(activations[index], flat_params[index], cotangent, constants[index])
+                else:
+                    cotangent, per_sample_params = layer.vjp(activations[index], flat_params[index], cotangent, constants[index])
+                    summed = per_sample_params.sum(axis=1)
                 offset = 0
                 for local, shape in layer.shapes.items():
                     size = int(np.prod(shape))
@@ -74,8 +77,11 @@ class SymbolicEngine(Engine):
             if q.kind == "jacobian":
                 product: np.ndarray | None = None
                 for layer, a, params, consts in zip(compiled, activations, flat_params, constants):
+                    if product is not None and hasattr(layer, "apply_jacobian"):
+                        product = layer.apply_jacobian(a, params, product)  # J @ product without forming J per sample
+                        continue
                     jacobian = layer.jacobian(a, params, consts)
-                    product = jacobian if product is None else np.matmul(jacobian, product)
+                    product = np.array(jacobian) if product is None else np.matmul(jacobian, product)
                 assert product is not None
                 result[q.name] = EngineValue(product)
             elif q.kind in ("sgd_step", "clip_grad"):

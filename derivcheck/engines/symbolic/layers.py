@@ -30,6 +30,7 @@ from derivcheck._lazy import sympy as sp
 from derivcheck import compile_cache
 from derivcheck.expr import NUMPY_MODULES, make_symbol
 from derivcheck.layers import Layer, Loss
+from derivcheck.engines.symbolic.products import CompiledProduct, CompiledUnit, compile_product, compile_unit
 from derivcheck.engines.symbolic.rules import CompiledRule, partials
 
 
@@ -283,28 +284,43 @@ def _layer_content(layer: Layer, key: tuple, in_size: int) -> str:
     return repr((type(layer).__module__, type(layer).__qualname__, key[1:], in_size))
 
 
+def _is_unit(layer: Layer) -> bool:
+    """An elementwise, parameter-free layer without per-sample constants: one derived unit."""
+    return bool(layer.ELEMENTWISE) and not layer.param_shapes() and not layer.n_sample_constants and layer.per_sample
+
+
 def needs_derivation(network: Any) -> bool:
     """Whether running `network` would derive a whole layer that is neither compiled in
     this process nor stored in the compile cache (local-rule cells, small and quick to
     derive, do not count)."""
     for layer, size in zip(network.layers, network.sizes):
         key = _layer_key(layer, size, False)
-        if not layer.per_sample or key in _COMPILED or (_bound(layer, size) and layer.local_rule() is not None):
+        if not layer.per_sample or key in _COMPILED or layer.product_cell() is not None or _is_unit(layer) or (_bound(layer, size) and layer.local_rule() is not None):
             continue
         if not compile_cache.has("layer", _layer_content(layer, key, size)):
             return True
     return False
 
 
-def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledLayer | CompiledRule":
+def compile_layer(layer: Layer, in_size: int, whole: bool = False) -> "CompiledLayer | CompiledRule | CompiledProduct | CompiledUnit":
     """The compiled derivation of `layer` at `in_size` inputs (cached per configuration):
-    a :class:`CompiledRule` when the layer has a local rule, else (or with `whole`, for
-    callers that need the element expressions or second derivatives) a whole-layer
-    :class:`CompiledLayer`."""
+    a :class:`~derivcheck.engines.symbolic.products.CompiledProduct` for a dense layer (one
+    derived product term), a :class:`~derivcheck.engines.symbolic.products.CompiledUnit` for
+    an elementwise one (one derived unit), a :class:`CompiledRule` when the layer has a
+    local rule, else (or with `whole`, for callers that need the element expressions) a
+    whole-layer :class:`CompiledLayer`."""
     key = _layer_key(layer, in_size, whole)
     try:
         return _COMPILED[key]
     except KeyError:
+        product = None if whole else layer.product_cell()
+        if product is not None:
+            out_size = layer.output_size(in_size)
+            _COMPILED[key] = compile_product(product, in_size, out_size, layer.param_shapes())
+            return _COMPILED[key]
+        if not whole and _is_unit(layer):
+            _COMPILED[key] = compile_unit(layer, in_size)
+            return _COMPILED[key]
         rule = layer.local_rule() if _bound(layer, in_size) and not whole else None
         if rule is not None:  # its cells are cached one by one
             compiled: Any = CompiledRule(rule, layer.param_shapes())
@@ -340,6 +356,8 @@ def size_problem(network: Any, batch: int) -> str | None:
     """Why the symbolic engine will not derive `network`, or ``None`` when it will."""
     for index, layer in enumerate(network.layers):
         where = f"layer {index} ({layer.kind})"
+        if layer.product_cell() is not None or _is_unit(layer):
+            continue  # one derived term or unit, applied as matrix products: any width
         rule = layer.local_rule() if layer.per_sample else None
         if not layer.per_sample:
             size = batch * layer.in_size
