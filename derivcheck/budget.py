@@ -173,7 +173,11 @@ def check_network(network: Any, batch: int, *, file: str | None, finite_differen
     if not finite_differences:
         require("steps", OTHER_PASSES * steps, file=file, key="network", detail=f"{steps} layer application(s) per pass")
         return
-    coordinates = (sum(counts) if param_grads else 0) + input_grads * input_coordinates
+    from derivcheck.quantities import FD_FULL_PARAMETERS, PARAM_DIRECTIONS
+
+    # above FD_FULL_PARAMETERS, finite differences take directional derivatives of the parameters
+    param_coordinates = (sum(counts) if sum(counts) <= FD_FULL_PARAMETERS else PARAM_DIRECTIONS) if param_grads else 0
+    coordinates = param_coordinates + input_grads * input_coordinates
     passes = FD_PASSES_PER_COORDINATE * coordinates
     require(
         "fd-evaluations",

@@ -154,6 +154,8 @@ class FieldQuantity:
     points: Any = None  # (P, d) array for labels
 
     def index_label(self, index: tuple[int, ...]) -> str:
+        if self.kind == "pinn_directions":
+            return f"direction v_{index[0]}"
         if self.kind == "pinn_grad":
             return f"{self.param}[{', '.join(map(str, index))}]"
         if self.kind == "lambda_hat" or not index:
@@ -249,6 +251,11 @@ def field_quantities(problem: FieldProblem, requested: Sequence[str] | None = No
             for ref in problem.network.params():
                 extra[f"dL{term}/d{ref.qualified}"] = FieldQuantity(f"dL{term}/d{ref.qualified}", "pinn_grad", ref.shape, param=ref.qualified, term=term, group=f"dL{term}", per_sample=False)
         extra["lambda_hat"] = FieldQuantity("lambda_hat", "lambda_hat", (), per_sample=False)
+        from derivcheck.quantities import FD_FULL_PARAMETERS, PARAM_DIRECTIONS
+
+        if sum(int(np.prod(ref.shape)) for ref in problem.network.params()) > FD_FULL_PARAMETERS:
+            for term in ("r", "b"):  # finite differences check these instead of every parameter
+                extra[f"dL{term}/dparams·v"] = FieldQuantity(f"dL{term}/dparams·v", "pinn_directions", (PARAM_DIRECTIONS,), term=term, per_sample=False)
     if requested is None:
         return list(available.values())
     chosen: list[FieldQuantity] = []
@@ -256,7 +263,7 @@ def field_quantities(problem: FieldProblem, requested: Sequence[str] | None = No
         if name == "pinn":
             if strict and "lambda_hat" not in extra:
                 raise ValueError("'pinn' needs a network field, a solution and pinn = { boundary = ... }")
-            chosen.extend(q for q in extra.values() if q.kind in ("pinn_grad", "lambda_hat"))
+            chosen.extend(q for q in extra.values() if q.kind in ("pinn_grad", "lambda_hat", "pinn_directions"))
             continue
         q = available.get(name) or extra.get(name)
         if q is None and not strict:

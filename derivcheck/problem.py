@@ -104,6 +104,13 @@ class Network:
         local = self.layer_params(params, index)
         return [float(v) for name in self.layers[index].param_shapes() for v in local[name].ravel()]
 
+    def layer_param_array(self, params: dict[str, np.ndarray], index: int) -> np.ndarray:
+        """:meth:`layer_param_vector` as one float64 array (no Python float per entry: a
+        256x256 layer's 65,536 weights)."""
+        local = self.layer_params(params, index)
+        parts = [np.asarray(local[name], dtype=np.float64).ravel() for name in self.layers[index].param_shapes()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
     def torch_model(self, params: dict[str, np.ndarray], dtype: Any = "float64", device: str = "cpu") -> Any:
         """The real ``nn.Sequential`` of the layers' torch modules with `params` loaded
         (names ``"0.weight"``, ...); `dtype` is ``"float64"``, ``"float32"`` or a torch dtype."""

@@ -13,6 +13,13 @@ Quantity names (case-file ``quantities = [...]``):
   1e-6))``); the torch engine runs the real function;
 - ``"sgd_step"``: one SGD step ``-lr * dL/dparams`` (all parameters concatenated in
   ``state_dict`` order); the torch engine takes it from a real ``torch.optim.SGD`` step.
+
+Above :data:`FD_FULL_PARAMETERS` parameters, ``"dL/dparams"`` also adds
+``"dL/dparams·v"``: the gradient along :data:`PARAM_DIRECTIONS` fixed random unit
+directions ``v`` (all parameters jointly). Finite differences take these directional
+derivatives (six passes each) instead of differencing every parameter (six passes *per
+parameter*); the exact engines' full gradients, projected, must agree with them, and with
+each other entry by entry.
 """
 
 from __future__ import annotations
@@ -30,6 +37,21 @@ INPUT_GRAD = "dL/dx"
 JACOBIAN = "dy/dx"
 SGD_STEP = "sgd_step"
 CLIP_GRAD = "clip_grad"
+PARAM_DIRECTIONS_NAME = "dL/dparams·v"
+
+FD_FULL_PARAMETERS = 4096
+"""Networks with more parameters get directional finite differences (see the module docstring)."""
+
+PARAM_DIRECTIONS = 8
+"""How many random directions ``v`` (seeded, unit norm) ``dL/dparams·v`` takes."""
+
+
+def param_directions(total: int, count: int = PARAM_DIRECTIONS) -> np.ndarray:
+    """``(count, total)`` fixed random unit directions over all parameters (state_dict order)."""
+    rng = np.random.default_rng(20261202)
+    v = rng.standard_normal((count, total))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
 
 DEFAULT_QUANTITIES = (LOSS_VALUE, ALL_PARAMS, INPUT_GRAD, JACOBIAN)
 
@@ -56,6 +78,8 @@ class Quantity:
         """A readable name for one entry, e.g. ``0.weight[3, 1]`` or ``sample 4: dy[1]/dx[0]``."""
         if self.kind == "loss":
             return "L"
+        if self.kind == "param_directions":
+            return f"direction v_{index[0]}"
         if self.kind == "param_grad":
             return f"{self.param}[{', '.join(map(str, index))}]"
         if self.kind == "input_grad":
@@ -102,6 +126,8 @@ def expand_quantities(names: Sequence[str], problem: Problem) -> list[Quantity]:
         elif name == ALL_PARAMS:
             for ref in refs.values():
                 add(Quantity(f"dL/d{ref.qualified}", "param_grad", ref.shape, param=ref.qualified, group=ALL_PARAMS))
+            if total > FD_FULL_PARAMETERS:
+                add(Quantity(PARAM_DIRECTIONS_NAME, "param_directions", (PARAM_DIRECTIONS,)))
         elif name.startswith("dL/d") and name[4:] in refs:
             ref = refs[name[4:]]
             add(Quantity(name, "param_grad", ref.shape, param=ref.qualified, group=ALL_PARAMS))

@@ -80,7 +80,9 @@ class Linear(Layer):
         out = h @ weight.T
         if "bias" in params:
             out = out + params["bias"]
-        return out, np.einsum("pid,oi->pod", jac, weight), np.einsum("pide,oi->pode", hess, weight)
+        p, i, d = jac.shape
+        # matrix products (BLAS), not einsum's loops: a [2, 50, 50, 50, 1] PINN on 1,000 points
+        return out, np.matmul(weight, jac), np.matmul(weight, hess.reshape(p, i, d * d)).reshape(p, -1, d, d)
 
     def torch_module(self) -> Any:
         import torch

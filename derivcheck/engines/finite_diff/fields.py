@@ -234,14 +234,55 @@ def compute_fields(problem: FieldProblem, quantities: Sequence[FieldQuantity], m
                 errs = np.stack([np.stack([g[1] for g in row], axis=-1) for row in grid], axis=-2)
                 excl = np.any([g[2] for row in grid for g in row], axis=0)
                 result[q.name] = value(vals, errs, np.broadcast_to(excl[:, None, None], vals.shape).copy())
-        elif q.kind in ("pinn_grad", "lambda_hat"):
+        elif q.kind in ("pinn_grad", "lambda_hat", "pinn_directions"):
             continue
         else:
             result[q.name] = Skipped(f"finite differences do not compute {q.kind} quantities")
     pinn = [q for q in quantities if q.kind in ("pinn_grad", "lambda_hat")]
-    if pinn:
+    directions = [q for q in quantities if q.kind == "pinn_directions"]
+    if directions:
+        # too many parameters to difference each: the directional derivatives only
+        total = sum(int(np.prod(v.shape)) for v in problem.params.values())  # type: ignore[union-attr, misc]
+        reason = f"{total:,} parameters: differencing each would take {4 * total:,} evaluations of the PINN losses; finite differences check dL_r/dparams·v and dL_b/dparams·v instead"
+        result.update({q.name: Skipped(reason) for q in pinn})
+        result.update(_pinn_directions(problem, directions))
+    elif pinn:
         result.update(_pinn(problem, pinn))
     return result
+
+
+def _pinn_directions(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:
+    """``dL_r/dtheta · v_k`` and ``dL_b/dtheta · v_k`` along the fixed directions of
+    :func:`~derivcheck.quantities.param_directions` (all parameters move at once), by
+    Richardson differences of the float64 jets' losses."""
+    from derivcheck.quantities import param_directions
+
+    assert problem.params is not None and problem.network is not None
+    losses = PinnLossesNumpy(problem)
+    refs = list(problem.network.params())
+    sizes = [int(np.prod(ref.shape)) for ref in refs]
+    directions = param_directions(sum(sizes))
+    step = EPS ** (1 / 5)
+    values = {"r": np.empty(len(directions)), "b": np.empty(len(directions))}
+    errors = {"r": np.empty(len(directions)), "b": np.empty(len(directions))}
+    for k, v in enumerate(directions):
+        pieces = np.split(v, np.cumsum(sizes)[:-1])
+        quotients = []
+        scale = np.abs(np.asarray(losses(problem.params)))
+        for mult in (1.0, 0.5, 0.25):
+            sides = []
+            for sign in (1.0, -1.0):
+                moved = {ref.qualified: problem.params[ref.qualified] + sign * mult * step * piece.reshape(ref.shape) for ref, piece in zip(refs, pieces)}
+                sides.append(np.asarray(losses({**problem.params, **moved})))
+            scale = np.maximum(scale, np.maximum(np.abs(sides[0]), np.abs(sides[1])))
+            quotients.append((sides[0] - sides[1]) / (2 * mult * step))
+        r1 = (4 * quotients[1] - quotients[0]) / 3
+        r2 = (4 * quotients[2] - quotients[1]) / 3
+        estimate = np.abs(r1 - r2) + 10 * EPS * scale / (step * 0.25)
+        for t, i in (("r", 0), ("b", 1)):
+            values[t][k], errors[t][k] = r2[i], estimate[i]
+    note = "Richardson differences along random directions of all parameters (float64 jets)"
+    return {q.name: EngineValue(values[q.term], error_estimate=errors[q.term], note=note) for q in quantities}  # type: ignore[index]
 
 
 def _pinn(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:

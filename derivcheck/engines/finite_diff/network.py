@@ -10,7 +10,8 @@ perturbed. Two methods:
   the value reported is ``R(h/2)`` and its error is estimated by ``|R(h) - R(h/2)|``
   (the ``h^4`` term shrinks 16x per halving); default ``h = eps^(1/5) * max(1, |x|)``.
 
-Every entry also carries a rounding-error estimate ``~ 10 eps max|f| / h_min``. Entries
+Every entry also carries a rounding-error estimate ``~ 10 eps max|f| / h_min``, with
+``max|f|`` over the whole sample's outputs for per-sample quantities. Entries
 whose perturbed evaluation flipped the side of a kink (a ReLU pre-activation changing
 sign) are marked as excluded: a difference quotient across a kink measures nothing.
 
@@ -29,7 +30,7 @@ import numpy as np
 from derivcheck.errors import InvalidArgument
 from derivcheck.fields import FieldProblem
 from derivcheck.problem import Problem
-from derivcheck.quantities import Quantity
+from derivcheck.quantities import FD_FULL_PARAMETERS, PARAM_DIRECTIONS, PARAM_DIRECTIONS_NAME, Quantity, param_directions
 from derivcheck.values import EngineResult, EngineValue, Skipped
 from derivcheck.engines.base import Engine
 
@@ -109,7 +110,16 @@ class FiniteDifferences(Engine):
                 assert base.per_sample_loss is not None
                 result[q.name] = EngineValue(np.asarray(base.per_sample_loss.mean()), note="forward pass (numpy, float64)")
             elif q.kind == "param_grad":
-                result[q.name] = self._param_grad(problem, base, q.param)
+                total = sum(int(np.prod(ref.shape)) for ref in problem.network.params())
+                if total > FD_FULL_PARAMETERS:
+                    result[q.name] = Skipped(
+                        f"{total:,} parameters: differencing each would take {6 * total:,} forward passes; "
+                        f"finite differences check {PARAM_DIRECTIONS_NAME} along {PARAM_DIRECTIONS} random directions instead"
+                    )
+                else:
+                    result[q.name] = self._param_grad(problem, base, q.param)
+            elif q.kind == "param_directions":
+                result[q.name] = self._param_directions(problem, base)
             elif q.kind == "input_grad":
                 result[q.name] = self._per_sample(problem, base, lambda e: np.asarray(e.per_sample_loss)[:, None] / problem.batch, q)
             elif q.kind == "jacobian":
@@ -117,6 +127,33 @@ class FiniteDifferences(Engine):
             else:
                 result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result
+
+    def _param_directions(self, problem: Problem, base: _Eval) -> EngineValue:
+        """``dL/dtheta · v_k`` for the fixed directions of :func:`param_directions`: one
+        Richardson difference of the loss along each (all parameters move at once)."""
+        assert base.per_sample_loss is not None
+        refs = list(problem.network.params())
+        sizes = [int(np.prod(ref.shape)) for ref in refs]
+        directions = param_directions(sum(sizes))
+        f0 = float(base.per_sample_loss.mean())
+        values, errors = np.empty(len(directions)), np.empty(len(directions))
+        excluded = np.zeros(len(directions), dtype=bool)
+        for k, v in enumerate(directions):
+            pieces = np.split(v, np.cumsum(sizes)[:-1])
+            diffs, scale = [], abs(f0)
+            for mult in self._steps():
+                sides = []
+                for sign in (1.0, -1.0):
+                    moved = {ref.qualified: problem.params[ref.qualified] + sign * mult * self.step * piece.reshape(ref.shape) for ref, piece in zip(refs, pieces)}
+                    evaluation = self._evaluate(problem, {**problem.params, **moved}, problem.x)
+                    assert evaluation.per_sample_loss is not None
+                    sides.append(float(evaluation.per_sample_loss.mean()))
+                    if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
+                        excluded[k] = True
+                scale = max(scale, abs(sides[0]), abs(sides[1]))
+                diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * self.step)))
+            values[k], errors[k] = self._combine(diffs, self.step, np.asarray(scale))
+        return self._value(values, errors, excluded)
 
     def _param_grad(self, problem: Problem, base: _Eval, name: str | None) -> EngineValue:
         assert name is not None
@@ -169,7 +206,10 @@ class FiniteDifferences(Engine):
         values = np.empty((n, k, n_in))
         errors = np.empty((n, k, n_in))
         excluded = np.zeros((n, k, n_in), dtype=bool)
-        f0 = np.abs(output(base))
+        # rounding in an output entry comes from the sums that made the whole sample's
+        # output, not from that entry's own size: an output of 5e-4 next to outputs of 0.3
+        # carries the rounding of terms of size 0.3 (measured: 700x its own eps*|y|)
+        f0 = np.broadcast_to(np.abs(output(base)).max(axis=1, keepdims=True), (n, k)).copy()
         for j in range(n_in):
             h = self.step * np.maximum(1.0, np.abs(problem.x[:, j]))
             diffs = []
@@ -184,7 +224,7 @@ class FiniteDifferences(Engine):
                     for a, b in zip(evaluation.kink_signs, base.kink_signs):
                         crossed = np.any(a != b, axis=1)
                         excluded[crossed, :, j] = True
-                scale = np.maximum(scale, np.maximum(np.abs(sides[0]), np.abs(sides[1])))
+                scale = np.maximum(scale, np.maximum(np.abs(sides[0]), np.abs(sides[1])).max(axis=1, keepdims=True))
                 diffs.append((sides[0] - sides[1]) / (2 * mult * h[:, None]))
             values[:, :, j], errors[:, :, j] = self._combine(diffs, h[:, None], scale)
         if q.kind == "input_grad":

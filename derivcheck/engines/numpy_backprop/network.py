@@ -76,7 +76,7 @@ class NumpyBackprop(Engine):
                     seed[:, i] = 1
                     jac[:, i, :] = backward(seed)[0]
                 result[q.name] = self._value(jac, problem)
-            elif q.kind in ("sgd_step", "clip_grad"):
+            elif q.kind in ("sgd_step", "clip_grad", "param_directions"):
                 result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result
 

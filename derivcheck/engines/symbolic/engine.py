@@ -33,7 +33,7 @@ class SymbolicEngine(Engine):
         if too_large:
             return {q.name: Skipped(too_large) for q in quantities}
         compiled = [compile_layer(layer, size) if layer.per_sample else BatchCoupledRule(layer.batch_rule(n), layer.param_shapes(), n) for layer, size in zip(network.layers, network.sizes)]
-        flat_params = [network.layer_param_vector(problem.params, index) for index in range(len(network.layers))]
+        flat_params = [network.layer_param_array(problem.params, index) for index in range(len(network.layers))]
 
         kinds = {q.kind for q in quantities}
         # dy/dx alone needs the inputs of every layer, not the network output
@@ -84,6 +84,6 @@ class SymbolicEngine(Engine):
                     product = np.array(jacobian) if product is None else np.matmul(jacobian, product)
                 assert product is not None
                 result[q.name] = EngineValue(product)
-            elif q.kind in ("sgd_step", "clip_grad"):
+            elif q.kind in ("sgd_step", "clip_grad", "param_directions"):
                 result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result

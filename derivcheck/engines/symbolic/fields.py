@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 
 import numpy as np
@@ -28,13 +28,39 @@ from derivcheck.fields import FieldProblem, FieldQuantity, drop_dirac, expand_de
 from derivcheck.operators import derivative_nodes
 from derivcheck.values import EngineResult, EngineValue, Skipped
 from derivcheck.engines.symbolic.layers import CompiledLayer, compile_layer
-from derivcheck.expr import NUMPY_MODULES
+from derivcheck import compile_cache
+from derivcheck.expr import NUMPY_MODULES, make_symbol
+
+
+class _FieldFunction:
+    """One compiled field expression, storable in the compile cache (kind ``field``)."""
+
+    def __init__(self, function: Any):
+        self.function = function
+
+    def to_record(self) -> dict[str, Any]:
+        return {"functions": {"field": compile_cache.function_source(self.function)}}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "_FieldFunction":
+        return cls(compile_cache.restore(record, "field"))
+
+
+def _compiled_field(args: list[sp.Symbol], expr: sp.Expr) -> Any:
+    """``lambdify(args, expr, cse=True)`` through the compile cache: the closed-form
+    derivatives of a manufactured solution (large after ``doit()``) compile once. Dummy
+    placeholders are renamed by position so that the key is the same in every process."""
+    names = {arg: make_symbol(f"_arg{i}") for i, arg in enumerate(args)}
+    stable = [names[a] for a in args]
+    expr = expr.xreplace(names)
+    content = repr(("field", [a.name for a in stable], sp.srepr(expr)))
+    return compile_cache.cached("field", content, lambda: _FieldFunction(sp.lambdify(stable, expr, modules=NUMPY_MODULES, cse=True)), _FieldFunction.from_record).function
 
 
 def _lambdify_points(expr: sp.Expr, symbols: list[sp.Symbol], points: np.ndarray, extra: dict[sp.Symbol, np.ndarray] | None = None) -> np.ndarray:
     extra = extra or {}
     args = list(symbols) + list(extra)
-    fn = sp.lambdify(args, expr, modules=NUMPY_MODULES, cse=True)
+    fn = _compiled_field(args, expr)
     with np.errstate(all="ignore"):
         out = fn(*list(points.T), *extra.values())
     shape = (points.shape[0],) + np.shape(out)[1:] if np.ndim(out) > 1 else (points.shape[0],)
@@ -83,7 +109,7 @@ def symbolic_jets(problem: FieldProblem) -> tuple[np.ndarray, np.ndarray, np.nda
     jac = np.broadcast_to(np.eye(d), (p, d, d)).copy()
     hess = np.zeros((p, d, d, d))
     for index, (layer, size) in enumerate(zip(network.layers, network.sizes)):
-        flat = network.layer_param_vector(params, index)
+        flat = network.layer_param_array(params, index)
         fast = compile_layer(layer, size)
         if hasattr(fast, "jet"):  # a derived product term or unit: second-order jet by matrix products
             h, jac, hess = fast.jet(a.T, jac, hess, flat)

@@ -22,6 +22,7 @@ The engine always computes in float64: it is a reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -145,11 +146,11 @@ class CompiledLayer:
             raise ValueError(f"this layer needs {self.n_constants} per-sample constants")
         return np.concatenate([a, consts]) if self.n_constants else a
 
-    def forward(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: np.ndarray | None = None) -> np.ndarray:
         """``a`` is ``(in, N)`` (per-sample constants `consts` ``(C, N)``); returns ``(out, N)``."""
         return _batched(self._forward, a.shape[1], self._sample(a, consts), params)
 
-    def jacobian(self, a: np.ndarray, params: list[float], consts: np.ndarray | None = None) -> np.ndarray:
+    def jacobian(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: np.ndarray | None = None) -> np.ndarray:
         """Local Jacobian per sample, ``(N, out, in)``."""
         n = a.shape[1]
         flat = np.zeros((n, self.out_size * self.in_size))
@@ -159,7 +160,7 @@ class CompiledLayer:
             flat[:, self._jac_sample] = _batched(self._jacobian_sample, n, self._sample(a, consts), params).T
         return flat.reshape(n, self.out_size, self.in_size)
 
-    def hessian_entries(self, a: np.ndarray, params: list[float]) -> list[tuple[tuple[int, int, int], np.ndarray]]:
+    def hessian_entries(self, a: np.ndarray, params: "Sequence[float] | np.ndarray") -> list[tuple[tuple[int, int, int], np.ndarray]]:
         """Nonzero local second derivatives ``d^2 out_k / d a_i d a_j`` per sample, derived
         (lazily, on first use) from the local Jacobian: ``[((k, i, j), values (N,)), ...]``."""
         if self._hessian is None:
@@ -179,7 +180,7 @@ class CompiledLayer:
         values = _batched(self._hessian, a.shape[1], a, params)
         return list(zip(self._hessian_keys, values))
 
-    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def vjp(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", g: np.ndarray, consts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
         per-sample parameter cotangents (P, N))``."""
         stacked = _batched(self._vjp, a.shape[1], self._sample(a, consts), params, g)

@@ -17,6 +17,7 @@ size, and an LSTM one derivation of one unit's cell whatever the sequence length
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -145,7 +146,7 @@ class CompiledRule:
         self.n_params = int(sum(int(np.prod(s)) for s in shapes.values()))
         self.cells = [compile_cell(cell) for cell in rule.cells]
 
-    def _run(self, a: np.ndarray, params: list[float], with_jacobians: bool) -> tuple[np.ndarray, list[Any]]:
+    def _run(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", with_jacobians: bool) -> tuple[np.ndarray, list[Any]]:
         n = a.shape[1]
         values = np.zeros((self.rule.n_values + 1, n))  # the last row is the constant 0 (index -1)
         values[: self.in_size] = a
@@ -163,12 +164,12 @@ class CompiledRule:
             values[stage.output_index] = outs
         return values, jacobians
 
-    def forward(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+    def forward(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: Any = None) -> np.ndarray:
         """``a`` is ``(in, N)``; returns ``(out, N)``."""
         values, _ = self._run(a, params, False)
         return values[self.rule.output]
 
-    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def vjp(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: ``(input cotangent (in, N),
         per-sample parameter cotangents (P, N))``."""
         n = a.shape[1]
@@ -186,7 +187,7 @@ class CompiledRule:
         cot[-1] = 0.0
         return cot[: self.in_size], param_cot[: self.n_params]
 
-    def jacobian(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+    def jacobian(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: Any = None) -> np.ndarray:
         """Local Jacobian per sample, ``(N, out, in)``, by forward accumulation."""
         n = a.shape[1]
         _, jacobians = self._run(a, params, True)
@@ -203,7 +204,7 @@ class CompiledRule:
         tangent[-1] = 0.0
         return np.transpose(tangent[self.rule.output], (1, 0, 2))
 
-    def hessian_entries(self, a: np.ndarray, params: list[float]) -> Any:
+    def hessian_entries(self, a: np.ndarray, params: "Sequence[float] | np.ndarray") -> Any:
         raise NotImplementedError("second derivatives through local-rule layers are not derived")
 
 
@@ -219,13 +220,13 @@ class BatchCoupledRule:
         self.out_size = rule.out_size // batch
         self.shapes = shapes
 
-    def forward(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+    def forward(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: Any = None) -> np.ndarray:
         out = self.inner.forward(a.T.reshape(-1, 1), params)
         return out.reshape(self.batch, self.out_size).T
 
-    def vjp(self, a: np.ndarray, params: list[float], g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def vjp(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
         cot_in, cot_params = self.inner.vjp(a.T.reshape(-1, 1), params, g.T.reshape(-1, 1))
         return cot_in.reshape(self.batch, self.in_size).T, cot_params
 
-    def jacobian(self, a: np.ndarray, params: list[float], consts: Any = None) -> np.ndarray:
+    def jacobian(self, a: np.ndarray, params: "Sequence[float] | np.ndarray", consts: Any = None) -> np.ndarray:
         raise ValueError("a layer couples the samples of the batch: there is no per-sample Jacobian")

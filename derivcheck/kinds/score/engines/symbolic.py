@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from derivcheck._lazy import sympy as sp
 
+from derivcheck import compile_cache
 from derivcheck.expr import NUMPY_MODULES, make_symbol
 from derivcheck.schedules import Schedule, sympy_schedule
 from derivcheck.kinds.score.density import (
@@ -78,18 +79,35 @@ def _derive(mixture: Mixture, schedule: Schedule, t: int) -> tuple[list[str], An
     return names, sp.lambdify([x, z], flat, modules=NUMPY_MODULES, cse=True)
 
 
+class _Derived:
+    """The compiled quantities of one mixture, schedule and t, storable in the compile cache."""
+
+    def __init__(self, names: list[str], function: Any):
+        self.names, self.function = names, function
+
+    def to_record(self) -> dict[str, Any]:
+        return {"functions": {"score": compile_cache.function_source(self.function)}, "names": list(self.names)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "_Derived":
+        return cls([str(n) for n in record["names"]], compile_cache.restore(record, "score"))
+
+
 _CACHE: dict[tuple[Any, ...], tuple[list[str], Any]] = {}
 _CACHE_SIZE = 64
 
 
 def _compiled(problem: ScoreProblem) -> tuple[list[str], Any]:
-    """:func:`_derive`, once per mixture, schedule and t in a process."""
+    """:func:`_derive`, once per mixture, schedule and t in a process, and through the
+    on-disk compile cache (kind ``score``) across processes."""
     m = problem.mixture
     key = (m.weights.tobytes(), m.means.shape, m.means.tobytes(), m.covariances.tobytes(), problem.schedule, problem.t)
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _derive(m, problem.schedule, problem.t)
+        content = repr(("score", m.weights.tolist(), m.means.tolist(), m.covariances.tolist(), repr(problem.schedule), int(problem.t)))
+        derived = compile_cache.cached("score", content, lambda: _Derived(*_derive(m, problem.schedule, problem.t)), _Derived.from_record)
+        _CACHE[key] = (derived.names, derived.function)
     return _CACHE[key]
 
 
