@@ -130,6 +130,7 @@ def test_cuda_without_gpu_is_a_clear_usage_error(capsys):
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 def test_cuda_device_agrees():
     assert cli.main(["run", str(CASES / "iris-mlp.toml"), "--device", "cuda", "-q"]) == 0

@@ -39,7 +39,12 @@ def test_shipped_pde_case_agrees(path):
     assert isinstance(case, FieldCase)
     for result in run_any(case):
         assert result.verdict == "agree", [(q.name, q.message) for q in result.quantities if q.verdict != "agree"]
+        directional = any(q.name.endswith("dparams·v") for q in result.quantities)
         for q in result.quantities:
+            if directional and (q.name.startswith(("dLr/d", "dLb/d")) and not q.name.endswith("·v") or q.name == "lambda_hat"):
+                # above 4,096 parameters finite differences check the directions instead
+                assert set(q.engines) == {"torch", "torch_func"} and "finite_diff" in q.skipped, (q.name, q.engines)
+                continue
             assert len(q.engines) >= 3, (q.name, q.engines, q.skipped)
             if q.max_rel_error_exact is not None:
                 assert q.max_rel_error_exact < 1e-11, (result.name, q.name, q.max_rel_error_exact)
@@ -47,7 +52,7 @@ def test_shipped_pde_case_agrees(path):
 
 def test_cli_runs_pde_folder(capsys):
     assert cli.main(["run", str(CASES / "pde"), "-q"]) == 0
-    assert "14 case(s): 14 agree" in capsys.readouterr().out
+    assert "16 case(s): 16 agree" in capsys.readouterr().out
 
 
 def test_mms_forcing_is_derived_and_residual_vanishes():
@@ -249,6 +254,7 @@ def test_engines_agree_on_random_points_and_networks(case):
         assert result.verdict == "agree", [(q.name, q.message) for q in result.quantities if q.verdict != "agree"]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 def test_pde_on_cuda():
     case = load_case(CASES / "pde" / "helmholtz-mms.toml")

@@ -253,6 +253,7 @@ def test_bad_score_cases_name_the_key(change, fragment):
     assert "bad.toml" in str(info.value)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("derivcheck.engines", fromlist=["cuda_available"]).cuda_available(), reason="needs a CUDA GPU")
 def test_score_quantities_on_cuda_agree_with_cpu():
     problem = problem_at(300)

@@ -100,30 +100,32 @@ def _exact(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> Engine
 
 def symbolic_jets(problem: FieldProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values, input Jacobians and Hessians of the network outputs at the points, from
-    SymPy-derived local derivatives of each layer."""
+    SymPy-derived local derivatives of each layer: ``(P, out)``, ``(P, out, d)``,
+    ``(P, out, d, d)``. Internally units come first (``(units, P, ...)``), so that a dense
+    layer is one matrix product per jet part."""
     network, params = problem.network, problem.params
     assert network is not None and params is not None
     points = problem.points
     p, d = points.shape
     a = points.T.copy()  # (in, P)
-    jac = np.broadcast_to(np.eye(d), (p, d, d)).copy()
-    hess = np.zeros((p, d, d, d))
+    jac = np.broadcast_to(np.eye(d)[:, None, :], (d, p, d)).copy()  # (units, P, d)
+    hess = np.zeros((d, p, d, d))
     for index, (layer, size) in enumerate(zip(network.layers, network.sizes)):
         flat = network.layer_param_array(params, index)
         fast = compile_layer(layer, size)
-        if hasattr(fast, "jet"):  # a derived product term or unit: second-order jet by matrix products
-            h, jac, hess = fast.jet(a.T, jac, hess, flat)
-            a = h.T.copy()
+        if hasattr(fast, "jet_by_unit"):  # a derived product term or unit: matrix products
+            a, jac, hess = fast.jet_by_unit(a, jac, hess, flat)
             continue
         compiled = cast(CompiledLayer, compile_layer(layer, size, whole=True))  # whole=True: element expressions
         j_loc = compiled.jacobian(a, flat)  # (P, out, in)
-        new_hess = np.einsum("poi,pide->pode", j_loc, hess)
+        jac_p, hess_p = jac.transpose(1, 0, 2), hess.transpose(1, 0, 2, 3)
+        new_hess = np.einsum("poi,pide->pode", j_loc, hess_p)
         for (k, i, j), values in compiled.hessian_entries(a, flat):
-            new_hess[:, k] += values[:, None, None] * jac[:, i, :, None] * jac[:, j, None, :]
-        jac = np.matmul(j_loc, jac)
-        hess = new_hess
+            new_hess[:, k] += values[:, None, None] * jac_p[:, i, :, None] * jac_p[:, j, None, :]
+        jac = np.ascontiguousarray(np.matmul(j_loc, jac_p).transpose(1, 0, 2))
+        hess = np.ascontiguousarray(new_hess.transpose(1, 0, 2, 3))
         a = compiled.forward(a, flat)
-    return a.T.copy(), jac, hess
+    return a.T.copy(), np.ascontiguousarray(jac.transpose(1, 0, 2)), np.ascontiguousarray(hess.transpose(1, 0, 2, 3))
 
 
 def _network(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineResult:

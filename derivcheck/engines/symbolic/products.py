@@ -170,6 +170,21 @@ class CompiledProduct:
             new_hess = new_hess + np.einsum("poi,pid,pie->pode", second, jac, jac)
         return out, np.ascontiguousarray(new_jac), np.ascontiguousarray(new_hess)
 
+    def jet_by_unit(self, h: np.ndarray, jac: np.ndarray, hess: np.ndarray, params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`jet` with units first: ``h`` ``(in, P)``, ``jac`` ``(in, P, d)``, ``hess``
+        ``(in, P, d, d)`` -- each a matrix of ``in`` rows, so the layer is one matrix product
+        per jet part, without transposes."""
+        if not (self.flags["linear_in_a"] and self.flags["affine_in_a"]):
+            out, new_jac, new_hess = self.jet(h.T, jac.transpose(1, 0, 2), hess.transpose(1, 0, 2, 3), params)
+            return out.T.copy(), np.ascontiguousarray(new_jac.transpose(1, 0, 2)), np.ascontiguousarray(new_hess.transpose(1, 0, 2, 3))
+        weight, bias = self._split(params)
+        matrix = self._matrix(weight)
+        out = matrix @ h
+        if bias is not None:
+            out += bias[:, None]
+        n, p, d = jac.shape
+        return out, (matrix @ jac.reshape(n, -1)).reshape(-1, p, d), (matrix @ hess.reshape(n, -1)).reshape(-1, p, d, d)
+
 
 class CompiledUnit:
     """An elementwise, parameter-free layer from its derived unit ``f``, ``f'``, ``f''``."""
@@ -224,6 +239,16 @@ class CompiledUnit:
         from derivcheck.layers.base import elementwise_jet
 
         return elementwise_jet(self._eval("value", h), self._eval("first", h), self._eval("second", h), jac, hess)
+
+    def jet_by_unit(self, h: np.ndarray, jac: np.ndarray, hess: np.ndarray, params: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The same jet on units-first arrays (see :meth:`CompiledProduct.jet_by_unit`),
+        with one temporary per part: ``H' = f' H + f'' J J^T``."""
+        first, second = self._eval("first", h), self._eval("second", h)
+        new_jac = jac * first[..., None]
+        new_hess = hess * first[..., None, None]
+        scaled = jac * second[..., None]
+        new_hess += scaled[..., :, None] * jac[..., None, :]
+        return np.array(self._eval("value", h)), new_jac, new_hess
 
 
 def product_term(cell: ProductCell) -> Any:
