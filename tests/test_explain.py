@@ -16,6 +16,7 @@ NOT_EXPLAINED = {
     "tanh-20-20-20": "too large",
     "deep-sigmoid-10": "too large",
     "deep-relu-10": "too large",
+    "digits-mlp": "too large",
     "lenet-digits": "uses avg_pool2d, conv2d, flatten",
     "lstm-classifier": "uses lstm",
     "gru-regression": "uses flatten, gru",
