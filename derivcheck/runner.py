@@ -170,24 +170,29 @@ def _clip_values(problem: Problem, results: dict[str, dict[str, Any]]) -> dict[s
     return _derived_from_gradients(problem, results, "(clipped)", clip, "clip_grad", CLIP_ENGINE)
 
 
-def _direction_values(problem: Problem, q: Quantity, results: dict[str, dict[str, Any]]) -> tuple[dict[str, EngineValue], dict[str, str]]:
-    """``dL/dparams·v``: each exact engine's full gradient projected on the directions
-    (labelled with the engine's own name), and the finite-difference engine's directional
-    derivatives, which it computes itself."""
+def _projected_values(name: str, gradient_names: Sequence[str], results: dict[str, dict[str, Any]], note: str) -> tuple[dict[str, EngineValue], dict[str, str]]:
+    """Quantity `name` = gradients along the fixed random directions of
+    :func:`~derivcheck.quantities.param_directions`: the finite-difference engine computes
+    it itself (directional derivatives); every other engine's full gradients (the
+    quantities `gradient_names`, concatenated) are projected onto the directions and
+    labelled with the engine's own name."""
     from derivcheck.quantities import param_directions
 
     values: dict[str, EngineValue] = {}
     skipped: dict[str, str] = {}
     for engine, result in results.items():
-        own = result.get(q.name)
+        own = result.get(name)
         if isinstance(own, EngineValue):
             values[engine] = own
             continue
-        flat = _flat_gradients(problem, result)
-        if flat is not None:
-            values[engine] = EngineValue(param_directions(flat.values.size) @ flat.values, dtype=flat.dtype, note="its dL/dparams, projected")
-        elif isinstance(own, Skipped):
-            skipped[engine] = own.reason
+        grads = [result.get(g) for g in gradient_names]
+        if grads and all(isinstance(g, EngineValue) for g in grads):
+            flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
+            values[engine] = EngineValue(param_directions(flat.size) @ flat, dtype=grads[0].dtype, note=note)  # type: ignore[union-attr]
+            continue
+        reason = own.reason if isinstance(own, Skipped) else next((g.reason for g in grads if isinstance(g, Skipped)), "")
+        if reason:
+            skipped[engine] = reason
     return values, skipped
 
 
@@ -238,7 +243,8 @@ def run_problem(
             values = _sgd_values(problem, results) if q.kind == "sgd_step" else _clip_values(problem, results)
             skipped: dict[str, str] = {}
         elif q.kind == "param_directions":
-            values, skipped = _direction_values(problem, q, results)
+            gradients = [f"dL/d{ref.qualified}" for ref in problem.network.params()]
+            values, skipped = _projected_values(q.name, gradients, results, "its dL/dparams, projected")
         else:
             values = {e: r[q.name] for e, r in results.items() if isinstance(r.get(q.name), EngineValue)}
             skipped = {e: r[q.name].reason for e, r in results.items() if isinstance(r.get(q.name), Skipped)}
@@ -348,7 +354,9 @@ def run_field_problem(
         values = {e: r[q.name] for e, r in results.items() if isinstance(r.get(q.name), EngineValue)}
         skipped = {e: r[q.name].reason for e, r in results.items() if isinstance(r.get(q.name), Skipped)}
         if q.kind == "pinn_directions":
-            values, skipped = _pinn_direction_values(problem, q, results)
+            assert problem.network is not None
+            gradients = [f"dL{q.term}/d{ref.qualified}" for ref in problem.network.params()]
+            values, skipped = _projected_values(q.name, gradients, results, "its PINN gradients, projected")
         scale = None
         if q.kind in ("operator", "forcing", "residual"):
             scale = magnitude
@@ -388,31 +396,6 @@ def run_field_problem(
         meta=meta,
         arrays=arrays,
     )
-
-
-def _pinn_direction_values(problem: "FieldProblem", q: Any, results: dict[str, dict[str, Any]]) -> tuple[dict[str, EngineValue], dict[str, str]]:
-    """``dL_<term>/dparams·v``: each engine's PINN gradients projected on the directions,
-    and the finite-difference engine's own directional derivatives."""
-    from derivcheck.quantities import param_directions
-
-    assert problem.network is not None
-    names = [f"dL{q.term}/d{ref.qualified}" for ref in problem.network.params()]
-    values: dict[str, EngineValue] = {}
-    skipped: dict[str, str] = {}
-    for engine, result in results.items():
-        own = result.get(q.name)
-        if isinstance(own, EngineValue):
-            values[engine] = own
-            continue
-        grads = [result.get(name) for name in names]
-        if all(isinstance(g, EngineValue) for g in grads):
-            flat = np.concatenate([np.ravel(g.values) for g in grads])  # type: ignore[union-attr]
-            values[engine] = EngineValue(param_directions(flat.size) @ flat, dtype=grads[0].dtype, note="its PINN gradients, projected")  # type: ignore[union-attr]
-        else:
-            reason = next((g.reason for g in grads if isinstance(g, Skipped)), "")
-            if reason:
-                skipped[engine] = reason
-    return values, skipped
 
 
 def gradient_norms(qs: Sequence[Any], results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
