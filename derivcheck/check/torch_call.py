@@ -115,19 +115,22 @@ def _public_torch_names() -> dict[int, str]:
     global _torch_names
     if _torch_names is None:
         import importlib
+        import warnings
 
         found: dict[int, str] = {}
-        for namespace in _TORCH_NAMESPACES:
-            module = importlib.import_module(namespace) if namespace != "torch.Tensor" else _torch().Tensor
-            for attr in dir(module):
-                if attr.startswith("_") and not (attr.startswith("__") and namespace == "torch.Tensor"):
-                    continue
-                try:
-                    obj = getattr(module, attr)
-                except Exception:  # noqa: BLE001 - a lazy attribute that fails to load
-                    continue
-                if callable(obj) and not isinstance(obj, type):
-                    found.setdefault(id(obj), f"{namespace}.{attr}")
+        with warnings.catch_warnings():  # reading a deprecated attribute may warn; nothing is called
+            warnings.simplefilter("ignore")
+            for namespace in _TORCH_NAMESPACES:
+                module = importlib.import_module(namespace) if namespace != "torch.Tensor" else _torch().Tensor
+                for attr in dir(module):
+                    if attr.startswith("_") and not (attr.startswith("__") and namespace == "torch.Tensor"):
+                        continue
+                    try:
+                        obj = getattr(module, attr)
+                    except Exception:  # noqa: BLE001 - a lazy attribute that fails to load
+                        continue
+                    if callable(obj) and not isinstance(obj, type):
+                        found.setdefault(id(obj), f"{namespace}.{attr}")
         _torch_names = found
     return _torch_names
 
