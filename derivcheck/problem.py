@@ -101,8 +101,7 @@ class Network:
     def layer_param_vector(self, params: dict[str, np.ndarray], index: int) -> list[float]:
         """Layer `index`'s parameters flattened in ``param_shapes`` order (the argument
         order of the symbolic engine's compiled functions)."""
-        local = self.layer_params(params, index)
-        return [float(v) for name in self.layers[index].param_shapes() for v in local[name].ravel()]
+        return self.layer_param_array(params, index).tolist()
 
     def layer_param_array(self, params: dict[str, np.ndarray], index: int) -> np.ndarray:
         """:meth:`layer_param_vector` as one float64 array (no Python float per entry: a

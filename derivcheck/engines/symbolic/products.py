@@ -78,13 +78,6 @@ class CompiledProduct:
         self._fns = {name: compile_cache.restore(record, name) for name in cls.FUNCTIONS}
         return self
 
-    def sized(self, in_size: int, out_size: int, shapes: dict[str, tuple[int, ...]], bias: bool) -> "CompiledProduct":
-        """The same derived term for another layer's sizes."""
-        other = CompiledProduct.__new__(CompiledProduct)
-        other.__dict__.update(self.__dict__)
-        other.in_size, other.out_size, other.shapes, other.bias = in_size, out_size, shapes, bias
-        return other
-
     # -- parameters ---------------------------------------------------------------------
     def _split(self, params: Any) -> tuple[np.ndarray, np.ndarray | None]:
         flat = np.asarray(params, dtype=np.float64)
@@ -124,14 +117,17 @@ class CompiledProduct:
             return np.matmul(self._matrix(weight), tangent)
         return np.matmul(np.transpose(self._entries("d_a", a, weight), (2, 0, 1)), tangent)
 
+    def _input_cotangent(self, a: np.ndarray, weight: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """``J^T g``: ``(in, N)``."""
+        if self.flags["linear_in_a"]:
+            return self._matrix(weight).T @ g
+        return np.einsum("okn,on->kn", self._entries("d_a", a, weight), g)
+
     def vjp_sum(self, a: np.ndarray, params: Any, g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Cotangent ``g`` ``(out, N)`` pulled back: input cotangent ``(in, N)`` and the
         parameter gradient summed over samples ``(P,)``."""
         weight, bias = self._split(params)
-        if self.flags["linear_in_a"]:
-            cot_in = self._matrix(weight).T @ g
-        else:
-            cot_in = np.einsum("okn,on->kn", self._entries("d_a", a, weight), g)
+        cot_in = self._input_cotangent(a, weight, g)
         if self.flags["linear_in_w"]:
             grad_w = g @ _array(self._fns["d_w"](a, 0.0), a.shape).T
         else:
@@ -141,8 +137,8 @@ class CompiledProduct:
 
     def vjp(self, a: np.ndarray, params: Any, g: np.ndarray, consts: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample parameter cotangents ``(P, N)`` as the other compiled layers give them."""
-        cot_in, _ = self.vjp_sum(a, params, g)
         weight, bias = self._split(params)
+        cot_in = self._input_cotangent(a, weight, g)
         d_w = self._entries("d_w", a, weight)  # (out, in, N)
         per_sample = (g[:, None, :] * d_w).reshape(self.out_size * self.in_size, a.shape[1])
         if bias is not None:
