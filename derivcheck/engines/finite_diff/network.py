@@ -42,7 +42,17 @@ METHODS = ("richardson", "central")
 class _Eval:
     per_sample_loss: np.ndarray | None  # (N,)
     y: np.ndarray  # (N, out)
-    kink_signs: list[np.ndarray]  # each (N, units), True where the kink input is > 0
+    kink_signs: list[np.ndarray | None]  # per layer: (N, units), True where the kink input is > 0; None without a kink
+    layer_inputs: list[np.ndarray]  # per layer: the (N, features) array it was given
+
+
+def _crossed(moved: _Eval, base: _Eval) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of (moved, base) kink states of the layers that have kinks."""
+    return [(a, b) for a, b in zip(moved.kink_signs, base.kink_signs) if a is not None and b is not None]
+
+
+def _any_crossed(moved: _Eval, base: _Eval) -> bool:
+    return any(bool(np.any(a != b)) for a, b in _crossed(moved, base))
 
 
 class FiniteDifferences(Engine):
@@ -66,20 +76,38 @@ class FiniteDifferences(Engine):
         self.step = float(step) if step is not None else (EPS ** (1 / 5) if method == "richardson" else EPS ** (1 / 3))
 
     # -- forward -------------------------------------------------------------------------
-    def _evaluate(self, problem: Problem, params: dict[str, np.ndarray], x: np.ndarray) -> _Eval:
+    def _evaluate(
+        self,
+        problem: Problem,
+        params: dict[str, np.ndarray],
+        x: np.ndarray,
+        start: int = 0,
+        base: _Eval | None = None,
+        local: list[dict[str, np.ndarray]] | None = None,
+    ) -> _Eval:
+        """The forward pass; with `start` > 0 the layers before `start` are not re-run:
+        their inputs and kink states are taken from `base` (valid when only layer
+        `start`'s parameters or later ones moved). `local` is the per-layer parameter
+        dicts of `params` when the caller already has them."""
         network = problem.network
-        h = x
-        signs = []
-        for index, layer in enumerate(network.layers):
-            h, cache = layer.numpy_forward(h, network.layer_params(params, index))
-            state = layer.kink_state(cache)
-            if state is not None:
-                signs.append(state)
+        if local is None:
+            local = [network.layer_params(params, index) for index in range(len(network.layers))]
+        if start:
+            assert base is not None
+            inputs, signs = list(base.layer_inputs[:start]), list(base.kink_signs[:start])
+            h = base.layer_inputs[start]
+        else:
+            inputs, signs, h = [], [], x
+        for index in range(start, len(network.layers)):
+            layer = network.layers[index]
+            inputs.append(h)
+            h, cache = layer.numpy_forward(h, local[index])
+            signs.append(layer.kink_state(cache))
         per_sample = None
         if problem.loss is not None:
             assert problem.targets is not None
             per_sample, _ = problem.loss.numpy_forward(h, problem.targets)
-        return _Eval(per_sample, h, signs)
+        return _Eval(per_sample, h, signs, inputs)
 
     def _steps(self) -> list[float]:
         """Relative step multipliers evaluated on each side."""
@@ -148,7 +176,7 @@ class FiniteDifferences(Engine):
                     evaluation = self._evaluate(problem, {**problem.params, **moved}, problem.x)
                     assert evaluation.per_sample_loss is not None
                     sides.append(float(evaluation.per_sample_loss.mean()))
-                    if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
+                    if _any_crossed(evaluation, base):
                         excluded[k] = True
                 scale = max(scale, abs(sides[0]), abs(sides[1]))
                 diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * self.step)))
@@ -157,24 +185,30 @@ class FiniteDifferences(Engine):
 
     def _param_grad(self, problem: Problem, base: _Eval, name: str | None) -> EngineValue:
         assert name is not None
+        ref = next(ref for ref in problem.network.params() if ref.qualified == name)
         original = problem.params[name]
+        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
+        moved_layer = dict(local[ref.layer])
+        moved_local = local[: ref.layer] + [moved_layer] + local[ref.layer + 1 :]
 
-        def perturbed(index: tuple[int, ...], delta: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        def evaluate(index: tuple[int, ...], delta: float) -> _Eval:
             value = original.copy()
             value[index] += delta
-            return {**problem.params, name: value}, problem.x
+            moved_layer[ref.local] = value
+            # the layers before this parameter's see nothing move: start at its layer
+            return self._evaluate(problem, problem.params, problem.x, start=ref.layer, base=base, local=moved_local)
 
-        return self._entrywise(problem, base, original, perturbed)
+        return self._entrywise(problem, base, original, evaluate)
 
     def _entrywise(
         self,
         problem: Problem,
         base: _Eval,
         center: np.ndarray,
-        perturbed: Callable[[tuple[int, ...], float], tuple[dict[str, np.ndarray], np.ndarray]],
+        evaluate: Callable[[tuple[int, ...], float], _Eval],
     ) -> EngineValue:
-        """d L / d `center`, one entry at a time; ``perturbed(index, delta)`` gives the
-        parameters and inputs with that entry moved by delta."""
+        """d L / d `center`, one entry at a time; ``evaluate(index, delta)`` is the forward
+        pass with that entry moved by delta."""
         assert base.per_sample_loss is not None
         values, errors = np.empty(center.shape), np.empty(center.shape)
         excluded = np.zeros(center.shape, dtype=bool)
@@ -185,10 +219,10 @@ class FiniteDifferences(Engine):
             for mult in self._steps():
                 sides = []
                 for sign in (1.0, -1.0):
-                    evaluation = self._evaluate(problem, *perturbed(index, sign * mult * h))
+                    evaluation = evaluate(index, sign * mult * h)
                     assert evaluation.per_sample_loss is not None
                     sides.append(float(evaluation.per_sample_loss.mean()))
-                    if any(np.any(a != b) for a, b in zip(evaluation.kink_signs, base.kink_signs)):
+                    if _any_crossed(evaluation, base):
                         excluded[index] = True
                 scale = max(scale, abs(sides[0]), abs(sides[1]))
                 diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * h)))
@@ -203,6 +237,7 @@ class FiniteDifferences(Engine):
             return self._entrywise_input_grad(problem, base)
         n, n_in = problem.x.shape
         k = output(base).shape[1]
+        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
         values = np.empty((n, k, n_in))
         errors = np.empty((n, k, n_in))
         excluded = np.zeros((n, k, n_in), dtype=bool)
@@ -219,9 +254,9 @@ class FiniteDifferences(Engine):
                 for sign in (1.0, -1.0):
                     x = problem.x.copy()
                     x[:, j] += sign * mult * h
-                    evaluation = self._evaluate(problem, problem.params, x)
+                    evaluation = self._evaluate(problem, problem.params, x, local=local)
                     sides.append(output(evaluation))
-                    for a, b in zip(evaluation.kink_signs, base.kink_signs):
+                    for a, b in _crossed(evaluation, base):
                         crossed = np.any(a != b, axis=1)
                         excluded[crossed, :, j] = True
                 scale = np.maximum(scale, np.maximum(np.abs(sides[0]), np.abs(sides[1])).max(axis=1, keepdims=True))
@@ -234,13 +269,14 @@ class FiniteDifferences(Engine):
     def _entrywise_input_grad(self, problem: Problem, base: _Eval) -> EngineValue:
         """dL/dx one input entry at a time (a layer couples the samples, so perturbing
         feature j of every sample at once would mix their effects)."""
+        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
 
-        def perturbed(index: tuple[int, ...], delta: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        def evaluate(index: tuple[int, ...], delta: float) -> _Eval:
             x = problem.x.copy()
             x[index] += delta
-            return problem.params, x
+            return self._evaluate(problem, problem.params, x, local=local)
 
-        return self._entrywise(problem, base, problem.x, perturbed)
+        return self._entrywise(problem, base, problem.x, evaluate)
 
     def _value(self, values: np.ndarray, errors: np.ndarray, excluded: np.ndarray) -> EngineValue:
         return EngineValue(
