@@ -103,6 +103,19 @@ class _Windowed(Layer):
         """Slices of the padded input hit by kernel `offset` at every output position."""
         return tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offset, self.dilation, self.stride, out_spatial))
 
+    def _offset_indices(self) -> list[tuple[slice, ...]]:
+        """For each kernel offset (row-major, as :meth:`_offsets`), the index of the padded
+        batch ``(N, C, *spatial)`` it reads at every output position. Computed once per
+        bound shape: forward passes run thousands of times under finite differences."""
+        key = (self.in_shape, self.out_shape)
+        cached = self.__dict__.get("_offset_index_cache")
+        if cached is None or cached[0] != key:
+            out_spatial = self.out_shape[1:]
+            indices = [(slice(None), slice(None)) + self._window_slices(offset, out_spatial) for offset in self._offsets()]
+            cached = (key, indices)
+            self.__dict__["_offset_index_cache"] = cached
+        return cached[1]
+
     def _pad(self, x: np.ndarray, value: float = 0.0) -> np.ndarray:
         pads = [(0, 0), (0, 0)] + [(p, p) for p in self.padding]
         return np.pad(x, pads, constant_values=value) if any(self.padding) else x
@@ -212,21 +225,23 @@ class _Conv(_Windowed):
 
     # -- numpy ---------------------------------------------------------------------------
     def numpy_forward(self, x: np.ndarray, params: Params) -> tuple[np.ndarray, Any]:
+        """Cross-correlation as one matrix product per group: the kernel offsets' strided
+        views of the padded input are stacked into columns ``(N, groups, C_g * K, P)``
+        (``K`` kernel offsets, ``P`` output positions) and multiplied by the weight
+        ``(groups, O_g, C_g * K)``."""
         n = x.shape[0]
         xs = self._pad(x.reshape((n,) + self.in_shape))
         weight = params["weight"]
         groups = self.options["groups"]
-        gi, go = self.in_shape[0] // groups, self.out_shape[0] // groups
-        out_spatial = self.out_shape[1:]
-        y = np.zeros((n,) + self.out_shape, dtype=x.dtype)
-        for offset in self._offsets():
-            window = xs[(slice(None), slice(None)) + self._window_slices(offset, out_spatial)]
-            for g in range(groups):
-                w = weight[(slice(g * go, (g + 1) * go), slice(None)) + offset]
-                y[:, g * go : (g + 1) * go] += np.einsum("nc...,oc->no...", window[:, g * gi : (g + 1) * gi], w)
+        out_channels, *out_spatial = self.out_shape
+        positions = int(np.prod(out_spatial))
+        columns = np.stack([xs[index] for index in self._offset_indices()], axis=2)  # (N, C, K, *out)
+        columns = columns.reshape(n, groups, -1, positions)
+        kernel = np.asarray(weight).reshape(groups, out_channels // groups, -1)
+        y = np.matmul(kernel[None], columns).reshape((n, out_channels, *out_spatial))
         if "bias" in params:
-            y += params["bias"].reshape((1, -1) + (1,) * self.dims)
-        return y.reshape(n, -1), xs
+            y = y + params["bias"].reshape((1, -1) + (1,) * self.dims)
+        return y.astype(x.dtype, copy=False).reshape(n, -1), xs
 
     def numpy_backward(self, grad_y, cache, params):
         xs = cache
@@ -238,8 +253,7 @@ class _Conv(_Windowed):
         axes = "hw"[: self.dims]
         grad_w = np.zeros_like(weight, dtype=grad_y.dtype)
         grad_xs = np.zeros_like(xs, dtype=grad_y.dtype)
-        for offset in self._offsets():
-            index = (slice(None), slice(None)) + self._window_slices(offset, self.out_shape[1:])
+        for offset, index in zip(self._offsets(), self._offset_indices()):
             window = xs[index]
             for g in range(groups):
                 rows = slice(g * go, (g + 1) * go)
@@ -309,7 +323,7 @@ class _Pool2d(_Windowed):
         """``(K, N, C, Ho, Wo)``: every kernel offset's strided view of the padded input."""
         n = x.shape[0]
         xs = self._pad(x.reshape((n,) + self.in_shape), self._pad_value)
-        return np.stack([xs[(slice(None), slice(None)) + self._window_slices(o, self.out_shape[1:])] for o in self._offsets()])
+        return np.stack([xs[index] for index in self._offset_indices()])
 
     _pad_value = 0.0
 
@@ -317,8 +331,8 @@ class _Pool2d(_Windowed):
         """Add per-offset window gradients ``(K, N, C, Ho, Wo)`` back into the input."""
         padded_shape = (n, self.in_shape[0]) + tuple(s + 2 * p for s, p in zip(self.in_shape[1:], self.padding))
         grad = np.zeros(padded_shape, dtype=dtype)
-        for g, offset in zip(grad_windows, self._offsets()):
-            grad[(slice(None), slice(None)) + self._window_slices(offset, self.out_shape[1:])] += g
+        for g, index in zip(grad_windows, self._offset_indices()):
+            grad[index] += g
         crop = (slice(None), slice(None)) + tuple(slice(p, p + size) for p, size in zip(self.padding, self.in_shape[1:]))
         return grad[crop].reshape(n, -1)
 
