@@ -12,6 +12,7 @@ of them) are supported; anything else raises ``ValueError`` naming the node.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +46,62 @@ def _torch_functions() -> dict[type, Callable[..., Any]]:
     }  # fmt: skip
 
 
+@functools.lru_cache(maxsize=None)
+def _function_table(library: str) -> dict[type, Callable[..., Any]]:
+    return _numpy_functions() if library == "numpy" else _torch_functions()
+
+
+# One step of a plan: (operation, argument step indices, payload). Operations: "const"
+# (payload: float), "symbol" (payload: the Symbol), "field" (payload: its name), "deriv"
+# (payload: the Derivative node), "add"/"mul"/"max"/"min" (arguments), "sqrt", "pow"
+# (payload: an int or float exponent, or None when the exponent is the second argument),
+# "call" (payload: the SymPy function class and the node, for the error message).
+_Step = tuple[str, tuple[int, ...], Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(expr: sp.Expr) -> tuple[_Step, ...]:
+    """`expr` as a list of steps in evaluation order, shared subexpressions once.
+
+    Walking SymPy's tree costs far more than the arithmetic (hashing, ``isinstance`` and
+    comparisons of SymPy objects for every node), and finite differences evaluate the same
+    residual thousands of times: the walk is done once per expression."""
+    steps: list[_Step] = []
+    index: dict[Any, int] = {}
+
+    def visit(node: Any) -> int:
+        if node in index:
+            return index[node]
+        step: _Step
+        if node.is_Number or node in (sp.pi, sp.E) or isinstance(node, sp.NumberSymbol):
+            step = ("const", (), float(node))
+        elif isinstance(node, sp.Symbol):
+            step = ("symbol", (), node)
+        elif isinstance(node, sp.core.function.AppliedUndef):
+            step = ("field", (), node.func.__name__)
+        elif isinstance(node, sp.Derivative):
+            step = ("deriv", (), node)
+        elif isinstance(node, (sp.Add, sp.Mul, sp.Max, sp.Min)):
+            op = {sp.Add: "add", sp.Mul: "mul", sp.Max: "max", sp.Min: "min"}[type(node)]
+            step = (op, tuple(visit(a) for a in node.args), None)
+        elif isinstance(node, sp.Pow):
+            base, exponent = node.args
+            if exponent == sp.Rational(1, 2):
+                step = ("sqrt", (visit(base),), None)
+            elif exponent.is_Number:
+                step = ("pow", (visit(base),), int(exponent) if exponent.is_Integer else float(exponent))
+            else:
+                step = ("pow", (visit(base), visit(exponent)), None)
+        else:
+            step = ("call", tuple(visit(a) for a in node.args), (type(node), node))
+        index[node] = len(steps)
+        steps.append(step)
+        return index[node]
+
+    visit(expr)
+    return tuple(steps)
+
+
 class Evaluator:
     """Evaluate expressions with `library` ``"numpy"`` or ``"torch"``.
 
@@ -52,7 +109,8 @@ class Evaluator:
 
     - `env`: values of symbols (variables, constants, sources) by SymPy symbol.
     - `fields`: values of fields by name (``"u"``).
-    - `derivative`: callback computing a ``Derivative`` node's value.
+    - `derivative`: callback computing a ``Derivative`` node's value (called once per
+      distinct node and evaluator).
     - `like`: an array/tensor whose shape, dtype and device constants are broadcast to.
     """
 
@@ -69,7 +127,7 @@ class Evaluator:
         self.fields = fields
         self.derivative = derivative
         self.like = like
-        self.functions = _numpy_functions() if library == "numpy" else _torch_functions()
+        self.functions = _function_table(library)
         self.cache: dict[sp.Expr, Any] = {}
 
     def constant(self, value: float) -> Any:
@@ -84,52 +142,48 @@ class Evaluator:
     def __call__(self, expr: sp.Expr) -> Any:
         if expr in self.cache:
             return self.cache[expr]
-        value = self._eval(expr)
-        self.cache[expr] = value
-        return value
+        values: list[Any] = []
+        for op, args, payload in _plan(expr):
+            values.append(self._step(op, [values[i] for i in args], payload))
+        self.cache[expr] = values[-1]
+        return values[-1]
 
-    def _eval(self, expr: sp.Expr) -> Any:
-        if expr.is_Number or expr in (sp.pi, sp.E) or isinstance(expr, sp.NumberSymbol):
-            return self.constant(float(expr))
-        if isinstance(expr, sp.Symbol):
-            if expr not in self.env:
-                raise ValueError(f"no value for symbol {expr}")
-            value = self.env[expr]
+    def _step(self, op: str, args: list[Any], payload: Any) -> Any:
+        if op == "const":
+            return self.constant(payload)
+        if op == "symbol":
+            if payload not in self.env:
+                raise ValueError(f"no value for symbol {payload}")
+            value = self.env[payload]
             return self.constant(float(value)) if isinstance(value, (int, float)) else value
-        if isinstance(expr, sp.core.function.AppliedUndef):
-            return self.fields[expr.func.__name__]
-        if isinstance(expr, sp.Derivative):
+        if op == "field":
+            return self.fields[payload]
+        if op == "deriv":
             if self.derivative is None:
                 raise ValueError("this evaluator cannot take derivatives")
-            return self.derivative(expr)
-        if isinstance(expr, sp.Add):
-            total = self(expr.args[0])
-            for arg in expr.args[1:]:
-                total = total + self(arg)
-            return total
-        if isinstance(expr, sp.Mul):
-            product = self(expr.args[0])
-            for arg in expr.args[1:]:
-                product = product * self(arg)
-            return product
-        if isinstance(expr, sp.Pow):
-            base, exponent = expr.args
-            if exponent == sp.Rational(1, 2):
-                return self._sqrt(self(base))
-            if exponent.is_Number:
-                return self(base) ** float(exponent) if not exponent.is_Integer else self(base) ** int(exponent)
-            return self(base) ** self(exponent)
-        if isinstance(expr, (sp.Max, sp.Min)):
-            values = [self(a) for a in expr.args]
-            reduce = self._maximum if isinstance(expr, sp.Max) else self._minimum
-            result = values[0]
-            for v in values[1:]:
-                result = reduce(result, v)
+            if payload not in self.cache:
+                self.cache[payload] = self.derivative(payload)
+            return self.cache[payload]
+        if op in ("add", "mul"):
+            result = args[0]
+            for arg in args[1:]:
+                result = result + arg if op == "add" else result * arg
             return result
-        function = self.functions.get(type(expr))
-        if function is not None:
-            return function(*[self(a) for a in expr.args])
-        raise ValueError(f"cannot evaluate {type(expr).__name__} node {expr} with {self.library}")
+        if op == "sqrt":
+            return self._sqrt(args[0])
+        if op == "pow":
+            return args[0] ** (payload if payload is not None else args[1])
+        if op in ("max", "min"):
+            reduce = self._maximum if op == "max" else self._minimum
+            result = args[0]
+            for arg in args[1:]:
+                result = reduce(result, arg)
+            return result
+        kind, node = payload
+        function = self.functions.get(kind)
+        if function is None:
+            raise ValueError(f"cannot evaluate {kind.__name__} node {node} with {self.library}")
+        return function(*args)
 
     def _sqrt(self, value: Any) -> Any:
         if self.library == "numpy":
