@@ -158,3 +158,33 @@ def test_network_field_jets_from_products_equal_the_whole_layer_derivation():
     for theirs in (_whole_layer_jets(problem), network_jets(problem.network, problem.params, problem.points)):
         for ours, other in zip(mine, theirs):
             assert np.abs(ours - other).max() <= 1e-12 * np.abs(other).max()
+
+
+@pytest.mark.parametrize("layers", [MLP, [("linear", {"in": 3, "out": 6}), ("tanh", {}), ("linear", {"in": 6, "out": 8}), ("softplus", {})]])
+def test_dy_dx_is_the_same_product_associated_from_either_side(layers):
+    """dy/dx chains the layer Jacobians from the output side when the network has fewer
+    outputs than inputs (reverse mode, as jacrev) and from the input side otherwise; both
+    associations give the same matrix, and it matches finite differences of the forward."""
+    from derivcheck.engines.symbolic.engine import _chain_jacobians
+
+    problem = make_problem(layers, batch=3)
+    network = problem.network
+    compiled = [symbolic.compile_layer(lay, size) for lay, size in zip(network.layers, network.sizes)]
+    params = [network.layer_param_array(problem.params, i) for i in range(len(network.layers))]
+    activations = [problem.x.T.copy()]
+    for lay, p in zip(compiled, params):
+        activations.append(lay.forward(activations[-1], p))
+    consts = [None] * len(compiled)
+    forward = _chain_jacobians(compiled, activations, params, consts, reverse=False)
+    backward = _chain_jacobians(compiled, activations, params, consts, reverse=True)
+    assert forward.shape == (3, network.out_size, network.in_size)
+    np.testing.assert_allclose(backward, forward, rtol=1e-12, atol=1e-14)
+
+    def outputs(x):
+        a = x.T
+        for lay, p in zip(compiled, params):
+            a = lay.forward(a, p)
+        return a.T
+
+    numeric = np.stack([_fd(lambda row: outputs(row[None, :])[0], problem.x[n]) for n in range(3)])
+    np.testing.assert_allclose(forward, numeric, rtol=1e-6, atol=1e-8)

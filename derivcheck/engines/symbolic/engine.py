@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,15 +76,29 @@ class SymbolicEngine(Engine):
                     result[q.name] = EngineValue(cotangent.T.copy())
         for q in quantities:
             if q.kind == "jacobian":
-                product: np.ndarray | None = None
-                for layer, a, params, consts in zip(compiled, activations, flat_params, constants):
-                    if product is not None and hasattr(layer, "apply_jacobian"):
-                        product = layer.apply_jacobian(a, params, product)  # J @ product without forming J per sample
-                        continue
-                    jacobian = layer.jacobian(a, params, consts)
-                    product = np.array(jacobian) if product is None else np.matmul(jacobian, product)
-                assert product is not None
-                result[q.name] = EngineValue(product)
+                result[q.name] = EngineValue(_chain_jacobians(compiled, activations, flat_params, constants, network.out_size < network.in_size))
             elif q.kind in ("sgd_step", "clip_grad", "param_directions"):
                 result[q.name] = Skipped(f"{q.name} is derived from this engine's gradients by the runner")
         return result
+
+
+def _chain_jacobians(compiled: list[Any], activations: list[np.ndarray], params: list[np.ndarray], constants: list[np.ndarray | None], reverse: bool) -> np.ndarray:
+    """``dy/dx`` ``(N, out, in)`` as the product of the layers' Jacobians, taken from the
+    input side (forward mode) or, with `reverse` (fewer outputs than inputs), from the
+    output side: the same product, associated the cheaper way. Layers with a matrix-product
+    rule apply it without forming their per-sample Jacobian."""
+    product: np.ndarray | None = None
+    steps = list(zip(compiled, activations, params, constants))
+    for layer, a, p, consts in reversed(steps) if reverse else steps:
+        if product is not None and reverse and hasattr(layer, "left_apply_jacobian"):
+            product = layer.left_apply_jacobian(a, p, product)
+        elif product is not None and not reverse and hasattr(layer, "apply_jacobian"):
+            product = layer.apply_jacobian(a, p, product)
+        else:
+            jacobian = layer.jacobian(a, p, consts)
+            if product is None:
+                product = np.array(jacobian)
+            else:
+                product = np.matmul(product, jacobian) if reverse else np.matmul(jacobian, product)
+    assert product is not None
+    return product
