@@ -29,3 +29,28 @@ def make_problem(specs, loss: str | None = "mse", batch: int = 5, seed: int = 0,
     loss_obj = LOSSES[loss]() if loss else None
     targets = loss_obj.random_targets(rng, batch, network.out_size) if loss_obj else None
     return Problem(network, network.init_params(seed), x, loss_obj, targets, dtype=dtype, sgd_lr=sgd_lr)
+
+
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def normalize_explanation(markdown: str) -> str:
+    """An explanation's Markdown without what rounding decides: every ``max relative
+    difference 1.2e-16`` becomes ``max relative difference <small>`` (the digits below the
+    check tolerance vary with the BLAS)."""
+    import re
+
+    return re.sub(r"max relative difference [0-9.]+e[+-][0-9]+", "max relative difference <small>", markdown)
+
+
+def assert_golden(text: str, name: str) -> None:
+    """Compare `text` with ``tests/golden/<name>``; ``DERIVCHECK_UPDATE_GOLDEN=1`` rewrites it."""
+    import os
+
+    path = GOLDEN / name
+    if os.environ.get("DERIVCHECK_UPDATE_GOLDEN") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if os.environ.get("DERIVCHECK_UPDATE_GOLDEN") != "1":
+            raise AssertionError(f"{path} did not exist: written now, check it and run again")
+    assert text == path.read_text(encoding="utf-8"), f"differs from {path} (DERIVCHECK_UPDATE_GOLDEN=1 rewrites it)"

@@ -26,14 +26,23 @@ from derivcheck._lazy import sympy as sp
 
 from derivcheck.values import computed
 
+from derivcheck.kinds.network.explain_layers import LOSS_RULES
 from derivcheck.explain_steps import CHECK_RTOL, MAX_PARAMS, MAX_WIDTH, Check, Explanation, ExplainTooLarge, Step, _compare, _grad, explain, schedule_check  # noqa: F401 - also the API here
 
 
 def explain_network(case: Any) -> Explanation:
-    """The derivation of an MLP case, step by step (see the module docstring)."""
-    unsupported = sorted({layer.kind for layer in case.problem.network.layers if layer.kind not in _LOCAL})
-    if unsupported:
-        raise ExplainTooLarge(f"case {case.name!r} uses {', '.join(unsupported)}: explain prints derivations of MLP layers ({', '.join(_LOCAL)}); `derivcheck run` checks every layer")
+    """The derivation of a network case, step by step: small MLPs fully expanded (see the
+    module docstring); any other network -- convolutions, pooling, recurrent layers,
+    attention, normalisation, or too many parameters to print every entry -- layer family
+    by layer family with representative slices
+    (:mod:`derivcheck.kinds.network.explain_layers.layered`)."""
+    network = case.problem.network
+    count = sum(int(np.prod(ref.shape)) for ref in network.params())
+    expandable = all(layer.kind in _LOCAL for layer in network.layers) and count <= MAX_PARAMS and max(network.sizes) <= MAX_WIDTH
+    if not expandable:
+        from derivcheck.kinds.network.explain_layers.layered import explain_layered
+
+        return explain_layered(case)
     return _explain_network(case)
 
 
@@ -65,12 +74,7 @@ _LOCAL = {
 _FIXED_NAMES = {"ddpm_noise": "xt", "time_embedding": "u"}
 _CONSTANTS = {"ddpm_noise": "eps_0.., t, abar_t"}
 
-_LOSS = {
-    "cross_entropy": ("dL/d{y} = softmax({y}) - {t}  ({t} one-hot)", r"\frac{{\partial L}}{{\partial {y}}} = \operatorname{{softmax}}({y}) - {t}"),
-    "mse": ("dL/d{y} = 2 ({y} - {t}) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{2}}{{K}}({y} - {t})"),
-    "bce": ("dL/d{y} = ({y} - {t}) / ({y} (1 - {y})) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}\frac{{{y} - {t}}}{{{y}(1-{y})}}"),
-    "bce_with_logits": ("dL/d{y} = (sigma({y}) - {t}) / K", r"\frac{{\partial L}}{{\partial {y}}} = \tfrac{{1}}{{K}}(\sigma({y}) - {t})"),
-}
+_LOSS = LOSS_RULES
 
 
 def _names(layers: list[Any]) -> tuple[list[str], list[str]]:
