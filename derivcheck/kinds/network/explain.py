@@ -102,12 +102,6 @@ def _explain_network(case: Any) -> Explanation:
 
     problem = case.problem
     network = problem.network
-    count = sum(int(np.prod(ref.shape)) for ref in network.params())
-    if count > MAX_PARAMS or max(network.sizes) > MAX_WIDTH:
-        raise ExplainTooLarge(
-            f"case {case.name!r} is too large to print as a derivation ({count} parameters, widest layer {max(network.sizes)}); "
-            f"explain handles up to {MAX_PARAMS} parameters and width {MAX_WIDTH}: shrink the layers (explain uses one sample anyway)"
-        )
     if problem.loss is None:
         raise ExplainTooLarge(f"case {case.name!r} has no loss: explain follows dL/dW through a loss")
     assert problem.targets is not None and problem.loss is not None
