@@ -28,7 +28,9 @@ FAMILIES: dict[str, str] = {
     "conv2d": "conv:explain_conv",
     "max_pool2d": "pooling:explain_pooling",
     "avg_pool2d": "pooling:explain_pooling",
-    # recurrent.py (RNN, GRU, LSTM unrolled over time, BPTT)
+    "rnn": "recurrent:explain_recurrent",
+    "gru": "recurrent:explain_recurrent",
+    "lstm": "recurrent:explain_recurrent",
     "sdpa": "attention:explain_attention",
     "multihead_attention": "attention:explain_attention",
     "transformer_encoder": "attention:explain_attention",
