@@ -22,6 +22,9 @@ def test_every_shipped_case_checks_out(path):
     assert result.ok, result.failing_steps()
     assert len(result.steps) >= 3
     assert all(step.checks or "Autograd" in step.title or "Operators" in step.title or "training step" in step.title for step in result.steps)
+    latex = result.to_latex()  # every family's equations go into one document: braces must pair up
+    assert latex.rstrip().endswith(r"\end{document}") and latex.count("{") - latex.count(r"\{") == latex.count("}") - latex.count(r"\}")
+    assert result.to_markdown().startswith("# derivcheck explain")
 
 
 def test_network_steps_and_formats():
