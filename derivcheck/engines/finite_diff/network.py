@@ -51,6 +51,11 @@ def _crossed(moved: _Eval, base: _Eval) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(a, b) for a, b in zip(moved.kink_signs, base.kink_signs) if a is not None and b is not None]
 
 
+def _per_layer_params(problem: Problem) -> list[dict[str, np.ndarray]]:
+    """The problem's parameters split by layer, local names (what each forward pass needs)."""
+    return [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
+
+
 def _any_crossed(moved: _Eval, base: _Eval) -> bool:
     return any(bool(np.any(a != b)) for a, b in _crossed(moved, base))
 
@@ -91,7 +96,7 @@ class FiniteDifferences(Engine):
         dicts of `params` when the caller already has them."""
         network = problem.network
         if local is None:
-            local = [network.layer_params(params, index) for index in range(len(network.layers))]
+            local = [network.layer_params(params, index) for index in range(len(network.layers))]  # `params`, not the problem's
         if start:
             assert base is not None
             inputs, signs = list(base.layer_inputs[:start]), list(base.kink_signs[:start])
@@ -187,7 +192,7 @@ class FiniteDifferences(Engine):
         assert name is not None
         ref = next(ref for ref in problem.network.params() if ref.qualified == name)
         original = problem.params[name]
-        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
+        local = _per_layer_params(problem)
         moved_layer = dict(local[ref.layer])
         moved_local = local[: ref.layer] + [moved_layer] + local[ref.layer + 1 :]
 
@@ -237,7 +242,7 @@ class FiniteDifferences(Engine):
             return self._entrywise_input_grad(problem, base)
         n, n_in = problem.x.shape
         k = output(base).shape[1]
-        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
+        local = _per_layer_params(problem)
         values = np.empty((n, k, n_in))
         errors = np.empty((n, k, n_in))
         excluded = np.zeros((n, k, n_in), dtype=bool)
@@ -269,7 +274,7 @@ class FiniteDifferences(Engine):
     def _entrywise_input_grad(self, problem: Problem, base: _Eval) -> EngineValue:
         """dL/dx one input entry at a time (a layer couples the samples, so perturbing
         feature j of every sample at once would mix their effects)."""
-        local = [problem.network.layer_params(problem.params, index) for index in range(len(problem.network.layers))]
+        local = _per_layer_params(problem)
 
         def evaluate(index: tuple[int, ...], delta: float) -> _Eval:
             x = problem.x.copy()
