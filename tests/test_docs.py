@@ -106,7 +106,31 @@ def test_python_blocks_run(block, scratch):
     if block.shown_after is not None:
         shown = block.shown_after.strip().splitlines()[0]
         printed = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
-        assert printed == shown, f"{block.id}: the output shown below it is out of date:\nshown:   {shown}\nprinted: {printed}"
+        assert _same_output(printed, shown), f"{block.id}: the output shown below it is out of date:\nshown:   {shown}\nprinted: {printed}"
+
+
+NOISE_BOUND = re.compile(r"(bound )(\d\.\d+e-\d+)")
+
+
+def _same_output(printed: str, shown: str) -> bool:
+    """Printed output equals what the page shows, except that a noise bound ("bound
+    1.85e-10") may differ by up to 4x: it is a rounding-level estimate, and its digits
+    move with the CPU's vector code paths and the numpy build (measured: 1.85e-10 on one
+    machine, 2.32e-10 on another, same versions)."""
+    if printed == shown:
+        return True
+    ours, theirs = NOISE_BOUND.findall(printed), NOISE_BOUND.findall(shown)
+    if len(ours) != len(theirs) or NOISE_BOUND.sub(r"\1*", printed) != NOISE_BOUND.sub(r"\1*", shown):
+        return False
+    return all(0.25 <= float(a[1]) / float(b[1]) <= 4 for a, b in zip(ours, theirs))
+
+
+def test_noise_bounds_in_shown_output_may_move_but_nothing_else():
+    shown = "x: |a - b| = 3.85 > bound 1.85e-10"
+    assert _same_output("x: |a - b| = 3.85 > bound 2.32e-10", shown)
+    assert not _same_output("x: |a - b| = 3.85 > bound 9.3e-09", shown)
+    assert not _same_output("x: |a - b| = 3.86 > bound 1.85e-10", shown)
+    assert not _same_output("y: |a - b| = 3.85 > bound 1.85e-10", shown)
 
 
 def _commands(block: Block) -> list[tuple[str, int]]:
