@@ -105,6 +105,56 @@ class PinnLossesNumpy:
         assert problem.network is not None and problem.boundary is not None
         jets = network_jets(problem.network, params, problem.points)
         loss_r = float(np.mean(sum(r(jets, problem.points) ** 2 for r in self.residuals)))
-        h, _, _ = network_jets(problem.network, params, problem.boundary)
-        loss_b = float(np.mean(sum((h[:, i] - exact) ** 2 for i, exact in self.exact.items())))
-        return loss_r, loss_b
+        # the boundary loss needs the values only: a plain forward pass, not a jet
+        h = problem.boundary.astype(np.float64)
+        for index, layer in enumerate(problem.network.layers):
+            h, _ = layer.numpy_forward(h, problem.network.layer_params(params, index))
+        return loss_r, self._boundary_loss(h[None])[0]
+
+    def _boundary_loss(self, h: np.ndarray) -> np.ndarray:
+        """``L_b`` of each of B boundary outputs ``(B, P_b, fields)``."""
+        return np.mean(sum((h[:, :, i] - exact) ** 2 for i, exact in self.exact.items()), axis=1)
+
+    def stackable(self) -> bool:
+        """Whether every layer acts on points independently and draws nothing per point,
+        so that several passes may run stacked along the point axis."""
+        assert self.problem.network is not None
+        return all(layer.per_sample and not layer.n_sample_constants for layer in self.problem.network.layers)
+
+    def inputs_of(self, params: dict[str, np.ndarray], layer: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """The jets at the collocation points and the values at the boundary points that
+        layer `layer` receives (what :meth:`moved` starts from)."""
+        problem = self.problem
+        assert problem.network is not None and problem.boundary is not None
+        p, d = problem.points.shape
+        jets = (problem.points.astype(np.float64), np.broadcast_to(np.eye(d), (p, d, d)).copy(), np.zeros((p, d, d, d)))
+        h = problem.boundary.astype(np.float64)
+        for index in range(layer):
+            local = problem.network.layer_params(params, index)
+            jets = problem.network.layers[index].numpy_jet(*jets, local)
+            h, _ = problem.network.layers[index].numpy_forward(h, local)
+        return jets, h
+
+    def moved(
+        self, params: dict[str, np.ndarray], layer: int, inputs: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray], variants: list[dict[str, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(L_r, L_b)``, each ``(B,)``, for B variants of layer `layer`'s local
+        parameters (every other layer as in `params`), from that layer's `inputs`
+        (:meth:`inputs_of`). Requires :meth:`stackable`: the layers after it run once on
+        the B passes stacked along the point axis."""
+        problem = self.problem
+        network = problem.network
+        assert network is not None and problem.boundary is not None
+        (h, jac, hess), hb = inputs
+        count, p = len(variants), problem.points.shape[0]
+        outs = [network.layers[layer].numpy_jet(h, jac, hess, local) for local in variants]
+        jets = (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]), np.concatenate([o[2] for o in outs]))
+        hb_all = np.concatenate([network.layers[layer].numpy_forward(hb, local)[0] for local in variants])
+        for index in range(layer + 1, len(network.layers)):
+            local = network.layer_params(params, index)
+            jets = network.layers[index].numpy_jet(*jets, local)
+            hb_all, _ = network.layers[index].numpy_forward(hb_all, local)
+        points = np.tile(problem.points, (count, 1))
+        squares = np.sum([r(jets, points) ** 2 for r in self.residuals], axis=0)
+        loss_r = squares.reshape(count, p).mean(axis=1)
+        return loss_r, self._boundary_loss(hb_all.reshape(count, problem.boundary.shape[0], -1))

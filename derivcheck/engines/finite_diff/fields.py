@@ -290,32 +290,25 @@ def _pinn(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineR
     derivatives come from the float64 forward-mode jets of the network (order <= 2): a
     forward pass, perturbed, never a backward one."""
 
-    assert problem.params is not None
+    assert problem.params is not None and problem.network is not None
     losses = PinnLossesNumpy(problem)
     params = {k: v.copy() for k, v in problem.params.items()}
     eps_step = EPS ** (1 / 3)
+    mults = (1.0, 0.5)
+    refs = {ref.qualified: ref for ref in problem.network.params()}
     grads: dict[str, dict[str, np.ndarray]] = {"r": {}, "b": {}}
     errors: dict[str, dict[str, np.ndarray]] = {"r": {}, "b": {}}
     for name, original in problem.params.items():
-        g = {"r": np.empty(original.shape), "b": np.empty(original.shape)}
-        e = {"r": np.empty(original.shape), "b": np.empty(original.shape)}
-        for index in np.ndindex(*original.shape):
-            h = eps_step * max(1.0, abs(float(original[index])))
-            diffs = []
-            for mult in (1.0, 0.5):
-                sides = []
-                for sign in (1.0, -1.0):
-                    perturbed = original.copy()
-                    perturbed[index] += sign * mult * h
-                    params[name] = perturbed
-                    sides.append(losses(params))
-                diffs.append(((sides[0][0] - sides[1][0]) / (2 * mult * h), (sides[0][1] - sides[1][1]) / (2 * mult * h)))
-            for t, k in (("r", 0), ("b", 1)):
-                g[t][index] = diffs[0][k]
-                e[t][index] = 4 / 3 * abs(diffs[0][k] - diffs[1][k]) + 10 * EPS * max(1.0, abs(sides[0][k])) / h
+        indices = list(np.ndindex(*original.shape))
+        steps = np.array([eps_step * max(1.0, abs(float(original[index]))) for index in indices])
+        requests = [(index, sign * mult * h) for index, h in zip(indices, steps) for mult in mults for sign in (1.0, -1.0)]
+        sides = _pinn_sides(problem, losses, params, refs[name], requests).reshape(len(indices), len(mults), 2, 2)  # entry, step, side, (L_r, L_b)
         params[name] = original
-        for t in ("r", "b"):
-            grads[t][name], errors[t][name] = g[t], e[t]
+        for t, k in (("r", 0), ("b", 1)):
+            diffs = [(sides[:, m, 0, k] - sides[:, m, 1, k]) / (2 * mult * steps) for m, mult in enumerate(mults)]
+            rounding = 10 * EPS * np.maximum(1.0, np.abs(sides[:, -1, 0, k])) / steps
+            grads[t][name] = diffs[0].reshape(original.shape)
+            errors[t][name] = (4 / 3 * np.abs(diffs[0] - diffs[1]) + rounding).reshape(original.shape)
     result: EngineResult = {}
     note = "central differences in the parameters of a float64 forward (hand-written jets)"
     for q in quantities:
@@ -332,3 +325,35 @@ def _pinn(problem: FieldProblem, quantities: Sequence[FieldQuantity]) -> EngineR
             estimate = value * (top_err / top + mean_err / mean)
             result[q.name] = EngineValue(np.asarray(value), error_estimate=np.asarray(estimate), note=note)
     return result
+
+
+PINN_STACK_POINTS = 1 << 16
+"""Collocation points one stacked pass of :func:`_pinn_sides` may hold (its Hessian jet is
+``points x width x d x d`` numbers)."""
+
+
+def _pinn_sides(problem: FieldProblem, losses: PinnLossesNumpy, params: dict[str, np.ndarray], ref: Any, requests: list[tuple[tuple[int, ...], float]]) -> np.ndarray:
+    """``(L_r, L_b)`` for each (index, delta) of `requests`: the parameter `ref` with that
+    entry moved by delta, ``(R, 2)``. When the layers allow it the passes share the
+    layers before `ref`'s and run the rest stacked along the point axis, in chunks."""
+    original = params[ref.qualified]
+    out = np.empty((len(requests), 2))
+    if not losses.stackable():
+        for r, (index, delta) in enumerate(requests):
+            moved = original.copy()
+            moved[index] += delta
+            out[r] = losses({**params, ref.qualified: moved})
+        return out
+    assert problem.network is not None
+    local = problem.network.layer_params(params, ref.layer)
+    inputs = losses.inputs_of(params, ref.layer)
+    chunk = max(1, PINN_STACK_POINTS // max(1, problem.points.shape[0]))
+    for start in range(0, len(requests), chunk):
+        variants = []
+        for index, delta in requests[start : start + chunk]:
+            moved = original.copy()
+            moved[index] += delta
+            variants.append({**local, ref.local: moved})
+        loss_r, loss_b = losses.moved(params, ref.layer, inputs, variants)
+        out[start : start + len(variants), 0], out[start : start + len(variants), 1] = loss_r, loss_b
+    return out

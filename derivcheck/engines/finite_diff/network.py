@@ -22,7 +22,7 @@ samples (batch normalisation in training mode) dL/dx is taken one entry at a tim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,27 @@ def _per_layer_params(problem: Problem) -> list[dict[str, np.ndarray]]:
 
 def _any_crossed(moved: _Eval, base: _Eval) -> bool:
     return any(bool(np.any(a != b)) for a, b in _crossed(moved, base))
+
+
+def _stackable(problem: Problem, start: int) -> bool:
+    """Whether the layers from `start` on may run on several forward passes' samples
+    stacked along the sample axis: each acts on every sample independently and draws no
+    per-sample constants (a dropout mask or diffusion noise is drawn for the batch's
+    shape, so a stacked batch would draw different ones)."""
+    return all(layer.per_sample and not layer.n_sample_constants for layer in problem.network.layers[start:])
+
+
+STACK_VALUES = 1 << 20
+"""Numbers one layer's stacked output may hold (8 MiB of float64): the chunk size of
+stacked finite-difference passes."""
+
+
+def _chunk_size(problem: Problem, start: int) -> int:
+    """Forward passes to stack at once from layer `start` on (see :data:`STACK_VALUES`):
+    sized by the most numbers one sample holds in any of those layers."""
+    layers = problem.network.layers[start:]
+    widest = max([1.0] + [float(np.prod(layer.in_shape or (1,))) + layer.held_values_per_sample() for layer in layers] + [float(np.prod(getattr(layer, "out_shape", ()) or (1,))) for layer in layers])
+    return max(1, int(STACK_VALUES // (problem.x.shape[0] * widest)))
 
 
 class FiniteDifferences(Engine):
@@ -192,47 +213,103 @@ class FiniteDifferences(Engine):
         assert name is not None
         ref = next(ref for ref in problem.network.params() if ref.qualified == name)
         original = problem.params[name]
+        layer = problem.network.layers[ref.layer]
         local = _per_layer_params(problem)
         moved_layer = dict(local[ref.layer])
         moved_local = local[: ref.layer] + [moved_layer] + local[ref.layer + 1 :]
+        stack = _stackable(problem, ref.layer + 1)
 
-        def evaluate(index: tuple[int, ...], delta: float) -> _Eval:
-            value = original.copy()
-            value[index] += delta
-            moved_layer[ref.local] = value
-            # the layers before this parameter's see nothing move: start at its layer
-            return self._evaluate(problem, problem.params, problem.x, start=ref.layer, base=base, local=moved_local)
+        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> list[_Eval]:
+            outputs, states = [], []
+            evaluations = []
+            for index, delta in requests:
+                value = original.copy()
+                value[index] += delta
+                moved_layer[ref.local] = value
+                if stack:  # this layer per request, the later ones once for all requests
+                    h, cache = layer.numpy_forward(base.layer_inputs[ref.layer], moved_layer)
+                    outputs.append(h)
+                    states.append(layer.kink_state(cache))
+                else:  # the layers before this parameter's see nothing move: start at its layer
+                    evaluations.append(self._evaluate(problem, problem.params, problem.x, start=ref.layer, base=base, local=moved_local))
+            return self._stacked(problem, base, outputs, ref.layer + 1, local, states) if stack else evaluations
 
-        return self._entrywise(problem, base, original, evaluate)
+        return self._entrywise(base, original, evaluate, chunk=_chunk_size(problem, ref.layer + 1) if stack else 1)
 
-    def _entrywise(
+    def _stacked(
         self,
         problem: Problem,
         base: _Eval,
+        inputs: list[np.ndarray],
+        start: int,
+        local: list[dict[str, np.ndarray]],
+        moved_states: list[np.ndarray | None] | None = None,
+    ) -> list[_Eval]:
+        """B forward passes that differ only from layer `start` on, run at once:
+        `inputs` holds the B ``(N, features)`` inputs of layer `start` (with
+        `moved_states`, the kink states of the layer before it, which produced them).
+        The layers from `start` on run once on the B batches stacked along the sample
+        axis -- valid because each acts on samples independently (:func:`_stackable`) --
+        and the result is split back into one :class:`_Eval` per pass, whose
+        `layer_inputs` are left empty."""
+        count, n = len(inputs), inputs[0].shape[0]
+        h = np.concatenate(inputs)
+        stacked: list[np.ndarray | None] = []
+        for index in range(start, len(problem.network.layers)):
+            h, cache = problem.network.layers[index].numpy_forward(h, local[index])
+            stacked.append(problem.network.layers[index].kink_state(cache))
+        per_sample = None
+        if problem.loss is not None:
+            assert problem.targets is not None
+            values, _ = problem.loss.numpy_forward(h, np.tile(problem.targets, (count, 1)))
+            per_sample = np.asarray(values).reshape(count, n)
+        y = h.reshape(count, n, -1)
+        split = [None if state is None else state.reshape(count, n, *state.shape[1:]) for state in stacked]
+        before = base.kink_signs[: start - 1] if moved_states is not None else base.kink_signs[:start]
+        return [
+            _Eval(
+                None if per_sample is None else per_sample[b],
+                y[b],
+                list(before) + ([moved_states[b]] if moved_states is not None else []) + [None if state is None else state[b] for state in split],
+                [],
+            )
+            for b in range(count)
+        ]
+
+    def _entrywise(
+        self,
+        base: _Eval,
         center: np.ndarray,
-        evaluate: Callable[[tuple[int, ...], float], _Eval],
+        evaluate: Callable[[list[tuple[tuple[int, ...], float]]], list[_Eval]],
+        chunk: int = 1,
     ) -> EngineValue:
-        """d L / d `center`, one entry at a time; ``evaluate(index, delta)`` is the forward
-        pass with that entry moved by delta."""
+        """d L / d `center`, one entry at a time: ``evaluate(requests)`` takes a list of
+        (index, delta) and returns the forward pass with that entry moved by delta for
+        each; it is called with about `chunk` requests at a time (whole entries: every
+        step and side of one entry in the same call)."""
         assert base.per_sample_loss is not None
-        values, errors = np.empty(center.shape), np.empty(center.shape)
-        excluded = np.zeros(center.shape, dtype=bool)
         f0 = float(base.per_sample_loss.mean())
-        for index in np.ndindex(*center.shape):
-            h = self.step * max(1.0, abs(float(center[index])))
-            diffs, scale = [], abs(f0)
-            for mult in self._steps():
-                sides = []
-                for sign in (1.0, -1.0):
-                    evaluation = evaluate(index, sign * mult * h)
-                    assert evaluation.per_sample_loss is not None
-                    sides.append(float(evaluation.per_sample_loss.mean()))
-                    if _any_crossed(evaluation, base):
-                        excluded[index] = True
-                scale = max(scale, abs(sides[0]), abs(sides[1]))
-                diffs.append(np.asarray((sides[0] - sides[1]) / (2 * mult * h)))
-            values[index], errors[index] = self._combine(diffs, h, np.asarray(scale))
-        return self._value(values, errors, excluded)
+        indices = list(np.ndindex(*center.shape))
+        steps = np.array([self.step * max(1.0, abs(float(center[index]))) for index in indices])
+        mults = self._steps()
+        losses = np.empty((len(indices), len(mults), 2))
+        crossed = np.zeros(len(indices), dtype=bool)
+        entries = max(1, chunk // (2 * len(mults)))
+        for first in range(0, len(indices), entries):
+            block = range(first, min(first + entries, len(indices)))
+            requests = [(indices[i], sign * mult * steps[i]) for i in block for mult in mults for sign in (1.0, -1.0)]
+            evaluations = iter(evaluate(requests))
+            for i in block:
+                for m in range(len(mults)):
+                    for side in range(2):
+                        evaluation = next(evaluations)
+                        assert evaluation.per_sample_loss is not None
+                        losses[i, m, side] = float(evaluation.per_sample_loss.mean())
+                        crossed[i] |= _any_crossed(evaluation, base)
+        diffs = [(losses[:, m, 0] - losses[:, m, 1]) / (2 * mult * steps) for m, mult in enumerate(mults)]
+        scale = np.maximum(abs(f0), np.abs(losses).max(axis=(1, 2)))
+        values, errors = self._combine(diffs, steps, scale)
+        return self._value(values.reshape(center.shape), errors.reshape(center.shape), crossed.reshape(center.shape))
 
     def _per_sample(self, problem: Problem, base: _Eval, output: Callable[[_Eval], np.ndarray], q: Quantity) -> EngineValue:
         """Perturb feature j of every sample at once; `output(e)` is ``(N, K)``."""
@@ -243,6 +320,26 @@ class FiniteDifferences(Engine):
         n, n_in = problem.x.shape
         k = output(base).shape[1]
         local = _per_layer_params(problem)
+        mults = self._steps()
+        steps = [self.step * np.maximum(1.0, np.abs(problem.x[:, j])) for j in range(n_in)]
+        stack = _stackable(problem, 0)
+        chunk = _chunk_size(problem, 0) if stack else 1
+
+        def passes() -> Iterator[_Eval]:
+            """The moved forward passes in the order (feature, step, side), a chunk at a time."""
+            moved_inputs = []
+            for j in range(n_in):
+                for mult in mults:
+                    for sign in (1.0, -1.0):
+                        x = problem.x.copy()
+                        x[:, j] += sign * mult * steps[j]
+                        moved_inputs.append(x)
+                        if len(moved_inputs) == chunk:
+                            yield from self._stacked(problem, base, moved_inputs, 0, local) if stack else [self._evaluate(problem, problem.params, moved_inputs[0], local=local)]
+                            moved_inputs = []
+            if moved_inputs:
+                yield from self._stacked(problem, base, moved_inputs, 0, local)
+
         values = np.empty((n, k, n_in))
         errors = np.empty((n, k, n_in))
         excluded = np.zeros((n, k, n_in), dtype=bool)
@@ -250,19 +347,18 @@ class FiniteDifferences(Engine):
         # output, not from that entry's own size: an output of 5e-4 next to outputs of 0.3
         # carries the rounding of terms of size 0.3 (measured: 700x its own eps*|y|)
         f0 = np.broadcast_to(np.abs(output(base)).max(axis=1, keepdims=True), (n, k)).copy()
+        moved = passes()
         for j in range(n_in):
-            h = self.step * np.maximum(1.0, np.abs(problem.x[:, j]))
+            h = steps[j]
             diffs = []
             scale = f0.copy()
-            for mult in self._steps():
+            for mult in mults:
                 sides = []
-                for sign in (1.0, -1.0):
-                    x = problem.x.copy()
-                    x[:, j] += sign * mult * h
-                    evaluation = self._evaluate(problem, problem.params, x, local=local)
+                for _sign in (1.0, -1.0):
+                    evaluation = next(moved)
                     sides.append(output(evaluation))
                     for a, b in _crossed(evaluation, base):
-                        crossed = np.any(a != b, axis=1)
+                        crossed = np.any((a != b).reshape(n, -1), axis=1)
                         excluded[crossed, :, j] = True
                 scale = np.maximum(scale, np.maximum(np.abs(sides[0]), np.abs(sides[1])).max(axis=1, keepdims=True))
                 diffs.append((sides[0] - sides[1]) / (2 * mult * h[:, None]))
@@ -276,12 +372,15 @@ class FiniteDifferences(Engine):
         feature j of every sample at once would mix their effects)."""
         local = _per_layer_params(problem)
 
-        def evaluate(index: tuple[int, ...], delta: float) -> _Eval:
-            x = problem.x.copy()
-            x[index] += delta
-            return self._evaluate(problem, problem.params, x, local=local)
+        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> list[_Eval]:
+            evaluations = []
+            for index, delta in requests:
+                x = problem.x.copy()
+                x[index] += delta
+                evaluations.append(self._evaluate(problem, problem.params, x, local=local))
+            return evaluations
 
-        return self._entrywise(problem, base, problem.x, evaluate)
+        return self._entrywise(base, problem.x, evaluate)
 
     def _value(self, values: np.ndarray, errors: np.ndarray, excluded: np.ndarray) -> EngineValue:
         return EngineValue(
