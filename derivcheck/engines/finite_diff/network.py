@@ -44,6 +44,7 @@ class _Eval:
     y: np.ndarray  # (N, out)
     kink_signs: list[np.ndarray | None]  # per layer: (N, units), True where the kink input is > 0; None without a kink
     layer_inputs: list[np.ndarray]  # per layer: the (N, features) array it was given
+    crossed_samples: np.ndarray | None = None  # (N,): instead of kink_signs, which samples crossed a kink (stacked passes)
 
 
 def _crossed(moved: _Eval, base: _Eval) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -66,6 +67,12 @@ def _stackable(problem: Problem, start: int) -> bool:
     per-sample constants (a dropout mask or diffusion noise is drawn for the batch's
     shape, so a stacked batch would draw different ones)."""
     return all(layer.per_sample and not layer.n_sample_constants for layer in problem.network.layers[start:])
+
+
+def _losses_and_crossings(evaluations: list[_Eval], base: _Eval) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and whether any kink was crossed, per forward pass."""
+    losses = np.array([float(np.asarray(e.per_sample_loss).mean()) for e in evaluations])
+    return losses, np.array([_any_crossed(e, base) for e in evaluations], dtype=bool)
 
 
 STACK_VALUES = 1 << 20
@@ -219,9 +226,8 @@ class FiniteDifferences(Engine):
         moved_local = local[: ref.layer] + [moved_layer] + local[ref.layer + 1 :]
         stack = _stackable(problem, ref.layer + 1)
 
-        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> list[_Eval]:
-            outputs, states = [], []
-            evaluations = []
+        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> tuple[np.ndarray, np.ndarray]:
+            outputs, states, evaluations = [], [], []
             for index, delta in requests:
                 value = original.copy()
                 value[index] += delta
@@ -232,11 +238,15 @@ class FiniteDifferences(Engine):
                     states.append(layer.kink_state(cache))
                 else:  # the layers before this parameter's see nothing move: start at its layer
                     evaluations.append(self._evaluate(problem, problem.params, problem.x, start=ref.layer, base=base, local=moved_local))
-            return self._stacked(problem, base, outputs, ref.layer + 1, local, states) if stack else evaluations
+            if not stack:
+                return _losses_and_crossings(evaluations, base)
+            per_sample, _, crossed = self._run_stacked(problem, base, outputs, ref.layer + 1, local, states)
+            assert per_sample is not None
+            return per_sample.mean(axis=1), np.asarray(crossed.any(axis=1))
 
         return self._entrywise(base, original, evaluate, chunk=_chunk_size(problem, ref.layer + 1) if stack else 1)
 
-    def _stacked(
+    def _run_stacked(
         self,
         problem: Problem,
         base: _Eval,
@@ -244,72 +254,66 @@ class FiniteDifferences(Engine):
         start: int,
         local: list[dict[str, np.ndarray]],
         moved_states: list[np.ndarray | None] | None = None,
-    ) -> list[_Eval]:
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """B forward passes that differ only from layer `start` on, run at once:
         `inputs` holds the B ``(N, features)`` inputs of layer `start` (with
         `moved_states`, the kink states of the layer before it, which produced them).
         The layers from `start` on run once on the B batches stacked along the sample
-        axis -- valid because each acts on samples independently (:func:`_stackable`) --
-        and the result is split back into one :class:`_Eval` per pass, whose
-        `layer_inputs` are left empty."""
+        axis -- valid because each acts on samples independently (:func:`_stackable`).
+        Returns the per-sample losses ``(B, N)`` (``None`` without a loss), the outputs
+        ``(B, N, out)`` and, ``(B, N)``, whether a sample's kink state differs from
+        `base`'s in any layer."""
         count, n = len(inputs), inputs[0].shape[0]
+        crossed = np.zeros((count, n), dtype=bool)
+
+        def mark(states: np.ndarray | None, reference: np.ndarray | None) -> None:
+            if states is not None and reference is not None:
+                crossed[:] |= np.any(states.reshape(count, n, -1) != reference.reshape(1, n, -1), axis=2)
+
+        if moved_states is not None and moved_states[0] is not None:
+            mark(np.stack(moved_states), base.kink_signs[start - 1])  # type: ignore[arg-type]
         h = np.concatenate(inputs)
-        stacked: list[np.ndarray | None] = []
         for index in range(start, len(problem.network.layers)):
             h, cache = problem.network.layers[index].numpy_forward(h, local[index])
-            stacked.append(problem.network.layers[index].kink_state(cache))
+            mark(problem.network.layers[index].kink_state(cache), base.kink_signs[index])
         per_sample = None
         if problem.loss is not None:
             assert problem.targets is not None
             values, _ = problem.loss.numpy_forward(h, np.tile(problem.targets, (count, 1)))
             per_sample = np.asarray(values).reshape(count, n)
-        y = h.reshape(count, n, -1)
-        split = [None if state is None else state.reshape(count, n, *state.shape[1:]) for state in stacked]
-        before = base.kink_signs[: start - 1] if moved_states is not None else base.kink_signs[:start]
-        return [
-            _Eval(
-                None if per_sample is None else per_sample[b],
-                y[b],
-                list(before) + ([moved_states[b]] if moved_states is not None else []) + [None if state is None else state[b] for state in split],
-                [],
-            )
-            for b in range(count)
-        ]
+        return per_sample, h.reshape(count, n, -1), crossed
 
     def _entrywise(
         self,
         base: _Eval,
         center: np.ndarray,
-        evaluate: Callable[[list[tuple[tuple[int, ...], float]]], list[_Eval]],
+        evaluate: Callable[[list[tuple[tuple[int, ...], float]]], tuple[np.ndarray, np.ndarray]],
         chunk: int = 1,
     ) -> EngineValue:
         """d L / d `center`, one entry at a time: ``evaluate(requests)`` takes a list of
-        (index, delta) and returns the forward pass with that entry moved by delta for
-        each; it is called with about `chunk` requests at a time (whole entries: every
-        step and side of one entry in the same call)."""
+        (index, delta) and returns, for each, the mean loss of the forward pass with that
+        entry moved by delta and whether it crossed a kink; it is called with about
+        `chunk` requests at a time (whole entries: every step and side of one entry in
+        the same call)."""
         assert base.per_sample_loss is not None
         f0 = float(base.per_sample_loss.mean())
         indices = list(np.ndindex(*center.shape))
         steps = np.array([self.step * max(1.0, abs(float(center[index]))) for index in indices])
         mults = self._steps()
+        per_entry = 2 * len(mults)
         losses = np.empty((len(indices), len(mults), 2))
-        crossed = np.zeros(len(indices), dtype=bool)
-        entries = max(1, chunk // (2 * len(mults)))
+        crossed = np.zeros((len(indices), per_entry), dtype=bool)
+        entries = max(1, chunk // per_entry)
         for first in range(0, len(indices), entries):
             block = range(first, min(first + entries, len(indices)))
             requests = [(indices[i], sign * mult * steps[i]) for i in block for mult in mults for sign in (1.0, -1.0)]
-            evaluations = iter(evaluate(requests))
-            for i in block:
-                for m in range(len(mults)):
-                    for side in range(2):
-                        evaluation = next(evaluations)
-                        assert evaluation.per_sample_loss is not None
-                        losses[i, m, side] = float(evaluation.per_sample_loss.mean())
-                        crossed[i] |= _any_crossed(evaluation, base)
+            values, flags = evaluate(requests)
+            losses[block.start : block.stop] = values.reshape(len(block), len(mults), 2)
+            crossed[block.start : block.stop] = flags.reshape(len(block), per_entry)
         diffs = [(losses[:, m, 0] - losses[:, m, 1]) / (2 * mult * steps) for m, mult in enumerate(mults)]
         scale = np.maximum(abs(f0), np.abs(losses).max(axis=(1, 2)))
         values, errors = self._combine(diffs, steps, scale)
-        return self._value(values.reshape(center.shape), errors.reshape(center.shape), crossed.reshape(center.shape))
+        return self._value(values.reshape(center.shape), errors.reshape(center.shape), np.asarray(crossed.any(axis=1)).reshape(center.shape))
 
     def _per_sample(self, problem: Problem, base: _Eval, output: Callable[[_Eval], np.ndarray], q: Quantity) -> EngineValue:
         """Perturb feature j of every sample at once; `output(e)` is ``(N, K)``."""
@@ -335,10 +339,10 @@ class FiniteDifferences(Engine):
                         x[:, j] += sign * mult * steps[j]
                         moved_inputs.append(x)
                         if len(moved_inputs) == chunk:
-                            yield from self._stacked(problem, base, moved_inputs, 0, local) if stack else [self._evaluate(problem, problem.params, moved_inputs[0], local=local)]
+                            yield from self._stacked_passes(problem, base, moved_inputs, local) if stack else [self._evaluate(problem, problem.params, moved_inputs[0], local=local)]
                             moved_inputs = []
             if moved_inputs:
-                yield from self._stacked(problem, base, moved_inputs, 0, local)
+                yield from self._stacked_passes(problem, base, moved_inputs, local)
 
         values = np.empty((n, k, n_in))
         errors = np.empty((n, k, n_in))
@@ -357,6 +361,8 @@ class FiniteDifferences(Engine):
                 for _sign in (1.0, -1.0):
                     evaluation = next(moved)
                     sides.append(output(evaluation))
+                    if evaluation.crossed_samples is not None:
+                        excluded[evaluation.crossed_samples, :, j] = True
                     for a, b in _crossed(evaluation, base):
                         crossed = np.any((a != b).reshape(n, -1), axis=1)
                         excluded[crossed, :, j] = True
@@ -372,15 +378,22 @@ class FiniteDifferences(Engine):
         feature j of every sample at once would mix their effects)."""
         local = _per_layer_params(problem)
 
-        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> list[_Eval]:
+        def evaluate(requests: list[tuple[tuple[int, ...], float]]) -> tuple[np.ndarray, np.ndarray]:
             evaluations = []
             for index, delta in requests:
                 x = problem.x.copy()
                 x[index] += delta
                 evaluations.append(self._evaluate(problem, problem.params, x, local=local))
-            return evaluations
+            return _losses_and_crossings(evaluations, base)
 
         return self._entrywise(base, problem.x, evaluate)
+
+    def _stacked_passes(self, problem: Problem, base: _Eval, inputs: list[np.ndarray], local: list[dict[str, np.ndarray]]) -> list[_Eval]:
+        """Whole forward passes of several inputs ``(N, in)``, stacked (see
+        :meth:`_run_stacked`), as one :class:`_Eval` each, which says which samples
+        crossed a kink instead of holding kink states; `layer_inputs` are left empty."""
+        per_sample, y, crossed = self._run_stacked(problem, base, inputs, 0, local)
+        return [_Eval(None if per_sample is None else per_sample[b], y[b], [], [], crossed_samples=crossed[b]) for b in range(len(inputs))]
 
     def _value(self, values: np.ndarray, errors: np.ndarray, excluded: np.ndarray) -> EngineValue:
         return EngineValue(
