@@ -114,7 +114,8 @@ class CompiledProduct:
         """``J_n @ tangent_n`` for every sample: `tangent` ``(N, in, d)`` -> ``(N, out, d)``."""
         weight, _ = self._split(params)
         if self.flags["linear_in_a"]:
-            return np.matmul(self._matrix(weight), tangent)
+            n, _in, d = tangent.shape
+            return (self._matrix(weight) @ tangent.transpose(1, 0, 2).reshape(self.in_size, n * d)).reshape(self.out_size, n, d).transpose(1, 0, 2)
         return np.matmul(np.transpose(self._entries("d_a", a, weight), (2, 0, 1)), tangent)
 
     def left_apply_jacobian(self, a: np.ndarray, params: Any, left: np.ndarray) -> np.ndarray:
@@ -122,7 +123,9 @@ class CompiledProduct:
         reverse-mode product, cheaper than :meth:`apply_jacobian` when few outputs)."""
         weight, _ = self._split(params)
         if self.flags["linear_in_a"]:
-            return np.matmul(left, self._matrix(weight))
+            # one matrix product for all samples (numpy's batched matmul would call BLAS once per sample)
+            n, k, _out = left.shape
+            return (left.reshape(n * k, -1) @ self._matrix(weight)).reshape(n, k, -1)
         return np.matmul(left, np.transpose(self._entries("d_a", a, weight), (2, 0, 1)))
 
     def _input_cotangent(self, a: np.ndarray, weight: np.ndarray, g: np.ndarray) -> np.ndarray:
