@@ -5,11 +5,12 @@ generated 120-case suites and prints the ratios measured in this one run::
 
     python benchmarks/bench_scale.py [--repeat N] [--quick]
 
-* ``suite-wide-grid.toml`` (engines symbolic/numpy/torch, linear layers up to 64x64): the
-  symbolic build dominates a cold run -- the cache's case. Cold and warm, each with ``-j 1``,
+* ``suite-recurrent-grid.toml`` (engines symbolic/numpy/torch, LSTM/GRU/RNN cells over 60
+  geometries): the symbolic build dominates a cold run -- the cache's case. (Linear layers
+  no longer serve: they are derived once for any width, so a grid of them is start-up.) Cold and warm, each with ``-j 1``,
   ``-j 2`` and Dask.
-* ``suite-mlp-grid.toml`` (the default four engines, finite differences included, small
-  layers): the evaluation dominates, as in a CI gate suite -- the workers' case. Warm
+* ``suite-mlp-grid.toml`` (the default four engines, finite differences included, MLPs up
+  to 32 wide, batch 16): the evaluation dominates, as in a CI gate suite -- the workers' case. Warm
   ``-j 1``, ``-j 2`` and Dask. (``--quick`` skips it.)
 
 Cold runs start from an empty cache folder each; warm runs are the best of ``--repeat``
@@ -66,7 +67,7 @@ def main() -> None:
         print("(Dask not installed: pip install 'derivcheck[dask]'; its rows are skipped)")
     repeat = options.repeat
     dask_args = ["--dask", "local", "--dask-workers", "2"]
-    wide = str(ROOT / "benchmarks" / "suite-wide-grid.toml")
+    wide = str(ROOT / "benchmarks" / "suite-recurrent-grid.toml")
     mlp = str(ROOT / "benchmarks" / "suite-mlp-grid.toml")
     lines = []
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as cache_j2, tempfile.TemporaryDirectory() as cache_dask, tempfile.TemporaryDirectory() as cache_mlp:
@@ -78,7 +79,7 @@ def main() -> None:
         warm = best([wide, "--cache-dir", cache], repeat)
         warm_j2 = best([wide, "--cache-dir", cache, "-j", "2"], repeat)
         lines += [
-            "suite-wide-grid (symbolic build dominates):",
+            "suite-recurrent-grid (symbolic build dominates):",
             f"  cold / warm cache (-j 1):             {cold / warm:5.1f}x   (target >= 10x)",
             f"  -j 1 / -j 2, cold cache:              {cold / cold_j2:5.2f}x   (target >= 1.7x)",
             f"  -j 1 / -j 2, warm cache:              {warm / warm_j2:5.2f}x",

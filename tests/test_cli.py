@@ -161,3 +161,28 @@ def test_a_reader_that_goes_away_stops_the_output_quietly(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())  # as in `derivcheck list cases | head -1`
     assert cli.main(["list", str(CASES)]) == cli.EXIT_INTERRUPTED
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_command_runs_blas_single_threaded_unless_the_user_says_otherwise(monkeypatch):
+    for name in cli.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's choice wins
+    cli.single_threaded_blas()
+    import os
+
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and os.environ["MKL_NUM_THREADS"] == os.environ["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_single_threaded_blas_takes_effect_before_numpy_loads():
+    """OpenBLAS starts its threads when numpy loads: after single_threaded_blas() there are
+    none besides the main thread (on a machine with more than one core there would be)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in cli.BLAS_THREAD_VARIABLES}
+    script = "import os\nfrom derivcheck.cli import single_threaded_blas\nsingle_threaded_blas()\nimport numpy\nprint(len(os.listdir('/proc/self/task')))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    assert int(done.stdout) == 1
+    if (os.cpu_count() or 1) > 1:
+        free = subprocess.run([sys.executable, "-c", "import os, numpy; print(len(os.listdir('/proc/self/task')))"], capture_output=True, text=True, check=True, env=env)
+        assert int(free.stdout) > 1  # the test can tell the difference on this machine
