@@ -18,6 +18,13 @@ sign) are marked as excluded: a difference quotient across a kink measures nothi
 Per-sample quantities (dL/dx, dy/dx) perturb one input feature of every sample at once,
 which is valid when every layer acts on samples independently; with a layer that couples
 samples (batch normalisation in training mode) dL/dx is taken one entry at a time.
+
+Forward passes are *stacked* where that is valid: for an entry of layer k's parameters,
+layer k runs once per pass on the base pass's input to it, and the layers after it run once
+for a chunk of passes concatenated along the sample axis (per-sample quantities stack their
+moved inputs the same way). That needs every later layer to act on samples independently
+and to draw no per-sample constants (:func:`_stackable`); otherwise each pass runs alone.
+The numbers are those of one pass at a time, up to where BLAS rounds a longer batch.
 """
 
 from __future__ import annotations
