@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from derivcheck import load_case
 from derivcheck.engines import FiniteDifferences
@@ -54,6 +56,31 @@ def test_stacked_passes_match_one_at_a_time(name, monkeypatch):
     stacked = _fd(problem)
     monkeypatch.setattr(fd_network, "_stackable", lambda problem, start: False)
     _assert_same(stacked, _fd(problem))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    depth=st.integers(1, 3),
+    width=st.integers(1, 6),
+    activation=st.sampled_from(["tanh", "relu", "leaky_relu", "sigmoid", "softplus", "gelu", "log_softmax"]),
+    loss=st.sampled_from(["mse", "cross_entropy"]),
+    batch=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_random_networks_stacked_match_one_at_a_time(depth, width, activation, loss, batch, seed):
+    specs = []
+    for i in range(depth):
+        specs += [("linear", {"in": 3 if i == 0 else width, "out": width}), (activation, {})]
+    specs.append(("linear", {"in": width, "out": 2}))
+    problem = make_problem(specs, loss=loss, batch=batch, seed=seed)
+    stacked = _fd(problem)
+    original = fd_network._stackable
+    try:
+        fd_network._stackable = lambda problem, start: False
+        alone = _fd(problem)
+    finally:
+        fd_network._stackable = original
+    _assert_same(stacked, alone)
 
 
 def test_small_chunks_match_one_chunk(monkeypatch):
