@@ -26,13 +26,14 @@ class JetUnsupported(Exception):
     """A layer has no hand-written jet, or a derivative of order > 2 was asked for."""
 
 
-def network_jets(network: Network, params: dict[str, np.ndarray], points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(h, J, H)`` of the network outputs at `points` (see the module docstring)."""
+def network_jets(network: Network, params: dict[str, np.ndarray], points: np.ndarray, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(h, J, H)`` of the network outputs at `points` (see the module docstring); with
+    `stop`, of the input of layer `stop` instead."""
     p, d = points.shape
     h = points.astype(np.float64)
     jac = np.broadcast_to(np.eye(d), (p, d, d)).copy()
     hess = np.zeros((p, d, d, d))
-    for index, layer in enumerate(network.layers):
+    for index, layer in enumerate(network.layers[:stop]):
         try:
             h, jac, hess = layer.numpy_jet(h, jac, hess, network.layer_params(params, index))
         except NotImplementedError:
@@ -106,10 +107,15 @@ class PinnLossesNumpy:
         jets = network_jets(problem.network, params, problem.points)
         loss_r = float(np.mean(sum(r(jets, problem.points) ** 2 for r in self.residuals)))
         # the boundary loss needs the values only: a plain forward pass, not a jet
-        h = problem.boundary.astype(np.float64)
-        for index, layer in enumerate(problem.network.layers):
-            h, _ = layer.numpy_forward(h, problem.network.layer_params(params, index))
-        return loss_r, self._boundary_loss(h[None])[0]
+        return loss_r, self._boundary_loss(self._boundary_values(params)[None])[0]
+
+    def _boundary_values(self, params: dict[str, np.ndarray], stop: int | None = None) -> np.ndarray:
+        """The network's outputs at the boundary points (with `stop`, the input of layer `stop`)."""
+        assert self.problem.network is not None and self.problem.boundary is not None
+        h = self.problem.boundary.astype(np.float64)
+        for index, layer in enumerate(self.problem.network.layers[:stop]):
+            h, _ = layer.numpy_forward(h, self.problem.network.layer_params(params, index))
+        return h
 
     def _boundary_loss(self, h: np.ndarray) -> np.ndarray:
         """``L_b`` of each of B boundary outputs ``(B, P_b, fields)``."""
@@ -124,16 +130,8 @@ class PinnLossesNumpy:
     def inputs_of(self, params: dict[str, np.ndarray], layer: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
         """The jets at the collocation points and the values at the boundary points that
         layer `layer` receives (what :meth:`moved` starts from)."""
-        problem = self.problem
-        assert problem.network is not None and problem.boundary is not None
-        p, d = problem.points.shape
-        jets = (problem.points.astype(np.float64), np.broadcast_to(np.eye(d), (p, d, d)).copy(), np.zeros((p, d, d, d)))
-        h = problem.boundary.astype(np.float64)
-        for index in range(layer):
-            local = problem.network.layer_params(params, index)
-            jets = problem.network.layers[index].numpy_jet(*jets, local)
-            h, _ = problem.network.layers[index].numpy_forward(h, local)
-        return jets, h
+        assert self.problem.network is not None
+        return network_jets(self.problem.network, params, self.problem.points, stop=layer), self._boundary_values(params, stop=layer)
 
     def moved(
         self, params: dict[str, np.ndarray], layer: int, inputs: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray], variants: list[dict[str, np.ndarray]]
