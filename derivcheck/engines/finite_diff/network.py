@@ -333,8 +333,7 @@ class FiniteDifferences(Engine):
         local = _per_layer_params(problem)
         mults = self._steps()
         steps = [self.step * np.maximum(1.0, np.abs(problem.x[:, j])) for j in range(n_in)]
-        stack = _stackable(problem, 0)
-        chunk = _chunk_size(problem, 0) if stack else 1
+        chunk = _chunk_size(problem, 0) if _stackable(problem, 0) else 1
 
         def passes() -> Iterator[_Eval]:
             """The moved forward passes in the order (feature, step, side), a chunk at a time."""
@@ -345,8 +344,8 @@ class FiniteDifferences(Engine):
                         x = problem.x.copy()
                         x[:, j] += sign * mult * steps[j]
                         moved_inputs.append(x)
-                        if len(moved_inputs) == chunk:
-                            yield from self._stacked_passes(problem, base, moved_inputs, local) if stack else [self._evaluate(problem, problem.params, moved_inputs[0], local=local)]
+                        if len(moved_inputs) == chunk:  # a chunk of 1 is a plain pass: nothing is stacked
+                            yield from self._stacked_passes(problem, base, moved_inputs, local)
                             moved_inputs = []
             if moved_inputs:
                 yield from self._stacked_passes(problem, base, moved_inputs, local)
