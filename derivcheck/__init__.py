@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the public API, for type checkers; at run time each name loads on first use
     from derivcheck import operators
-    from derivcheck.check import CheckResult, DerivativeMismatch, Finding, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
+    from derivcheck.check import CheckResult, DerivativeMismatch, Finding, InconclusiveCheck, assert_numpy, assert_operator, assert_torch, check_numpy, check_operator, check_torch
     from derivcheck.kinds.network.case import Case
     from derivcheck.loading import case_from_dict, discover, load_case, load_cases
     from derivcheck.compare import QuantityResult, Tolerance, compare_quantity
@@ -77,6 +77,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "FieldCase": ("kinds.pde.case", "FieldCase"),
     "CheckResult": ("check", "CheckResult"),
     "DerivativeMismatch": ("check", "DerivativeMismatch"),
+    "InconclusiveCheck": ("check", "InconclusiveCheck"),
     "Finding": ("check", "Finding"),
     "CaseResult": ("runner", "CaseResult"),
     "run_any": ("runner", "run_any"),
@@ -116,6 +117,7 @@ __all__ = [
     "CheckResult",
     "DerivativeMismatch",
     "Finding",
+    "InconclusiveCheck",
     "assert_numpy",
     "assert_operator",
     "assert_torch",

@@ -27,7 +27,7 @@ they cannot: an engine crashed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -36,7 +36,9 @@ import numpy as np
 
 from derivcheck.values import EngineValue
 
-VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error", "skipped")
+VERDICTS = ("agree", "disagree", "kink", "nonfinite", "error", "skipped", "inconclusive")
+"""``inconclusive`` comes from checks of the user's own code only (see
+:func:`derivcheck.check.evidence.judge`): agreement with a reference too weak to prove it."""
 
 _EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
 _TINY = 1e-300
@@ -139,6 +141,19 @@ class QuantityResult:
     notes: dict[str, str] = field(default_factory=dict)
     studies: dict[str, dict] = field(default_factory=dict)
     message: str = ""
+    precision: float | None = None
+    """With `references` given to :func:`compare_quantity`: the relative precision to
+    which the engines under test were shown to agree with a reference -- the largest
+    bound over the compared entries, divided by the quantity's size (its `scale`, or the
+    `precision_scale` given, whichever is larger), for each engine under test against its
+    best reference. ``None`` when nothing was compared against a reference."""
+    reference_precision: float | None = None
+    """The same for the reference's own error estimate alone, typical over the entries
+    (the median): how sharp the measuring stick was."""
+    limited_by: str = ""
+    """What sets `precision` at its widest entry: ``"reference"`` (the reference's error
+    estimate), ``"tested"`` (the tested engine's rounding noise) or ``"dtype"`` (the
+    dtype's rtol)."""
 
     @property
     def ok(self) -> bool:
@@ -178,7 +193,7 @@ class QuantityResult:
             "nonfinite": list(self.nonfinite),
             "notes": dict(self.notes),
             "studies": {e: dict(v) for e, v in self.studies.items()},
-        }
+        } | ({} if self.precision is None else {"precision": _num(self.precision), "reference_precision": _num(self.reference_precision or 0.0), "limited_by": self.limited_by})
 
 
 def _num(value: float) -> float | str:
@@ -209,6 +224,8 @@ def compare_quantity(
     kink_mask: np.ndarray | None = None,
     label: Callable[[tuple[int, ...]], str] = lambda index: str(list(index)),
     skipped: Mapping[str, str] | None = None,
+    references: Sequence[str] | None = None,
+    precision_scale: float = 0.0,
 ) -> QuantityResult:
     """Compare every pair of engines on one quantity and give a verdict.
 
@@ -221,6 +238,12 @@ def compare_quantity(
     - `kink_mask`: boolean array, True where the derivative is undefined (not compared).
     - `label`: names an index for messages (e.g. ``"0.weight[3, 1]"``).
     - `skipped`: engines that did not compute the quantity, with their reasons.
+    - `references`: engines that are references (finite differences, SymPy) rather than
+      code under test; given, the result states its `precision` (see
+      :class:`QuantityResult`).
+    - `precision_scale`: the size derivatives of this function have (e.g. its outputs'
+      size over its inputs'), a floor under `scale` for `precision`: a derivative that is
+      zero up to rounding has a scale of rounding noise, against which any bound is wide.
 
     **Returns:** a :class:`QuantityResult`.
     """
@@ -268,6 +291,7 @@ def compare_quantity(
     result.scale = scale
 
     best_ratio = -np.inf
+    bounds: dict[tuple[str, str], _PairBounds] = {}
     for a, b in combinations(engines, 2):
         va, vb = values[a], values[b]
         valid = usable[a] & usable[b]
@@ -280,6 +304,8 @@ def compare_quantity(
                 tol = tol + tolerance.fd_safety * np.abs(v.error_estimate)
         diff_valid = np.where(valid, diff, 0.0)
         failing = valid & (diff > tol)
+        if valid.any():
+            bounds[(a, b)] = _pair_bounds(tol, valid, va, vb, rtol, np.maximum(np.abs(arrays[a]), np.abs(arrays[b])) + scale, tolerance.fd_safety)
         max_abs = float(diff_valid.max()) if valid.any() else 0.0
         approximate = va.error_estimate is not None or vb.error_estimate is not None
         pair = PairResult(a, b, not failing.any(), max_abs, max_abs / max(scale, _TINY), int(valid.sum()), rtol, int(failing.sum()), approximate)
@@ -307,6 +333,8 @@ def compare_quantity(
     result.max_rel_error_approx = max(approx) if approx else None
     result.odd_engine = _odd_engine(engines, result.pairs)
     compared_any = any(p.compared for p in result.pairs)
+    if references is not None:
+        result.precision, result.reference_precision, result.limited_by = _precision(engines, references, bounds, max(scale, precision_scale))
 
     if result.nonfinite:
         result.verdict = "nonfinite"
@@ -324,6 +352,49 @@ def compare_quantity(
     else:
         result.message = "all engines agree"
     return result
+
+
+@dataclass
+class _PairBounds:
+    """A pair's tolerance at each compared entry, and its parts: the dtype's rtol term and
+    each engine's (safety-scaled) error estimate (keys ``"dtype"``, ``"a"``, ``"b"``)."""
+
+    bound: np.ndarray
+    parts: dict[str, np.ndarray]
+
+
+def _pair_bounds(tol: np.ndarray, valid: np.ndarray, va: EngineValue, vb: EngineValue, rtol: float, size: np.ndarray, safety: float) -> _PairBounds:
+    parts = {"dtype": (rtol * size)[valid]}
+    for key, v in (("a", va), ("b", vb)):
+        error = np.zeros(tol.shape) if v.error_estimate is None else np.abs(np.broadcast_to(np.asarray(v.error_estimate, dtype=np.float64), tol.shape))
+        parts[key] = safety * error[valid]
+    return _PairBounds(tol[valid], parts)
+
+
+def _precision(engines: list[str], references: Sequence[str], bounds: dict[tuple[str, str], _PairBounds], scale: float) -> tuple[float | None, float | None, str]:
+    """``(precision, reference precision, limited by)`` (see :class:`QuantityResult`): for
+    each engine under test, the reference it agrees with most tightly (the smallest
+    median bound); of those, the widest."""
+    worst: tuple[float, float, str] | None = None
+    for tested in (e for e in engines if e not in references):
+        best: tuple[float, float, float, str] | None = None
+        for (a, b), pair in bounds.items():
+            if tested not in (a, b) or (b if a == tested else a) not in references:
+                continue
+            mine, theirs = ("a", "b") if a == tested else ("b", "a")
+            i = int(np.argmax(pair.bound))
+            at = {"dtype": pair.parts["dtype"][i], "tested": pair.parts[mine][i], "reference": pair.parts[theirs][i]}
+            candidate = (float(np.median(pair.bound)), float(pair.bound[i]), float(np.median(pair.parts[theirs])), max(at, key=lambda k: at[k]))
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+        if best is not None and (worst is None or best[1] > worst[0]):
+            worst = (best[1], best[2], best[3])
+    if worst is None:
+        return None, None, ""
+    if scale > 0:
+        return worst[0] / scale, worst[1] / scale, worst[2]
+    # every compared entry zero in every engine, and no scale to relate to: shown zero
+    return 0.0, 0.0, worst[2]
 
 
 def _odd_engine(engines: list[str], pairs: list[PairResult]) -> str | None:

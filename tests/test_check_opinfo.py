@@ -30,6 +30,16 @@ UPSTREAM = {
 }
 """(op, dtype) -> the upstream bug derivcheck reports there (torch 2.13)."""
 
+INCONCLUSIVE = {
+    ("nn.functional.cosine_embedding_loss", torch.float64): "the target (+-1) is a differentiated input, and the loss branches on it: every direction through it jumps",
+    ("nn.functional.hinge_embedding_loss", torch.float64): "the target (+-1) is a differentiated input, and the loss branches on it",
+    ("linalg.norm.subgradients_at_zero", torch.float64): "the sample is the norm's kink (zero), by design",
+    ("linalg.norm.subgradients_at_zero", torch.complex128): "the sample is the norm's kink (zero), by design",
+    ("linalg.pinv.singular", torch.float64): "a rank-deficient matrix: pinv's rank cut-off makes the forward jump within any finite-difference step",
+}
+"""(op, dtype) -> why derivcheck's verdict there is ``inconclusive`` (gradcheck passes them:
+its tolerances accept what the evidence cannot show)."""
+
 REL = 1e-5
 
 
@@ -76,7 +86,7 @@ def _visible(result) -> bool:
 
 
 def sweep(dtype):
-    false_alarms, missed, found, checked = [], [], [], 0
+    false_alarms, missed, found, inconclusive, checked = [], [], [], [], 0
     for op in _op_db():
         if not op.supports_autograd or dtype not in op.supported_backward_dtypes("cpu"):
             continue
@@ -106,19 +116,24 @@ def sweep(dtype):
                 found.append(name)
                 assert not result.ok, f"{name}: the upstream bug ({UPSTREAM[name, dtype]}) is no longer seen -- fixed upstream? drop it from UPSTREAM"
                 continue
+            if result.verdict == "inconclusive":
+                inconclusive.append(name)
+                continue
             if peer_ok and not result.ok:
                 false_alarms.append(f"{name}: {result.failures()[0]}")
             if _visible(result) and dc.check_torch(perturbed, *args, **options).ok:
                 missed.append(name)
-    return checked, false_alarms, missed, found
+    return checked, false_alarms, missed, found, inconclusive
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["float64", "complex128"])
 def test_op_db(dtype):
-    checked, false_alarms, missed, found = sweep(dtype)
+    checked, false_alarms, missed, found, inconclusive = sweep(dtype)
+    print(f"{checked} ops checked in {dtype}: {len(false_alarms)} false alarms, {len(inconclusive)} inconclusive, {len(missed)} seeded errors missed, {len(found)} upstream bugs seen")
     assert checked > (450 if dtype == torch.float64 else 280)
     assert not false_alarms, "\n".join(false_alarms)
     assert not missed, f"a (1 + {REL}) backward was missed on: {', '.join(missed)}"
+    assert set(inconclusive) == {name for name, d in INCONCLUSIVE if d == dtype}, f"inconclusive: {sorted(inconclusive)}"
 
 
 # -- the upstream bugs, one by one ----------------------------------------------------------

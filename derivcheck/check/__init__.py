@@ -2,8 +2,9 @@
 
 Each compares the derivatives your code produces with independent references and returns
 a :class:`~derivcheck.check.result.CheckResult`; the ``assert_*`` twins raise
-:class:`~derivcheck.check.result.DerivativeMismatch` (an ``AssertionError``) instead, so
-they drop into any test suite. Every ``ok = False`` rests on evidence beyond its noise
+:class:`~derivcheck.check.result.DerivativeMismatch` (a wrong derivative) or
+:class:`~derivcheck.check.result.InconclusiveCheck` (evidence too weak to prove it right),
+both ``AssertionError``, instead, so they drop into any test suite. Every ``ok = False`` rests on evidence beyond its noise
 bound (see :mod:`derivcheck.check.result`).
 """
 
@@ -13,20 +14,23 @@ from typing import Any
 
 from derivcheck.check.numpy_check import check_numpy
 from derivcheck.check.operator_check import check_operator
-from derivcheck.check.result import CheckResult, DerivativeMismatch, Finding
+from derivcheck.check.result import CheckResult, DerivativeMismatch, Finding, InconclusiveCheck
 from derivcheck.check.torch_check import check_torch
 
-__all__ = ["CheckResult", "DerivativeMismatch", "Finding", "assert_numpy", "assert_operator", "assert_torch", "check_numpy", "check_operator", "check_torch"]
+__all__ = ["CheckResult", "DerivativeMismatch", "Finding", "InconclusiveCheck", "assert_numpy", "assert_operator", "assert_torch", "check_numpy", "check_operator", "check_torch"]
 
 
 def _raise_unless_ok(result: CheckResult) -> CheckResult:
-    if not result.ok:
+    if result.verdict == "mismatch":
         raise DerivativeMismatch(result)
+    if result.verdict == "inconclusive":
+        raise InconclusiveCheck(result)
     return result
 
 
 def assert_torch(fn: Any, *inputs: Any, **options: Any) -> CheckResult:
-    """:func:`check_torch`, raising :class:`DerivativeMismatch` unless ``ok``."""
+    """:func:`check_torch`, raising :class:`DerivativeMismatch` (or
+    :class:`InconclusiveCheck`) unless ``ok``."""
     return _raise_unless_ok(check_torch(fn, *inputs, **options))
 
 

@@ -52,15 +52,77 @@ def compare(
     kink_mask: np.ndarray | None = None,
     label: Callable[[tuple[int, ...]], str] = lambda index: str(list(index)),
     scale: float | None = None,
+    precision_scale: float = 0.0,
+    threshold: float | None = None,
+    advice: str = "",
 ) -> QuantityResult:
-    """Compare, then reword a disagreement for a check of the user's own code."""
-    q = compare_quantity(name, values, tolerance=tolerance, kink_mask=kink_mask if kink_mask is not None and kink_mask.any() else None, label=label, scale=scale)
+    """Compare, then reword a disagreement for a check of the user's own code.
+
+    - `precision_scale`: the size derivatives of the function have (see
+      :func:`~derivcheck.compare.compare_quantity`).
+    - `threshold`: the largest relative error a reference may carry for agreement to
+      count as proof (see :func:`judge`); ``None``: agreement always counts.
+    - `advice`: what the user can do to get a verdict where the evidence is too weak.
+    """
+    q = compare_quantity(
+        name,
+        values,
+        tolerance=tolerance,
+        kink_mask=kink_mask if kink_mask is not None and kink_mask.any() else None,
+        label=label,
+        scale=scale,
+        references=REFERENCES,
+        precision_scale=precision_scale,
+    )
     if q.verdict == "disagree":
         q.message = explain(q)
         tested = next((e for e in ("autograd", "backward") if e in values), None)
         if tested is not None:
             q.message += surrogate_hint(values, tested)
+    elif threshold is not None:
+        judge(q, threshold, advice)
     return q
+
+
+AWAY_FROM_KINKS = "check at points away from kinks, jumps and domain edges (or at several random points)"
+
+
+def judge(q: QuantityResult, threshold: float, advice: str = "") -> None:
+    """Turn agreement that proves nothing into ``inconclusive`` (not ok), in place.
+
+    Agreement proves a derivative right only where a wrong one would have shown. It does
+    not when
+
+    - nothing was compared with a reference: every entry sits at a kink, a jump or a
+      domain edge, within rounding distance (narrower stencils found no smooth side), or
+      the only entries compared are zero in every engine while those with a derivative
+      were left out;
+    - the reference itself is imprecise: its typical error (the median over the entries,
+      relative to the derivative's size) exceeds `threshold` -- a forward that is not
+      accurate to its dtype (a float32 part inside a float64 function), finite differences
+      in float32 because no float64 copy of the function could run.
+
+    A bound widened by the *tested* code's own rounding noise (a float32 gradient of an
+    ill-conditioned function) is a fact of its dtype and stays agreement, with its
+    precision stated. `advice` says how to get a verdict.
+    """
+    if q.verdict not in ("agree", "kink"):
+        return
+    left_out = q.kinks + sum(int(text.split()[0]) for text in q.excluded.values() if text.split()[0].isdigit())
+    away = f" To get a verdict: {AWAY_FROM_KINKS}."
+    if q.precision is None:
+        q.verdict = "inconclusive"
+        q.message = "nothing was compared with a reference: every entry sits at a kink, a jump or the edge of the function's domain, within rounding distance of it." + away
+    elif q.scale == 0 and left_out:
+        q.verdict = "inconclusive"
+        q.message = f"the entries compared are zero in every engine, and the {left_out} left out sit at a kink, a jump or a domain edge: nothing shows the derivative right." + away
+    elif q.reference_precision is not None and q.reference_precision > threshold:
+        q.verdict = "inconclusive"
+        q.message = (
+            f"the reference is too imprecise to prove agreement: its typical error is {q.reference_precision:.2g} of the derivative's size, above the {threshold:.0e} "
+            f"a wrong derivative must stand out from (this check's widest bound: {q.precision:.2g} relative)."
+            f" To get a verdict: {advice or AWAY_FROM_KINKS}."
+        )
 
 
 def surrogate_hint(values: Mapping[str, EngineValue], tested: str) -> str:

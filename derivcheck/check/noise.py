@@ -124,7 +124,7 @@ def _rounds(func: Any, args: tuple[Any, ...], out: Any) -> bool:
         import torch
 
         if out is None:
-            return True
+            return False
 
         source = next((a for a in args if isinstance(a, torch.Tensor)), None)
         target = out if isinstance(out, torch.Tensor) else None
@@ -198,6 +198,12 @@ def _make_mode_class() -> type:
 
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
             kwargs = kwargs or {}
+            if _op_name(func) == "_to_copy":
+                # a cast: exact when it widens (float32 -> float64, an integer -> float) or
+                # keeps the dtype (a device copy); a narrowing cast rounds its *result*, to
+                # the target dtype's precision
+                out = func(*args, **kwargs)
+                return self._perturb(out) if _rounds(func, args, out) else out
             if _rounds(func, args, None):
                 # the kernel computes exactly on inputs moved by a rounding each
                 args = tuple(self._perturb(a) if isinstance(a, torch.Tensor) else a for a in args)
@@ -207,39 +213,47 @@ def _make_mode_class() -> type:
 
 
 def _make_observer_class() -> type:
-    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _OperandMagnitude(TorchDispatchMode):
-        def __init__(self) -> None:
+        def __init__(self, overall: bool = False) -> None:
             super().__init__()
             self.magnitude = 0.0
+            self.track_all = overall
+            self.overall = 0.0
 
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-            if _rounds(func, args, None) and _cancels(func):
-                chosen = OBSERVED_OPERANDS.get(_op_name(func))
-                for k, a in enumerate(args):
-                    if chosen is not None and k not in chosen:
-                        continue
-                    if (
-                        isinstance(a, torch.Tensor)
-                        and a.numel()
-                        and (a.is_floating_point() or a.is_complex())
-                        and a.device.type in ("cpu", "cuda")
-                        and a.layout == torch.strided
-                        and not a._is_zerotensor()
-                    ):
-                        data = torch.view_as_real(a.detach()) if a.is_complex() else a.detach()
-                        low, high = torch.aminmax(data)
-                        size = max(abs(float(low)), abs(float(high)))
-                        sentinel = float(torch.finfo(data.dtype).max) / 2
-                        if not size < sentinel:  # inf, NaN, or a stand-in for infinity (finfo.min as -inf in a mask)
-                            magnitude = data.abs()
-                            size = float(torch.where(magnitude < sentinel, magnitude, torch.zeros_like(magnitude)).max())
-                        self.magnitude = max(self.magnitude, size)
+            if _rounds(func, args, None):
+                cancels = _cancels(func)
+                if cancels or self.track_all:
+                    chosen = OBSERVED_OPERANDS.get(_op_name(func)) if cancels else None
+                    for k, a in enumerate(args):
+                        if chosen is not None and k not in chosen:
+                            continue
+                        size = _operand_size(a)
+                        if cancels:
+                            self.magnitude = max(self.magnitude, size)
+                        self.overall = max(self.overall, size)
             return func(*args, **(kwargs or {}))
 
     return _OperandMagnitude
+
+
+def _operand_size(a: Any) -> float:
+    """The largest finite magnitude in a floating tensor (0 for anything else); a stand-in
+    for infinity (``finfo.min`` as -inf in a mask) does not count."""
+    import torch
+
+    if not (isinstance(a, torch.Tensor) and a.numel() and (a.is_floating_point() or a.is_complex()) and a.device.type in ("cpu", "cuda") and a.layout == torch.strided and not a._is_zerotensor()):
+        return 0.0
+    data = torch.view_as_real(a.detach()) if a.is_complex() else a.detach()
+    low, high = torch.aminmax(data)
+    size = max(abs(float(low)), abs(float(high)))
+    sentinel = float(torch.finfo(data.dtype).max) / 2
+    if not size < sentinel:  # inf, NaN, or a stand-in for infinity
+        magnitude = data.abs()
+        size = float(torch.where(magnitude < sentinel, magnitude, torch.zeros_like(magnitude)).max())
+    return size
 
 
 _MODE_CLASS: type | None = None
@@ -264,6 +278,22 @@ def observed(compute: Callable[[], Any]) -> tuple[Any, float]:
     except Exception:  # noqa: BLE001 - code that cannot run under a dispatch mode: no floor
         return compute(), 0.0
     return value, float(mode.magnitude)
+
+
+def observed_sizes(compute: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Like :func:`observed`, and also the largest magnitude among the floating operands of
+    *every* rounding operator it ran: the size of the numbers the computation works with
+    (its inputs, weights, intermediates), whatever its result's size."""
+    global _OBSERVER_CLASS
+    if _OBSERVER_CLASS is None:
+        _OBSERVER_CLASS = _make_observer_class()
+    mode = _OBSERVER_CLASS(overall=True)
+    try:
+        with mode:
+            value = compute()
+    except Exception:  # noqa: BLE001 - code that cannot run under a dispatch mode
+        return compute(), 0.0, 0.0
+    return value, float(mode.magnitude), float(mode.overall)
 
 
 EPS_BY_NAME = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}

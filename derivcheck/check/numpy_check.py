@@ -36,9 +36,10 @@ from derivcheck.values import EngineValue
 from derivcheck.check.differences import directional, jacobian
 from derivcheck.check.evidence import compare
 from derivcheck.check.noise import SCALES, NoiseSamples, spread
+from derivcheck.check.preserve import leaves_state_unchanged
 from derivcheck.check.result import CheckResult, Finding
 from derivcheck.check.taylor import SAFETY, skipped, taylor_test
-from derivcheck.check.torch_check import CHECK_TOLERANCE, DIRECTIONS, MAX_COLUMNS, MAX_FULL, ROUNDING_SAMPLES, check_common
+from derivcheck.check.torch_check import CHECK_TOLERANCE, DIRECTIONS, EVIDENCE_THRESHOLD, MAX_COLUMNS, MAX_FULL, REDUCTION_ORDER, ROUNDING_SAMPLES, check_common
 from derivcheck.check.tree import Path, flatten, path_name, unflatten
 
 EPS = float(np.finfo(np.float64).eps)
@@ -86,6 +87,7 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@leaves_state_unchanged
 def check_numpy(
     forward: Callable[..., Any],
     backward: Callable[..., Any] | None,
@@ -326,9 +328,20 @@ def check_numpy(
     full = all(m * s.size <= max_full for s in slots) and n <= MAX_COLUMNS
     rtol = tolerance.rtol_for(user_dtype, "float64")
     result = CheckResult(what=what, quantities=[], mode="full" if full else "directional", dtype=user_dtype, tolerances={f"rtol {user_dtype} vs float64": rtol, "fd_safety": tolerance.fd_safety})
+    result.reference = "finite differences of your forward in float64"
+    repeated = _repeated_backward(pullback, m, user_dtype, seed)
+    if repeated is not None:
+        result.findings.append(repeated)
+        if not repeated.ok:
+            result.notes.extend(notes)
+            return result
     fd_note = "Richardson central differences of your forward, float64"
     quantity_out = "out" if out_names == ["out"] else "outputs"
+    # the size derivatives of this function have: its outputs' over its inputs' (>= 1)
+    natural_scale = float(np.max(np.abs(f0[np.isfinite(f0)]), initial=0.0)) / max(1.0, float(np.max(np.abs(x0[np.isfinite(x0)]), initial=0.0)))
     kinks = np.zeros(n, dtype=bool)
+    threshold = max(EVIDENCE_THRESHOLD, rtol)
+    advice = "check at other points; if the forward is not accurate to float64 inside (a float32 array, a quantised value), make it compute in float64"
     if full:
         rows = np.stack([pullback(e) for e in np.eye(m)]) if m else np.zeros((0, n))
         noise = backward_noise(lambda args: np.stack([pullback_at(e, args) for e in np.eye(m)]), rows)
@@ -350,7 +363,9 @@ def check_numpy(
             def entry_label(index: tuple[int, ...], s: _Slot = s) -> str:
                 return f"d {out_label(index[0])}/d {s.label(index[1])}"
 
-            result.quantities.append(compare(f"d {quantity_out}/d {s.name}", refs, tolerance=tolerance, kink_mask=fd.kinks[:, cols], label=entry_label))
+            result.quantities.append(
+                compare(f"d {quantity_out}/d {s.name}", refs, tolerance=tolerance, kink_mask=fd.kinks[:, cols], label=entry_label, precision_scale=natural_scale, threshold=threshold, advice=advice)
+            )
     else:
         U = rng.standard_normal((directions, m))
         V = rng.standard_normal((directions, n))
@@ -370,7 +385,7 @@ def check_numpy(
                     note=fd_note,
                 ),
             }
-            return compare(label, refs, tolerance=tolerance, kink_mask=d.kinks[0], label=lambda i: f"direction {i[0]}"), d
+            return compare(label, refs, tolerance=tolerance, kink_mask=d.kinks[0], label=lambda i: f"direction {i[0]}", precision_scale=natural_scale, threshold=threshold, advice=advice), d
 
         joint, fd = quantity("u^T J v (all inputs)", V)
         result.quantities.append(joint)
@@ -431,6 +446,40 @@ def check_numpy(
         notes.append("convention: forward -> (loss, grads)")
     result.notes.extend(notes)
     return result
+
+
+def _repeated_backward(pullback: Callable[[np.ndarray], np.ndarray], m: int, dtype: str, seed: int) -> Finding | None:
+    """The backward called three times with the same inputs and output gradient. numpy code
+    is deterministic; results that differ by more than reductions in another order could
+    explain (:data:`~derivcheck.check.torch_check.REDUCTION_ORDER` ``eps`` of the
+    gradient's size) come from a wrong backward that depends on set or dict iteration
+    order, or on state kept between calls: a failure, checked before anything else (its
+    spread would otherwise widen every bound until everything agreed). ``None`` when the
+    calls agree bit for bit."""
+    if m == 0:
+        return None
+    w = np.random.default_rng(seed + 300).standard_normal(m)
+    results = [pullback(w) for _ in range(3)]
+    with np.errstate(invalid="ignore"):
+        spreads = [np.where(np.isfinite(r - results[0]), np.abs(r - results[0]), 0.0) for r in results[1:]]
+    nondet = float(max(np.max(d, initial=0.0) for d in spreads))
+    if nondet == 0:
+        return None
+    scale = float(np.max(np.abs(results[0][np.isfinite(results[0])]), initial=0.0))
+    allowed = REDUCTION_ORDER * float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps) * scale
+    if nondet <= allowed:
+        return Finding("nondeterminism", "nondeterministic", True, f"repeated backward calls differ by up to {nondet:.3g}, as summing in another order can", measured=nondet, bound=allowed)
+    relative = nondet / scale if scale > 0 else float("inf")
+    return Finding(
+        "nondeterminism",
+        "nondeterministic",
+        False,
+        f"your backward gives different answers on repeated calls ({relative:.2g} relative): three calls with the same inputs and dout differ by up to {nondet:.3g}, "
+        f"beyond the {allowed:.3g} that summing in another order explains; a result that depends on set or dict iteration order (a graph traversal over a set), "
+        "or state kept between calls",
+        measured=nondet,
+        bound=allowed,
+    )
 
 
 def _match_gradients(grads: Any, inputs: Sequence[Any], names: list[str], candidates: list[_Slot]) -> dict[Path, Any]:

@@ -20,6 +20,7 @@ from derivcheck.errors import InvalidArgument, InvalidType
 from derivcheck.values import EngineValue
 from derivcheck.check.evidence import OPERATOR_WORDS, explain
 from derivcheck.check.noise import magnitude_floor, noisy_runs, observed, spread
+from derivcheck.check.preserve import leaves_state_unchanged
 from derivcheck.check.result import CheckResult
 
 
@@ -126,6 +127,7 @@ class _UserOperator:
         return result
 
 
+@leaves_state_unchanged
 def check_operator(
     op_fn: Callable[..., Any],
     operator: str,

@@ -54,7 +54,21 @@ class DerivativeMismatch(DerivcheckError, AssertionError):
         super().__init__(first + "\n" + str(result))
 
 
+class InconclusiveCheck(DerivcheckError, AssertionError):
+    """Raised by ``assert_*`` when nothing is wrong that the evidence could see, but the
+    evidence was too weak to prove the derivative right (:attr:`CheckResult.verdict` is
+    ``"inconclusive"``). The first line names the function, the quantity and how to get a
+    verdict; `result` holds the :class:`CheckResult`."""
+
+    def __init__(self, result: CheckResult):
+        self.result = result
+        reasons = result.inconclusive()
+        first = f"{result.what}: inconclusive: {reasons[0]}" if reasons else f"{result.what}: inconclusive"
+        super().__init__(first + "\n" + str(result))
+
+
 DerivativeMismatch.__module__ = "derivcheck"  # tracebacks and pytest's summary show the public name
+InconclusiveCheck.__module__ = "derivcheck"
 
 
 @dataclass
@@ -77,32 +91,51 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     tolerances: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    reference: str = ""
+    """What the derivatives were measured against (e.g. "finite differences of your
+    forward promoted to float64")."""
+
+    @property
+    def verdict(self) -> str:
+        """``"mismatch"`` when some evidence shows a derivative wrong beyond its bound;
+        else ``"inconclusive"`` when some quantity could not be shown right (see
+        :func:`derivcheck.check.evidence.judge`); else ``"ok"``: every derivative was shown
+        right, each to the precision its quantity states."""
+        if self.failures():
+            return "mismatch"
+        if any(q.verdict == "inconclusive" for q in self.quantities):
+            return "inconclusive"
+        return "ok"
 
     @property
     def ok(self) -> bool:
-        return all(q.ok for q in self.quantities) and all(t.ok for t in self.taylor.values()) and all(f.ok for f in self.findings)
+        return self.verdict == "ok"
 
     def __bool__(self) -> bool:  # pragma: no cover - convenience
         return self.ok
 
     def failures(self) -> list[str]:
         """One line per failing piece of evidence: what, by how much, against which bound."""
-        lines = [f"{q.name}: {q.message}" for q in self.quantities if not q.ok]
+        lines = [f"{q.name}: {q.message}" for q in self.quantities if not q.ok and q.verdict != "inconclusive"]
         lines += [t.summary() for t in self.taylor.values() if not t.ok]
         lines += [f"{f.name}: {f.message}" for f in self.findings if not f.ok]
         return lines
 
+    def inconclusive(self) -> list[str]:
+        """One line per quantity the evidence could not show right, with how to get a
+        verdict."""
+        return [f"{q.name}: {q.message}" for q in self.quantities if q.verdict == "inconclusive"]
+
     def caveats(self) -> list[str]:
-        """Comparisons that agree only because their bound is wide: where rounding alone
-        moves a derivative by a tenth of its size (an ill-conditioned or discontinuous
-        point), agreement says little, and the result says so."""
+        """Quantities shown right only to a coarse precision because the *tested* code's
+        own rounding is that large (a float32 gradient of an ill-conditioned function): a
+        fact of its dtype, stated so the reader knows what the agreement proves."""
         out = []
         for q in self.quantities:
-            worst = q.worst
-            if q.ok and worst is not None and q.scale > 0 and worst.tolerance > 0.1 * q.scale:
+            if q.ok and q.precision is not None and q.precision > 0.1 and q.limited_by == "tested":
                 out.append(
-                    f"{q.name}: weak evidence: the bound at {worst.label} ({worst.tolerance:.3g}) exceeds a tenth of the values' size ({q.scale:.3g}); "
-                    "rounding noise or the finite-difference error is that large here (an ill-conditioned or discontinuous point), so agreement says little"
+                    f"{q.name}: shown right only to {q.precision:.2g} of its size: your {self.dtype} derivative's own rounding noise (measured) is that large here "
+                    f"(an ill-conditioned point); run it in float64 for a sharper check"
                 )
         return out
 
@@ -112,11 +145,16 @@ class CheckResult:
 
     def __str__(self) -> str:
         failures = self.failures()
-        head = f"derivcheck {'OK' if self.ok else 'MISMATCH'}: {self.what} ({self.mode} check, {self.dtype})"
-        lines = [head + (f": {failures[0]}" if failures else "")]
+        reasons = self.inconclusive()
+        verdict = self.verdict
+        head = f"derivcheck {verdict.upper()}: {self.what} ({self.mode} check, {self.dtype})"
+        lines = [head + (f": {failures[0]}" if failures else f": {reasons[0]}" if verdict == "inconclusive" else "")]
         if failures:
             lines.append("failed:")
             lines.extend(f"  - {line}" for line in failures)
+        if reasons:
+            lines.append("inconclusive:")
+            lines.extend(f"  - {line}" for line in reasons)
         rows = []
         for q in self.quantities:
             worst = q.worst
@@ -129,10 +167,11 @@ class CheckResult:
                     ", ".join(f"{e}={v:.6g}" for e, v in worst.values.items()) if worst else "",
                     f"{worst.error:.2e}" if worst else "",
                     f"{worst.tolerance:.2e}" if worst else "",
+                    f"{q.precision:.1e}" if q.precision is not None else "",
                 ]
             )
         if rows:
-            lines.append(tabulate(rows, headers=["quantity", "verdict", "odd engine", "worst entry", "values", "error", "bound"], tablefmt="simple"))
+            lines.append(tabulate(rows, headers=["quantity", "verdict", "odd engine", "worst entry", "values", "error", "bound", "precision"], tablefmt="simple"))
         lines.extend(f"  {c}" for c in self.caveats())
         for q in self.quantities:
             for engine, reason in q.excluded.items():
@@ -147,6 +186,8 @@ class CheckResult:
                 lines.append(f"  {f.name}: {f.verdict}: {f.message}")
         if self.tolerances:
             lines.append("  tolerances: " + ", ".join(f"{k}={v:.1e}" for k, v in self.tolerances.items()))
+        if self.reference:
+            lines.append(f"  reference: {self.reference}; precision: the widest bound relative to the derivative's size (what an OK proves)")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -154,6 +195,8 @@ class CheckResult:
         return {
             "what": self.what,
             "ok": self.ok,
+            "verdict": self.verdict,
+            "inconclusive": self.inconclusive(),
             "mode": self.mode,
             "dtype": self.dtype,
             "failures": self.failures(),
@@ -163,4 +206,5 @@ class CheckResult:
             "findings": [f.to_dict() for f in self.findings],
             "tolerances": dict(self.tolerances),
             "notes": list(self.notes),
+            "reference": self.reference,
         }

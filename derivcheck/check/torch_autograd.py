@@ -74,9 +74,10 @@ def flat_grads(grads: Sequence[Any], call: TorchCall) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def jvp(call: TorchCall, spec: OutputSpec, tangent: np.ndarray) -> np.ndarray:
+def jvp(call: TorchCall, spec: OutputSpec, tangent: np.ndarray, missing: list[int] | None = None) -> np.ndarray:
     """``J v`` by forward-mode AD (``torch.autograd.forward_ad`` dual tensors, so a custom
-    Function's ``jvp`` is what runs); only slots with a non-zero tangent become duals."""
+    Function's ``jvp`` is what runs); only slots with a non-zero tangent become duals. An
+    output without a tangent counts as zero; its index is appended to `missing`."""
     import torch.autograd.forward_ad as fwAD
 
     with fwAD.dual_level():
@@ -90,9 +91,11 @@ def jvp(call: TorchCall, spec: OutputSpec, tangent: np.ndarray) -> np.ndarray:
                 args.append(value)
         raw = call.call(args)
         outs = spec.tensors(raw)
-        parts = []
+        parts: list[np.ndarray] = []
         for o, size in zip(outs, spec.sizes):
             t = fwAD.unpack_dual(o).tangent
+            if t is None and missing is not None:
+                missing.append(len(parts))
             parts.append(np.zeros(size) if t is None else to_real(t))
     return np.concatenate(parts)
 
@@ -118,13 +121,36 @@ UNSUPPORTED_FORWARD = (
 """Fragments of torch's messages for a function with no forward-mode derivative at all."""
 
 
-def forward_mode_support(call: TorchCall, spec: OutputSpec) -> tuple[str | None, bool]:
+def forward_mode_support(call: TorchCall, spec: OutputSpec, graph: Graph | None = None) -> tuple[str | None, bool]:
     """``(None, False)`` when forward-mode AD runs on `fn`; else ``(the error, shortened,
     broken)`` where `broken` says the error is not torch's "no forward-mode formula" but
-    a failure inside one (a custom Function's ``jvp`` that raises)."""
+    a failure inside one (a custom Function's ``jvp`` that raises).
+
+    With `graph`, an output that comes back *without* a tangent although reverse mode
+    finds it depends on the inputs is unsupported too: PyTorch returns no tangent (and
+    raises nothing) for some operators without a forward-mode formula
+    (``scatter_reduce(..., "prod")``)."""
+    missing: list[int] = []
     try:
-        jvp(call, spec, np.ones(call.size))
+        jvp(call, spec, np.ones(call.size), missing)
     except Exception as exc:  # noqa: BLE001 - any failure means: not supported, or broken
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return f"{type(exc).__name__}: {text[:200]}", not any(fragment in str(exc) for fragment in UNSUPPORTED_FORWARD)
+    dependent = [k for k in missing if graph is not None and _depends_on_inputs(graph, k)]
+    if dependent:
+        names = ", ".join(spec.names[k] for k in dependent)
+        return (f"PyTorch returned no forward-mode tangent for {names}, which depends on the inputs in reverse mode (an operator inside has no forward-mode formula and does not say so)"), False
     return None, False
+
+
+def _depends_on_inputs(graph: Graph, k: int) -> bool:
+    """Whether output `k` of `graph` has a non-zero reverse-mode gradient with respect to
+    some slot (a random output gradient)."""
+    import torch
+
+    out = graph.outs[k]
+    if not graph.live[k]:
+        return False
+    cotangent = torch.ones_like(out)
+    grads = torch.autograd.grad([out], graph.leaves, [cotangent], retain_graph=True, allow_unused=True)
+    return any(g is not None and bool(torch.any(g != 0)) for g in grads)

@@ -419,11 +419,20 @@ class TorchCall:
         """Fresh leaf tensors (requires_grad) holding the slots' values, in their dtypes."""
         return [s.tensor.clone().requires_grad_(True) for s in self.slots]
 
-    def float64_twin(self) -> tuple[Callable[[np.ndarray], Any], list[Any], str | None]:
-        """A forward in float64 (complex128) for finite differences: returns
-        ``(forward(flat) -> raw output, dtypes, None)``, or the user-dtype forward and the
-        reason float64 failed."""
+    def float64_twin(self) -> Twin:
+        """A forward in float64 (complex128) for finite differences (see :class:`Twin`).
+
+        The slots become float64 and a low-precision module a float64 copy; then the
+        forward runs once under :func:`~derivcheck.check.promote.Promotion`. Where that
+        widened nothing, the plain float64 forward is the twin (no mode, no overhead);
+        where it widened tensors the function closes over or casts it makes, the twin runs
+        under the mode -- provided every output came out float64 and it computes what the
+        user's own forward computes, up to that forward's rounding. Otherwise the twin is
+        the user-dtype forward, with the reason."""
         torch = _torch()
+        from derivcheck.check.noise import EPS_BY_NAME, observed
+        from derivcheck.check.promote import Promotion, low_precision_outputs
+
         target: Any = self.fn
         wide_already = (
             all(t.dtype in (torch.float64, torch.complex128) for t in [*self.module.parameters(), *self.module.buffers()] if t.is_floating_point() or t.is_complex())
@@ -436,20 +445,89 @@ class TorchCall:
             except Exception:  # noqa: BLE001 - a module that cannot be copied is used as is
                 target = self.module
         wide = [torch.complex128 if s.is_complex else torch.float64 for s in self.slots]
+        own = [s.tensor.dtype for s in self.slots]
 
         def forward64(flat: np.ndarray) -> Any:
             return self.call(self.split(flat, wide), fn=target, widen=True)
 
+        def forward_own(flat: np.ndarray) -> Any:
+            return self.call(self.split(flat, own))
+
+        mode = Promotion()
+
+        def promoted(flat: np.ndarray) -> Any:
+            with mode:
+                return forward64(flat)
+
+        base = self.base()
+        failures = []
         try:
-            OutputSpec.of(forward64(self.base()))
-            return forward64, wide, None
+            spec = OutputSpec.of(promoted(base))
+            low = low_precision_outputs(spec.tensors(spec.raw))
+            if low:
+                raise _NotPromoted(
+                    f"{', '.join(spec.names[k] for k in low)} came out {spec.tensors(spec.raw)[low[0]].dtype} even with every torch tensor widened "
+                    "(a part outside torch -- numpy in a custom Function -- a hard-coded float32, or torch.autocast inside)"
+                )
+            if not mode.promoted:
+                return Twin(forward64, wide, None)
+            (own_raw, magnitude) = observed(lambda: forward_own(base))
+            difference = _promotion_difference(spec, own_raw, magnitude, EPS_BY_NAME)
+            if difference is not None:
+                raise _NotPromoted(difference)
+            return Twin(promoted, wide, None, promoted=mode.promoted)
+        except _NotPromoted as exc:
+            failures.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - try without the mode, then the user's dtype
+            failures.append(f"{type(exc).__name__}: {exc}")
+        try:
+            spec = OutputSpec.of(forward64(base))
+            if not low_precision_outputs(spec.tensors(spec.raw)):
+                return Twin(forward64, wide, None)
+            failures.append("its outputs stay in low precision")
         except Exception as exc:  # noqa: BLE001 - fall back to the user's dtype
-            own = [s.tensor.dtype for s in self.slots]
+            failures.append(f"{type(exc).__name__}: {exc}")
+        return Twin(forward_own, own, failures[0])
 
-            def forward_own(flat: np.ndarray) -> Any:
-                return self.call(self.split(flat, own))
 
-            return forward_own, own, f"{type(exc).__name__}: {exc}"
+class _NotPromoted(Exception):
+    """The promoted forward is not a float64 copy of the user's (message: why)."""
+
+
+def _promotion_difference(spec: OutputSpec, own_raw: Any, magnitude: float, eps_by_name: dict[str, float]) -> str | None:
+    """Why the promoted outputs of `spec` are not the user's own outputs `own_raw` computed
+    more precisely (a dtype-dependent branch, a constant chosen by dtype), or ``None``:
+    they may differ by the own forward's rounding, which is ``eps`` of its dtype times the
+    size of its operands (`magnitude`, the largest cancelling one) and of the outputs,
+    with a factor of 1000 to spare -- this guards against a different function, not
+    against rounding."""
+    wide = spec.real(spec.raw)
+    own = OutputSpec.of(own_raw).real(own_raw) if own_raw is not None else None
+    if own is None or own.shape != wide.shape:
+        return "its promoted outputs have another structure than its own"
+    dtypes = [str(t.dtype).replace("torch.", "").replace("complex64", "float32").replace("complex32", "float16") for t in spec.tensors(own_raw)]
+    eps = max(eps_by_name.get(d, eps_by_name["float32"]) for d in dtypes) if dtypes else eps_by_name["float32"]
+    finite = np.isfinite(own) & np.isfinite(wide)
+    if np.any(np.isfinite(own) & ~np.isfinite(wide)):
+        return "its promoted outputs are non-finite where its own are finite"
+    scale = max(float(np.max(np.abs(own[finite]), initial=0.0)), magnitude)
+    worst = float(np.max(np.abs(own[finite] - wide[finite]), initial=0.0))
+    if worst > 1e3 * eps * scale:
+        return f"its float64 copy computes something else: the outputs differ by up to {worst:.3g}, beyond the {1e3 * eps * scale:.3g} its own rounding explains (a branch on the dtype?)"
+    return None
+
+
+@dataclass
+class Twin:
+    """The forward finite differences perturb: ``forward(flat) -> raw output``, the slot
+    dtypes it runs in, why float64 failed (``None`` when it runs in float64), and how many
+    low-precision tensors :class:`~derivcheck.check.promote.Promotion` widened (0: none
+    needed, the plain float64 forward)."""
+
+    forward: Callable[[np.ndarray], Any]
+    dtypes: list[Any]
+    failure: str | None
+    promoted: int = 0
 
 
 def _overlaps(t: Any) -> bool:
