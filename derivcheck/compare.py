@@ -150,6 +150,8 @@ class QuantityResult:
     reference_precision: float | None = None
     """The same for the reference's own error estimate alone, typical over the entries
     (the median): how sharp the measuring stick was."""
+    widest_bound: float | None = None
+    """The absolute bound behind `precision` (its widest entry)."""
     limited_by: str = ""
     """What sets `precision` at its widest entry: ``"reference"`` (the reference's error
     estimate), ``"tested"`` (the tested engine's rounding noise) or ``"dtype"`` (the
@@ -193,7 +195,11 @@ class QuantityResult:
             "nonfinite": list(self.nonfinite),
             "notes": dict(self.notes),
             "studies": {e: dict(v) for e, v in self.studies.items()},
-        } | ({} if self.precision is None else {"precision": _num(self.precision), "reference_precision": _num(self.reference_precision or 0.0), "limited_by": self.limited_by})
+        } | (
+            {}
+            if self.precision is None
+            else {"precision": _num(self.precision), "reference_precision": _num(self.reference_precision or 0.0), "widest_bound": _num(self.widest_bound or 0.0), "limited_by": self.limited_by}
+        )
 
 
 def _num(value: float) -> float | str:
@@ -334,7 +340,10 @@ def compare_quantity(
     result.odd_engine = _odd_engine(engines, result.pairs)
     compared_any = any(p.compared for p in result.pairs)
     if references is not None:
-        result.precision, result.reference_precision, result.limited_by = _precision(engines, references, bounds, max(scale, precision_scale))
+        size = max(scale, precision_scale)
+        result.precision, result.reference_precision, result.limited_by = _precision(engines, references, bounds, size)
+        if result.precision is not None:
+            result.widest_bound = result.precision * size
 
     if result.nonfinite:
         result.verdict = "nonfinite"

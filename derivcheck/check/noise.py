@@ -78,6 +78,24 @@ nor are softmax, log_softmax and logsumexp themselves, which subtract their inpu
 first (a ``-1e6`` mask among the logits does not make their outputs any less accurate).
 Names starting with one of :data:`CANCELLING_PREFIXES` count too."""
 
+ELEMENTARY_OPS = frozenset(
+    """
+    add sub rsub addcmul addcdiv lerp sum mean nansum cumsum mm bmm addmm addbmm baddbmm matmul
+    dot vdot mv addmv addr tensordot einsum linear trace index_add scatter_add
+    embedding_dense_backward convolution convolution_backward _convolution var var_mean std
+    std_mean sigmoid_backward tanh_backward logit_backward _softmax_backward_data mse_loss
+    mse_loss_backward l1_loss
+    """.split()
+)
+"""Cancelling operators whose cancellation the Monte-Carlo runs see in full: what cancels
+is among their inputs (``a - b``, a sum of products, ``1 - s`` in ``sigmoid_backward(g,
+s)``), so moving the inputs by a rounding each moves the result by its rounding error,
+scaled by whatever follows. A fused kernel that cancels a value it computes inside
+(``gelu`` far left: ``1 + erf(x)``; ``_log_softmax_backward_data``: ``exp(out) *
+sum(grad)``; ``silu_backward``: ``1 - sigmoid(x)``) can be flat to that perturbation yet
+round to ``eps`` of its operands: the Monte-Carlo runs add that error to their results
+(:func:`fused_error_size`), where the rest of the computation scales it."""
+
 OBSERVED_OPERANDS = {"_softmax_backward_data": (0,), "_log_softmax_backward_data": (0,)}
 """Operators whose cancellation involves only some operands: softmax backwards sum the
 output gradient weighted by probabilities (``exp`` of log-probabilities a mask may have
@@ -108,6 +126,11 @@ def _cancels(func: Any) -> bool:
     return name in CANCELLING_OPS or name.startswith(CANCELLING_PREFIXES)
 
 
+def _is_cast(func: Any) -> bool:
+    """Whether `func` is ``aten._to_copy`` (``.to(dtype)``, ``.double()``, ``.float()``)."""
+    return getattr(getattr(func, "overloadpacket", None), "__name__", "") == "_to_copy"
+
+
 def _op_name(func: Any) -> str:
     name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
     name = name.removesuffix("_copy") if name.endswith("_copy") and name != "copy" else name
@@ -120,7 +143,7 @@ def _rounds(func: Any, args: tuple[Any, ...], out: Any) -> bool:
     if schema is None or schema.is_mutable or any(r.alias_info is not None for r in schema.returns):
         return False
     name = _op_name(func)
-    if name == "_to_copy":  # a cast rounds only when it narrows the dtype
+    if _is_cast(func):  # a cast rounds only when it narrows the dtype
         import torch
 
         if out is None:
@@ -133,26 +156,40 @@ def _rounds(func: Any, args: tuple[Any, ...], out: Any) -> bool:
 
 
 _POOLS: dict[tuple[str, Any], Any] = {}
+CHUNK = 1 << 16
+"""Random factors are drawn in chunks of this many, each from its own seed, and read at an
+offset below ``CHUNK``: a perturbation depends on its seed and its tensor's size only, not
+on what the process perturbed before (a pool grown for a larger tensor keeps its prefix)."""
 
 
 def _pool(count: int, dtype: Any, device: Any) -> Any:
     """Random factors ``d``, ``|d|`` uniform in ``[1, 4]`` with a random sign, at least
-    ``2 count`` of them, in `dtype` on `device`: drawn once per process (seeded) and read
-    at a random offset per perturbed tensor, so a perturbation costs one fused operation
-    instead of fresh random numbers for every entry of every operand."""
+    ``CHUNK + count`` of them, in `dtype` on `device`: drawn once per process (seeded, in
+    chunks, see :data:`CHUNK`) and read at a random offset per perturbed tensor, so a
+    perturbation costs one fused operation instead of fresh random numbers for every entry
+    of every operand."""
     import torch
 
     key = (str(device), dtype)
     pool = _POOLS.get(key)
-    if pool is None or pool.numel() < 2 * count:
-        size = max(2 * count, 1 << 16)
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(20261201)
-        magnitude = torch.rand(size, generator=gen, dtype=torch.float64).mul_(3.0).add_(1.0)
-        sign = torch.randint(0, 2, (size,), generator=gen).to(torch.float64).mul_(2).sub_(1)
-        pool = (magnitude * sign).to(device=device, dtype=dtype)
+    if pool is None or pool.numel() < CHUNK + count:
+        chunks = []
+        for k in range((CHUNK + count + CHUNK - 1) // CHUNK):
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(20261201 + k)
+            magnitude = torch.rand(CHUNK, generator=gen, dtype=torch.float64).mul_(3.0).add_(1.0)
+            sign = torch.randint(0, 2, (CHUNK,), generator=gen).to(torch.float64).mul_(2).sub_(1)
+            chunks.append(magnitude * sign)
+        pool = torch.cat(chunks).to(device=device, dtype=dtype)
         _POOLS[key] = pool
     return pool
+
+
+def _offset(gen: Any, device: Any) -> int:
+    """Where a perturbation reads the pool: below :data:`CHUNK`, from the run's generator."""
+    import torch
+
+    return int(torch.randint(0, CHUNK, (1,), generator=gen, device=device))
 
 
 def _make_mode_class() -> type:
@@ -166,6 +203,7 @@ def _make_mode_class() -> type:
             self.scale = scale
             self.generators: dict[Any, Any] = {}
             self.perturbed = 0
+            self.unamplified = False  # a half-precision tensor was perturbed at scale 1
 
         def _generator(self, device: Any) -> Any:
             key = str(device)
@@ -188,28 +226,101 @@ def _make_mode_class() -> type:
         def _perturb_real(self, t: Any) -> Any:
             gen = self._generator(t.device)
             unit = torch.finfo(t.dtype).eps
+            self.unamplified |= unit >= 1e-6 and self.scale != 1.0
             unit = unit * self.scale if unit < 1e-6 else unit  # half precisions: no amplification
             count = t.numel()
             pool = _pool(count, t.dtype, t.device)
-            start = int(torch.randint(0, pool.numel() - count + 1, (1,), generator=gen, device=t.device))
+            start = _offset(gen, t.device)
             factors = pool[start : start + count].view(t.shape)
             self.perturbed += 1
             return torch.addcmul(t, t, factors, value=unit)
 
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
             kwargs = kwargs or {}
-            if _op_name(func) == "_to_copy":
+            if _is_cast(func):
                 # a cast: exact when it widens (float32 -> float64, an integer -> float) or
                 # keeps the dtype (a device copy); a narrowing cast rounds its *result*, to
                 # the target dtype's precision
                 out = func(*args, **kwargs)
                 return self._perturb(out) if _rounds(func, args, out) else out
-            if _rounds(func, args, None):
-                # the kernel computes exactly on inputs moved by a rounding each
-                args = tuple(self._perturb(a) if isinstance(a, torch.Tensor) else a for a in args)
-            return func(*args, **kwargs)
+            if not _rounds(func, args, None):
+                return func(*args, **kwargs)
+            # the kernel computes exactly on inputs moved by a rounding each
+            out = func(*(self._perturb(a) if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
+            if _cancels(func) and _op_name(func) not in ELEMENTARY_OPS:
+                out = self._inject(func, args, out)
+            return out
+
+        def _inject(self, func: Any, args: tuple[Any, ...], out: Any) -> Any:
+            """A fused kernel that cancels a value it computes inside errs by ``eps`` of
+            that value, which moving its inputs does not reproduce: add it to its result
+            (see :func:`fused_error_size`), where the rest of the computation scales it."""
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.numel() or out.layout != torch.strided or out.device.type not in ("cpu", "cuda"):
+                return out
+            size = fused_error_size(func, args, out)
+            if size is None:
+                return out
+            unit = torch.finfo(out.dtype).eps
+            self.unamplified |= unit >= 1e-6 and self.scale != 1.0
+            unit = unit * self.scale if unit < 1e-6 else unit
+            pool = _pool(out.numel(), out.dtype, out.device)
+            start = _offset(self._generator(out.device), out.device)
+            factors = pool[start : start + out.numel()].view(out.shape)
+            self.perturbed += 1
+            return torch.addcmul(out, size, factors, value=unit)
 
     return _RoundingNoise
+
+
+def fused_error_size(func: Any, args: tuple[Any, ...], out: Any) -> Any:
+    """The size of a fused cancelling kernel's rounding error, per element of `out` (a
+    tensor broadcastable to it), or ``None`` when it has no floating operands.
+
+    - a backward kernel (``silu_backward(grad, x)``, ``gelu_backward``) multiplies what it
+      computes inside by the incoming gradient: ``|grad| * max(1, |x|)`` per element;
+    - another elementwise kernel (``gelu(x)`` far left: ``x (1 + erf(x/sqrt 2)) / 2``):
+      its largest operand per element, at least 1 where it is an argument of a
+      transcendental it subtracts from 1;
+    - ``_log_softmax_backward_data`` (``grad - exp(out) sum(grad)``): the size of each term;
+    - another kernel that reduces (losses, norms): the largest magnitude of its gradient
+      operand (or of all operands), one number for every element.
+    """
+    import torch
+
+    name = _op_name(func)
+    if name == "_log_softmax_backward_data" and len(args) >= 3 and isinstance(args[0], torch.Tensor) and isinstance(args[1], torch.Tensor):
+        # grad - exp(out) * sum(grad): each term rounds to eps of itself
+        grad, logp = args[0].detach().to(out.dtype), args[1].detach().to(out.dtype)
+        total = grad.sum(dim=args[2], keepdim=True).abs()
+        return torch.nan_to_num(grad.abs() + torch.exp(logp) * total, nan=0.0, posinf=0.0)
+    chosen = OBSERVED_OPERANDS.get(name)
+    tensors = [a.detach() for k, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel() and a.layout == torch.strided and (chosen is None or k in chosen)]
+    if not tensors:
+        return None
+    backward = "_backward" in name
+    elementwise = chosen is None and all(t.dim() <= out.dim() and _broadcasts(t.shape, out.shape) for t in tensors)
+    if elementwise:
+        sizes = [torch.nan_to_num(t.abs().to(out.dtype), nan=0.0, posinf=0.0) for t in tensors]
+        if backward and len(sizes) > 1:
+            rest = sizes[1]
+            for more in sizes[2:]:
+                rest = torch.maximum(rest, more)
+            return sizes[0] * rest.clamp_min(1.0)
+        size = sizes[0]
+        for more in sizes[1:]:
+            size = torch.maximum(size, more)
+        return size.clamp_min(1.0) if not backward else size
+    picked = tensors[:1] if backward else tensors
+    return torch.tensor(max(_operand_size(t) for t in picked), dtype=out.dtype, device=out.device)
+
+
+def _broadcasts(shape: Any, target: Any) -> bool:
+    try:
+        import torch
+
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def _make_observer_class() -> type:
@@ -359,11 +470,14 @@ def noisy_runs(compute: Callable[[], np.ndarray], samples: int, seed: int) -> No
     out = NoiseSamples()
     for k in range(samples):
         scale = SCALES[k % len(SCALES)]
+        mode = RoundingNoise(seed + 1 + k, scale)
         try:
-            with RoundingNoise(seed + 1 + k, scale):
+            with mode:
                 value = np.asarray(compute(), dtype=np.float64)
         except Exception:  # noqa: BLE001 - a perturbed run that fails tells nothing about noise
             continue
         out.append(value)
-        out.scales.append(scale)
+        # half precisions are perturbed at scale 1 (8 eps of bfloat16 is 6%): their
+        # deviation must not be divided as if amplified
+        out.scales.append(1.0 if mode.unamplified else scale)
     return out

@@ -71,11 +71,18 @@ def _make_mode_class() -> type:
             super().__init__()
             self.cache: Any = WeakIdKeyDictionary()
             self.promoted = 0  # tensors widened, dtype arguments and casts redirected
+            self.coarsest = 0.0  # eps of the least precise dtype it widened
+
+        def saw(self, dtype: Any) -> None:
+            self.promoted += 1
+            real = {torch.complex64: torch.float32, torch.complex32: torch.float16}.get(dtype, dtype)
+            self.coarsest = max(self.coarsest, float(torch.finfo(real).eps))
 
         def widen(self, value: Any) -> Any:
             if isinstance(value, torch.dtype):
                 wide = wide_dtype(value)
-                self.promoted += wide is not value
+                if wide is not value:
+                    self.saw(value)
                 return wide
             if isinstance(value, (list, tuple)):
                 items = [self.widen(v) for v in value]
@@ -91,15 +98,15 @@ def _make_mode_class() -> type:
             if cached is not None and cached[0] == version:
                 return cached[1]
             wide = value.to(wide_dtype(value.dtype))
-            self.promoted += 1
+            self.saw(value.dtype)
             self.cache[value] = (version, wide)
             return wide
 
         def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
             kwargs = kwargs or {}
             if func in narrowing:
+                self.saw({torch.Tensor.half: torch.float16, torch.Tensor.bfloat16: torch.bfloat16, torch.Tensor.chalf: torch.float16}.get(func, torch.float32))
                 func = torch.Tensor.cdouble if func in complex_casts else torch.Tensor.double  # keep the target real or complex
-                self.promoted += 1
             return func(*self.widen(args), **self.widen(kwargs))
 
     return _Promotion

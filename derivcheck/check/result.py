@@ -133,9 +133,9 @@ class CheckResult:
         out = []
         for q in self.quantities:
             if q.ok and q.precision is not None and q.precision > 0.1 and q.limited_by == "tested":
+                sharper = "; run it in float64 for a sharper check" if self.dtype != "float64" else ""
                 out.append(
-                    f"{q.name}: shown right only to {q.precision:.2g} of its size: your {self.dtype} derivative's own rounding noise (measured) is that large here "
-                    f"(an ill-conditioned point); run it in float64 for a sharper check"
+                    f"{q.name}: shown right only to {q.precision:.2g} of its size: your {self.dtype} derivative's own rounding noise (measured) is that large here (an ill-conditioned point){sharper}"
                 )
         return out
 

@@ -472,7 +472,7 @@ class TorchCall:
             if not mode.promoted:
                 return Twin(forward64, wide, None)
             (own_raw, magnitude) = observed(lambda: forward_own(base))
-            difference = _promotion_difference(spec, own_raw, magnitude, EPS_BY_NAME)
+            difference = _promotion_difference(spec, own_raw, magnitude, EPS_BY_NAME, mode.coarsest)
             if difference is not None:
                 raise _NotPromoted(difference)
             return Twin(promoted, wide, None, promoted=mode.promoted)
@@ -494,11 +494,12 @@ class _NotPromoted(Exception):
     """The promoted forward is not a float64 copy of the user's (message: why)."""
 
 
-def _promotion_difference(spec: OutputSpec, own_raw: Any, magnitude: float, eps_by_name: dict[str, float]) -> str | None:
+def _promotion_difference(spec: OutputSpec, own_raw: Any, magnitude: float, eps_by_name: dict[str, float], coarsest: float) -> str | None:
     """Why the promoted outputs of `spec` are not the user's own outputs `own_raw` computed
     more precisely (a dtype-dependent branch, a constant chosen by dtype), or ``None``:
-    they may differ by the own forward's rounding, which is ``eps`` of its dtype times the
-    size of its operands (`magnitude`, the largest cancelling one) and of the outputs,
+    they may differ by the own forward's rounding, which is ``eps`` of the least precise
+    dtype it computes in (its outputs', or `coarsest`, what the promotion widened) times
+    the size of its operands (`magnitude`, the largest cancelling one) and of the outputs,
     with a factor of 1000 to spare -- this guards against a different function, not
     against rounding."""
     wide = spec.real(spec.raw)
@@ -506,7 +507,7 @@ def _promotion_difference(spec: OutputSpec, own_raw: Any, magnitude: float, eps_
     if own is None or own.shape != wide.shape:
         return "its promoted outputs have another structure than its own"
     dtypes = [str(t.dtype).replace("torch.", "").replace("complex64", "float32").replace("complex32", "float16") for t in spec.tensors(own_raw)]
-    eps = max(eps_by_name.get(d, eps_by_name["float32"]) for d in dtypes) if dtypes else eps_by_name["float32"]
+    eps = max([eps_by_name.get(d, eps_by_name["float32"]) for d in dtypes] + [coarsest])
     finite = np.isfinite(own) & np.isfinite(wide)
     if np.any(np.isfinite(own) & ~np.isfinite(wide)):
         return "its promoted outputs are non-finite where its own are finite"
