@@ -437,7 +437,7 @@ def _state(module: torch.nn.Module) -> tuple:
     return tensors, attributes, flags, None if stored is None else stored.clone()
 
 
-@settings(max_examples=14, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(["linear", "batchnorm1d", "batchnorm2d", "lstm", "layernorm", "stores output"]),
     train=st.booleans(),

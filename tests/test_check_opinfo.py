@@ -1,5 +1,6 @@
 """PyTorch's own operator database (OpInfo ``op_db``, shipped in the torch wheel) as a peer
-suite: for the first sample of every differentiable op, in float64 and in complex128,
+suite: for the first sample of every differentiable op, in float64 and (``-m slow``) in
+complex128,
 
 - derivcheck passes wherever ``torch.autograd.gradcheck`` passes (no false alarm), except
   for the real upstream bugs derivcheck finds and gradcheck's tolerances cannot see
@@ -126,7 +127,7 @@ def sweep(dtype):
     return checked, false_alarms, missed, found, inconclusive
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["float64", "complex128"])
+@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.complex128, marks=pytest.mark.slow)], ids=["float64", "complex128"])
 def test_op_db(dtype):
     checked, false_alarms, missed, found, inconclusive = sweep(dtype)
     print(f"{checked} ops checked in {dtype}: {len(false_alarms)} false alarms, {len(inconclusive)} inconclusive, {len(missed)} seeded errors missed, {len(found)} upstream bugs seen")

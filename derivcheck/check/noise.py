@@ -192,11 +192,23 @@ def _offset(gen: Any, device: Any) -> int:
     return int(torch.randint(0, CHUNK, (1,), generator=gen, device=device))
 
 
+def _skip_dynamo(cls: type) -> bool:
+    """Whether torch should wrap our ``__torch_dispatch__`` in ``torch._dynamo.disable`` --
+    which imports Dynamo (a second of start-up) on a mode's first use. Only needed when
+    Dynamo is there to compile through the mode (the user imported it: torch.compile);
+    otherwise the wrapper is skipped and a check pays no import it does not need."""
+    import sys
+
+    return "torch._dynamo" in sys.modules
+
+
 def _make_mode_class() -> type:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _RoundingNoise(TorchDispatchMode):
+        _should_skip_dynamo = classmethod(_skip_dynamo)  # type: ignore[var-annotated]
+
         def __init__(self, seed: int, scale: float = 1.0) -> None:
             super().__init__()
             self.seed = seed
@@ -327,6 +339,8 @@ def _make_observer_class() -> type:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _OperandMagnitude(TorchDispatchMode):
+        _should_skip_dynamo = classmethod(_skip_dynamo)  # type: ignore[var-annotated]
+
         def __init__(self, overall: bool = False) -> None:
             super().__init__()
             self.magnitude = 0.0

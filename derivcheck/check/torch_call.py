@@ -415,6 +415,20 @@ class TorchCall:
             out.append(from_real(flat[s.cols], s.shape, dtype, s.tensor.device if device is None else device))
         return out
 
+    def split_batched(self, points: np.ndarray, dtypes: Sequence[Any]) -> list[Any]:
+        """Tensors ``(k, *shape)`` for the slots from ``(k, n)`` real coordinates."""
+        torch = _torch()
+        out = []
+        for s, dtype in zip(self.slots, dtypes):
+            block = np.ascontiguousarray(points[:, s.cols])
+            if dtype.is_complex:
+                real = torch.float64 if dtype == torch.complex128 else torch.float32
+                pairs = torch.as_tensor(block.reshape(len(points), *s.shape, 2), dtype=real, device=s.tensor.device)
+                out.append(torch.view_as_complex(pairs.contiguous()).to(dtype))
+            else:
+                out.append(torch.as_tensor(block.reshape(len(points), *s.shape), dtype=dtype, device=s.tensor.device))
+        return out
+
     def leaves(self) -> list[Any]:
         """Fresh leaf tensors (requires_grad) holding the slots' values, in their dtypes."""
         return [s.tensor.clone().requires_grad_(True) for s in self.slots]
@@ -470,12 +484,12 @@ class TorchCall:
                     "(a part outside torch -- numpy in a custom Function -- a hard-coded float32, or torch.autocast inside)"
                 )
             if not mode.promoted:
-                return Twin(forward64, wide, None)
+                return Twin(forward64, wide, None, call=self, target=target)
             (own_raw, magnitude) = observed(lambda: forward_own(base))
             difference = _promotion_difference(spec, own_raw, magnitude, EPS_BY_NAME, mode.coarsest)
             if difference is not None:
                 raise _NotPromoted(difference)
-            return Twin(promoted, wide, None, promoted=mode.promoted)
+            return Twin(promoted, wide, None, promoted=mode.promoted, call=self, target=target, mode=mode)
         except _NotPromoted as exc:
             failures.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - try without the mode, then the user's dtype
@@ -483,7 +497,7 @@ class TorchCall:
         try:
             spec = OutputSpec.of(forward64(base))
             if not low_precision_outputs(spec.tensors(spec.raw)):
-                return Twin(forward64, wide, None)
+                return Twin(forward64, wide, None, call=self, target=target)
             failures.append("its outputs stay in low precision")
         except Exception as exc:  # noqa: BLE001 - fall back to the user's dtype
             failures.append(f"{type(exc).__name__}: {exc}")
@@ -529,6 +543,35 @@ class Twin:
     dtypes: list[Any]
     failure: str | None
     promoted: int = 0
+    call: TorchCall | None = None
+    target: Any = None
+    mode: Any = None
+
+    def batched(self, spec: OutputSpec) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The same forward for many points at once, ``(k, n) -> (k, m)`` real coordinates,
+        under ``torch.func.vmap`` (``None`` when there is no call to batch). A forward that
+        draws random numbers or cannot run under vmap raises; callers fall back to
+        :attr:`forward` one point at a time."""
+        call = self.call
+        if call is None:
+            return None
+        torch = _torch()
+        dtypes, target, mode = self.dtypes, self.target, self.mode
+
+        def one(*tensors: Any) -> tuple[Any, ...]:
+            return tuple(spec.tensors(call.call(list(tensors), fn=target, widen=True)))
+
+        def batch(points: np.ndarray) -> np.ndarray:
+            tensors = call.split_batched(points, dtypes)
+            if mode is not None:
+                with mode:
+                    outs = torch.func.vmap(one, randomness="error")(*tensors)
+            else:
+                outs = torch.func.vmap(one, randomness="error")(*tensors)
+            parts = [(torch.view_as_real(o.resolve_conj()) if o.is_complex() else o).detach().reshape(len(points), -1) for o in outs]
+            return torch.cat(parts, dim=1).to(torch.float64).numpy(force=True)
+
+        return batch
 
 
 def _overlaps(t: Any) -> bool:

@@ -39,7 +39,7 @@ from derivcheck.check.evidence import compare
 from derivcheck.check.noise import NoiseSamples, magnitude_floor, noisy_runs, observed, observed_sizes, spread
 from derivcheck.check.preserve import leaves_state_unchanged
 from derivcheck.check.result import CheckResult, Finding
-from derivcheck.check.taylor import SAFETY, skipped, taylor_test
+from derivcheck.check.taylor import BATCHED_ENTRIES, SAFETY, STEPS, skipped, taylor_test
 from derivcheck.check.torch_autograd import Graph, flat_grads, forward_jacobian, forward_mode_support, jvp
 from derivcheck.check.torch_call import OutputSpec, TorchCall, describe, dtype_mismatch_hint, to_real
 from derivcheck.check.torch_properties import batched_gradients, gradient_attributes, undefined_output_gradients, zero_output_gradient
@@ -161,6 +161,9 @@ class _Check:
     :data:`EVIDENCE_THRESHOLD`)."""
     advice: str = ""
     """How to get a verdict where the reference is too imprecise."""
+    batch: Callable[[np.ndarray], np.ndarray] | None = None
+    """The float64 forward for many points at once (vmap), where it gives what one point at
+    a time gives (see :func:`_checked_batch`)."""
     natural_scale: float = 0.0
     """The size derivatives of this function have: its outputs' (or its forward's largest
     cancelling operands') size over its inputs' (at least 1) -- a floor under the scale
@@ -416,6 +419,7 @@ def check_torch(
         else "check at other points; if the forward is not accurate to float64 inside (a float32 tensor, torch.Tensor(...) which is float32, a quantised value), "
         "make it compute in float64; or give expr= for a symbolic reference"
     )
+    ctx.batch = refs.batch
     ctx.input_size = max(1.0, float(np.max(np.abs(refs.x0[np.isfinite(refs.x0)]), initial=0.0)))
     ctx.natural_scale = refs.magnitude / ctx.input_size
     full = not fast and all(spec.size * s.size <= max_full for s in call.slots) and call.size <= MAX_COLUMNS
@@ -454,6 +458,7 @@ class _References:
     dtype: str
     magnitude: float = 0.0
     dispatch_ok: bool = True
+    batch: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, samples: int, seed: int, result: CheckResult) -> _References:
@@ -518,7 +523,28 @@ def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, s
     # a forward that differs between calls at rounding level only (atomic adds on a GPU)
     # is a deterministic function with noise: that noise joins the measured one
     noise = np.maximum(np.maximum(ROUNDING_WEIGHT * spread(runs, f0), floor), np.where(np.isfinite(difference), difference, 0.0))
-    return _References(f, x0, f0, noise, runs, floor, dtype, magnitude=max(size, scale), dispatch_ok=dispatch_ok)
+    batch = _checked_batch(twin.batched(spec), f, x0, f0, size)
+    return _References(f, x0, f0, noise, runs, floor, dtype, magnitude=max(size, scale), dispatch_ok=dispatch_ok, batch=batch)
+
+
+def _checked_batch(batch: Callable[[np.ndarray], np.ndarray] | None, f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, f0: np.ndarray, size: float) -> Callable[[np.ndarray], np.ndarray] | None:
+    """`batch` (the forward under vmap) if it gives what `f` gives, one point at a time, at
+    `x0` and at a point moved along every coordinate, to ``1e-12`` of the computation's
+    size; ``None`` if it cannot run (a random forward, a custom Function without a vmap
+    rule, data-dependent control flow) or computes otherwise."""
+    if batch is None or x0.size == 0 or not np.all(np.isfinite(x0)) or 2 * STEPS * x0.size > BATCHED_ENTRIES:
+        return None  # (beyond BATCHED_ENTRIES, nothing is evaluated in batches)
+    moved = x0 + 1e-3 * np.maximum(1.0, np.abs(x0)) * np.where(np.arange(x0.size) % 2 == 0, 1.0, -1.0)
+    try:
+        with np.errstate(all="ignore"):
+            got = np.asarray(batch(np.stack([x0, moved])), dtype=np.float64)
+            want = np.stack([f0, f(moved)])
+    except Exception:  # noqa: BLE001 - not vmappable: one point at a time
+        return None
+    scale = max(size, float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)), 1e-300)
+    with np.errstate(invalid="ignore"):
+        same = (got == want) | (np.isnan(got) & np.isnan(want)) | (np.abs(got - want) <= 1e-12 * scale)
+    return batch if got.shape == want.shape and bool(np.all(same)) else None
 
 
 MODE_CHANGES_RESULT = (
@@ -688,7 +714,7 @@ def _full(ctx: _Check, expr: str | None, reference: str) -> np.ndarray:
         engines["autograd"] = (jac, noise + ctx.nondet)
     if ctx.fwd:
         engines["forward_ad"] = (forward_jacobian(call, spec), np.maximum(measured, floors))
-    fd = jacobian(ctx.f, ctx.x0, noise=ctx.f_noise, f0=ctx.f0)
+    fd = jacobian(ctx.f, ctx.x0, noise=ctx.f_noise, f0=ctx.f0, batch=ctx.batch)
     rows = np.flatnonzero(ctx.finite_outputs)
     quantity_out = "out" if spec.names == ["out"] else "outputs"
     for slot in call.slots:
@@ -822,6 +848,9 @@ def _taylor(ctx: _Check, w: np.ndarray, g_w: np.ndarray, w_magnitude: float, blo
         values = ctx.f(flat)
         return float(np.dot(w[finite], values[finite]))
 
+    batch = ctx.batch
+    s_many = None if batch is None else (lambda points: batch(points)[:, finite] @ w[finite])
+
     for slot in call.slots if full else [None]:
         label = slot.name if slot is not None else "all inputs"
         cols = slot.cols if slot is not None else slice(0, n)
@@ -840,7 +869,7 @@ def _taylor(ctx: _Check, w: np.ndarray, g_w: np.ndarray, w_magnitude: float, blo
         measured = ROUNDING_WEIGHT * float(spread(g_samples.map(lambda g: np.dot(g[moved], v[moved])), np.asarray(np.dot(g_w[moved], v[moved]))))
         noise = max(measured, ctx.floor(w_magnitude, g_samples) * float(np.linalg.norm(v)))
         bound = float(ctx.rtol * np.dot(np.abs(g_w[moved]), np.abs(v[moved])) + SAFETY * noise + ctx.nondet * float(np.linalg.norm(v)))
-        t = taylor_test(label, s, ctx.x0, g_w, v, noise=s_noise, slope_bound=bound)
+        t = taylor_test(label, s, ctx.x0, g_w, v, noise=s_noise, slope_bound=bound, s_many=s_many)
         left_out = int(blocked[cols].sum())
         if left_out:
             t.message += f" ({left_out} coordinate(s) at a kink, jump or domain edge left out of v)"
