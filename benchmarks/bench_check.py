@@ -4,12 +4,15 @@
    3): check_torch (default; ``fast=True``; ``order=2``) vs gradcheck (fast_mode off and
    on) and gradgradcheck. gradcheck without fast mode on 1e6 parameters would take hours:
    it is skipped above 2e4 parameters and reported as such.
+   The small check unit tests run by the hundred: a 49-parameter loss as a function of its
+   flat parameters, derivcheck's default check beside gradcheck's.
 2. Detection: a custom Function whose backward is off by a relative error of 1e-1 ... 1e-9
    (and the correct one: no false alarm allowed), and the 1e6-parameter MLP with its
    backward off by 1e-6, for which gradcheck's fast mode is the only peer that finishes.
-3. False alarms and detection on random correct compositions of torch ops (the programs
-   of tests/programs.py) in float64 and float32, and on the same programs with their
-   backward off by 1e-3 -- counted for derivcheck and for gradcheck with its defaults.
+3. False alarms, inconclusive verdicts and detection on random correct compositions of
+   torch ops (the programs of tests/programs.py) in float64, float32, and float32 with
+   their weights closed over, and on the same programs with their backward off by 1e-3 --
+   counted for derivcheck and for gradcheck with its defaults.
 
 Run: ``python benchmarks/bench_check.py [programs per dtype, default 200]``. Not a test.
 """
@@ -90,6 +93,26 @@ def speed() -> None:
     print("(nan: skipped, would take hours; gradgradcheck in fast mode)")
 
 
+def small_loss() -> None:
+    """The check unit tests and Hypothesis examples run by the hundred: the loss of a tanh
+    MLP (4-8-1, 49 parameters) as a function of its flat parameters, float64."""
+    print("\n== a small check: the loss of a 4-8-1 tanh MLP as a function of its 49 flat parameters (min of 7 alternating runs) ==")
+    gen = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(16, 4, generator=gen, dtype=torch.float64), torch.randn(16, 1, generator=gen, dtype=torch.float64)
+
+    def loss(theta):
+        W1, b1, W2, b2 = theta[:32].view(8, 4), theta[32:40], theta[40:48].view(1, 8), theta[48:49]
+        return ((torch.tanh(X @ W1.T + b1) @ W2.T + b2 - Y) ** 2).mean()
+
+    theta = torch.randn(49, generator=gen, dtype=torch.float64) * 0.5
+    leaf = theta.clone().requires_grad_(True)
+    ours_min, ours_med, peer_min, peer_med = interleaved(lambda: dc.check_torch(loss, theta), lambda: torch.autograd.gradcheck(loss, (leaf,)), repeat=7)
+    caught = not dc.check_torch(lambda t: ScaleGrad.apply(loss(t), 1e-6), theta).ok
+    peer_caught = flagged(lambda t: ScaleGrad.apply(loss(t), 1e-6), leaf)
+    print(f"derivcheck {ours_min * 1e3:.1f} ms (median {ours_med * 1e3:.1f}), gradcheck {peer_min * 1e3:.1f} ms (median {peer_med * 1e3:.1f}): {ours_min / peer_min:.1f}x")
+    print(f"a (1 + 1e-6) backward error: derivcheck {'FLAGGED' if caught else 'missed'}, gradcheck {'FLAGGED' if peer_caught else 'missed'}")
+
+
 def make_function(rel: float):
     class Softplus(torch.autograd.Function):
         @staticmethod
@@ -141,31 +164,40 @@ def detection() -> None:
 
 
 def programs(count: int) -> None:
-    print(f"\n== {count} random correct torch programs per dtype (and the same with a 1e-3 error in the backward) ==")
-    print(f"{'dtype':>8s} {'derivcheck false alarms':>24s} {'gradcheck false alarms':>23s} {'derivcheck caught':>18s} {'gradcheck caught':>17s} {'derivcheck s':>13s} {'gradcheck s':>12s}")
-    for dtype in (torch.float64, torch.float32):
-        ours_fa = theirs_fa = ours_caught = theirs_caught = 0
+    print(f"\n== {count} random correct torch programs per kind (and the same with a 1e-3 error in the backward) ==")
+    print(f"{'kind':>16s} {'dc false alarms':>16s} {'dc inconclusive':>16s} {'gc false alarms':>16s} {'dc caught':>10s} {'gc caught':>10s} {'dc s':>6s} {'gc s':>6s}")
+    for kind in ("float64", "float32", "float32 closure"):
+        dtype = torch.float64 if kind == "float64" else torch.float32
+        ours_fa = ours_inconclusive = theirs_fa = ours_caught = theirs_caught = 0
         ours_time = theirs_time = 0.0
         for seed in range(count):
             program = random_program(seed, dtype)
-            args = [t.clone().requires_grad_(True) for t in program.inputs]
-            bad = lambda *a, program=program: ScaleGrad.apply(program(*a), 1e-3)  # noqa: E731
+            if kind == "float32 closure":  # the weights closed over, as a module holds them
+                weights = program.inputs[1:]
+                fn, inputs = (lambda x, program=program, weights=weights: program(x, *weights)), program.inputs[:1]
+            else:
+                fn, inputs = program, program.inputs
+            args = [t.clone().requires_grad_(True) for t in inputs]
+            bad = lambda *a, fn=fn: ScaleGrad.apply(fn(*a), 1e-3)  # noqa: E731
             start = time.perf_counter()
-            ours_fa += not dc.check_torch(program, *program.inputs).ok
-            ours_caught += not dc.check_torch(bad, *program.inputs).ok
+            verdict = dc.check_torch(fn, *inputs).verdict
+            ours_fa += verdict == "mismatch"
+            ours_inconclusive += verdict == "inconclusive"
+            ours_caught += not dc.check_torch(bad, *inputs).ok
             ours_time += time.perf_counter() - start
             start = time.perf_counter()
-            theirs_fa += flagged(program, *args)
+            theirs_fa += flagged(fn, *args)
             theirs_caught += flagged(bad, *args)
             theirs_time += time.perf_counter() - start
-        name = str(dtype).replace("torch.", "")
-        print(f"{name:>8s} {ours_fa:24d} {theirs_fa:23d} {ours_caught:18d} {theirs_caught:17d} {ours_time:13.1f} {theirs_time:12.1f}")
-    print("(caught counts include programs whose gradient is zero or at rounding level, where no check can see a 1e-3 error)")
+        print(f"{kind:>16s} {ours_fa:16d} {ours_inconclusive:16d} {theirs_fa:16d} {ours_caught:10d} {theirs_caught:10d} {ours_time:6.1f} {theirs_time:6.1f}")
+    print("(caught counts include programs whose gradient is zero or at rounding level, where no check can see a 1e-3 error;")
+    print(" gradcheck in float32 flags correct and wrong programs alike)")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     speed()
+    small_loss()
     detection()
     programs(n)

@@ -170,7 +170,7 @@ class DerivcheckFixture:
         self._record = record
 
     def _note(self, result: Any) -> Any:
-        self._record("derivcheck_verdict", "agree" if result.ok else "disagree")
+        self._record("derivcheck_verdict", {"ok": "agree", "mismatch": "disagree"}.get(result.verdict, result.verdict))
         self._record("derivcheck_max_rel_error", f"{max((q.max_rel_error for q in result.quantities), default=0.0):.3e}")
         return result
 
@@ -190,8 +190,10 @@ class DerivcheckFixture:
         return self._note(check_operator(*args, **kwargs))
 
     def _assert(self, result: Any) -> Any:
-        from derivcheck.check import DerivativeMismatch
+        from derivcheck.check import DerivativeMismatch, InconclusiveCheck
 
+        if result.verdict == "inconclusive":
+            raise InconclusiveCheck(result)
         if not result.ok:
             raise DerivativeMismatch(result)
         return result

@@ -57,6 +57,13 @@ def is_low_precision(t: Any) -> bool:
 
 _MODE_CLASS: type | None = None
 
+METADATA = frozenset({"dim", "size", "stride", "numel", "is_floating_point", "is_complex", "__len__", "data_ptr", "is_contiguous", "storage_offset", "element_size"})
+"""Methods that read a tensor's shape or layout (``x.dim()``, ``x.size()``): nothing in them
+depends on the dtype, so the mode passes them through without widening their arguments (an
+``nn.LSTM`` calls dozens per call). Property getters are not among them: ``w.dtype`` must
+read float64 for a widened ``w`` (``nn.LSTM`` compares its input's dtype with its
+weights')."""
+
 
 def _make_mode_class() -> type:
     torch = _torch()
@@ -64,6 +71,20 @@ def _make_mode_class() -> type:
     from torch.utils.weak import WeakIdKeyDictionary
 
     narrowing = {torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.cfloat, torch.Tensor.chalf}
+    low = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.complex32})
+
+    def needs(value: Any) -> bool:
+        """Whether `value` holds anything to widen (the common case, nothing, is fast)."""
+        if isinstance(value, torch.Tensor):
+            return value.dtype in low
+        if isinstance(value, torch.dtype):
+            return value in low
+        if isinstance(value, (list, tuple)):
+            return any(needs(v) for v in value)
+        if isinstance(value, dict):
+            return any(needs(v) for v in value.values())
+        return False
+
     complex_casts = {torch.Tensor.cfloat, torch.Tensor.chalf}
 
     class _Promotion(TorchFunctionMode):
@@ -104,6 +125,10 @@ def _make_mode_class() -> type:
 
         def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
             kwargs = kwargs or {}
+            if getattr(func, "__name__", "") in METADATA:  # nothing to compute, nothing to widen
+                return func(*args, **kwargs)
+            if func not in narrowing and not needs(args) and not needs(kwargs):
+                return func(*args, **kwargs)
             if func in narrowing:
                 self.saw({torch.Tensor.half: torch.float16, torch.Tensor.bfloat16: torch.bfloat16, torch.Tensor.chalf: torch.float16}.get(func, torch.float32))
                 func = torch.Tensor.cdouble if func in complex_casts else torch.Tensor.double  # keep the target real or complex
