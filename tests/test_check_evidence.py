@@ -183,15 +183,19 @@ def test_every_quantity_states_its_precision():
     assert r64.to_dict()["verdict"] == "ok"
 
 
+def l1(x):
+    return x.abs().sum()
+
+
 def test_nothing_compared_is_inconclusive_not_ok():
-    """|x| at 0: every entry sits at the kink; nothing shows the derivative right."""
-    r = dc.check_torch(torch.abs, torch.zeros(3, dtype=torch.float64))
+    """sum |x| at 0: every entry sits at the kink; nothing shows the derivative right."""
+    r = dc.check_torch(l1, torch.zeros(3, dtype=torch.float64))
     assert not r.ok and r.verdict == "inconclusive" and r.quantities[0].verdict == "inconclusive"
     assert str(r).startswith("derivcheck INCONCLUSIVE")
     with pytest.raises(dc.InconclusiveCheck, match="points away from kinks"):
-        dc.assert_torch(torch.abs, torch.zeros(3, dtype=torch.float64))
+        dc.assert_torch(l1, torch.zeros(3, dtype=torch.float64))
     # a kink among points that are compared stays a reported fact
-    assert dc.check_torch(torch.abs, torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64)).ok
+    assert dc.check_torch(l1, torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64)).ok
 
 
 class Quantised(torch.autograd.Function):
@@ -482,3 +486,91 @@ def test_a_backward_that_draws_random_numbers_does_not_move_the_global_rng():
     state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     dc.check_torch(Noisy.apply, x)
     assert torch.equal(state[0], torch.get_rng_state()) and np.array_equal(state[1], np.random.get_state()[1]) and state[2] == random.getstate()
+
+
+# -- found in review: correct code that must not be a mismatch, state that must survive --------
+
+
+class Sin32(torch.autograd.Function):
+    """sin computed by a float32 library (numpy here), returned as float64: a staircase at
+    fine steps, where a narrowed stencil must not read a slope of 0 off one stair."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.from_numpy(np.sin(x.detach().numpy().astype(np.float32)).astype(np.float64))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.cos(x)
+
+
+def test_a_forward_only_float32_accurate_inside_is_no_false_alarm():
+    x = torch.tensor([-1.637054, -1.563783, 1.546373, 0.5], dtype=torch.float64)
+    assert dc.check_torch(Sin32.apply, x).verdict != "mismatch"
+
+
+def test_a_twin_that_computes_another_function_is_not_used():
+    """Constants chosen from the dtype (``finfo(x.dtype).eps``, a guard for float16) make the
+    float64 copy another function: derivcheck must not blame the backward for it."""
+
+    def normalize(x):
+        return x / (x.norm() + torch.finfo(x.dtype).eps)
+
+    assert dc.check_torch(normalize, torch.randn(4, generator=gen(16)) * 1e-6).verdict != "mismatch"
+    W = torch.rand(3, 3, generator=gen(17))
+
+    def guarded(x):
+        h = (x @ W).half()
+        return torch.log(h + (1e-2 if h.dtype == torch.float16 else 1e-12)).float()
+
+    assert dc.check_torch(guarded, torch.rand(3, generator=gen(18)) * 0.05 + 0.01).verdict != "mismatch"
+
+
+def test_a_backward_that_is_not_reentrant_is_named_as_such():
+    class Sq(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            ctx.k = 2.0
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            out = ctx.k * x * g
+            ctx.k += 1.0
+            return out
+
+    r = dc.check_torch(Sq.apply, torch.randn(4, generator=gen(19), dtype=torch.float64), batched=False)
+    assert r.finding("reentrant backward").verdict == "not reentrant" and all(q.ok for q in r.quantities)
+    assert not any("dispatch mode" in n for n in r.notes)
+
+
+def test_a_stateful_forward_is_checked_at_one_state():
+    """spectral_norm in training mode runs a power iteration on every call: its buffer is
+    reset before each call, so the function checked is one function."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = spectral_norm(torch.nn.Linear(3, 2).double())
+        x = torch.randn(4, 3, dtype=torch.float64)
+        u = m.parametrizations.weight[0]._u.clone()
+        assert dc.check_torch(lambda x: m(x), x).ok
+        assert torch.equal(u, m.parametrizations.weight[0]._u)
+
+
+def test_modules_and_tensors_of_every_kind_survive_the_restore():
+    x = torch.randn(4, 3, dtype=torch.float64, generator=gen(20))
+    scripted = torch.jit.script(torch.nn.Linear(3, 2).double())
+    assert dc.check_torch(lambda t: scripted(t), x).ok
+    lazy = torch.nn.LazyLinear(2).double()
+    assert dc.check_torch(lambda t: lazy(t), x).ok
+    nan = torch.tensor([float("nan"), 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = (nan * nan).sum()
+    dc.check_torch(torch.sin, nan)
+    y.backward()  # the user's graph through their NaN input still works: it was not written to
+    expanded = torch.tensor([float("nan"), 1.0], dtype=torch.float64).expand(3, 2)
+    dc.check_torch(torch.sin, expanded)

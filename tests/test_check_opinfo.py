@@ -33,7 +33,6 @@ UPSTREAM = {
 
 INCONCLUSIVE = {
     ("nn.functional.cosine_embedding_loss", torch.float64): "the target (+-1) is a differentiated input, and the loss branches on it: every direction through it jumps",
-    ("nn.functional.hinge_embedding_loss", torch.float64): "the target (+-1) is a differentiated input, and the loss branches on it",
     ("linalg.norm.subgradients_at_zero", torch.float64): "the sample is the norm's kink (zero), by design",
     ("linalg.norm.subgradients_at_zero", torch.complex128): "the sample is the norm's kink (zero), by design",
     ("linalg.pinv.singular", torch.float64): "a rank-deficient matrix: pinv's rank cut-off makes the forward jump within any finite-difference step",

@@ -78,16 +78,16 @@ class Differences:
 Column = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0) -> Column:
+def along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0, sides: dict[str, np.ndarray] | None = None) -> Column:
     """Richardson value, error estimate, kink, rough and undefined flags along `direction`.
 
     `noise` is the forward's rounding noise per output (or one number for all).
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite values are flagged, not warned about
-        return _along(f, x, direction, h, f0, noise)
+        return _along(f, x, direction, h, f0, noise, sides)
 
 
-def _along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float) -> Column:
+def _along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float, sides: dict[str, np.ndarray] | None = None) -> Column:
     plus = [f(x + m * h * direction) for m in (1.0, 0.5, 0.25)]
     minus = [f(x - m * h * direction) for m in (1.0, 0.5, 0.25)]
     probe = f(x + PROBE * h * direction)
@@ -118,6 +118,8 @@ def _along(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.n
     smooth_error = np.abs(r1 - r2) + 4 * sigma / h
     kink = np.abs(right_r - left_r) > KINK_RELATIVE * scale + 1e3 * smooth_error
     rough = (misfit > 1e3 * sigma) & (4 * misfit / h > 1e-3 * (np.abs(r2) + 1e-3 * np.max(np.abs(r2), initial=0.0)) + 1e3 * 4 * sigma / h)
+    if sides is not None:  # the one-sided slopes, for narrowing (see narrowed)
+        sides.update(right=right_r, left=left_r, error=smooth_error)
     return r2, error, kink & ~undefined, rough & ~kink & ~undefined, undefined
 
 
@@ -138,15 +140,23 @@ REFINE = 1e-7
 
 def narrowed(stencil: Callable[..., Column], f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0) -> Column:
     """`stencil` (:func:`along` or :func:`along_central`) at step `h`; where it flags an
-    entry (kink, rough or undefined) or its error estimate is poor (:data:`REFINE`), the
-    same at successively narrower steps (:data:`NARROWING`, :data:`LEVELS`), keeping for
-    each such entry the clean result with the smallest error estimate. Narrowing stops
-    for an entry once a narrower step no longer improves its error (rounding has taken
-    over), and altogether once no entry is left to improve."""
-    col = stencil(f, x, direction, h, f0, noise)
+    entry as a kink or outside the domain, or its error estimate is poor
+    (:data:`REFINE`), the same at successively narrower steps (:data:`NARROWING`,
+    :data:`LEVELS`), keeping for each such entry the clean result with the smallest error
+    estimate. A forward that is only float32-accurate inside is a staircase at fine steps,
+    where a narrow stencil sits on one stair and reads a slope of 0 with a tiny error bar;
+    so a poor entry's refinement must agree with its coarser value within both error bars,
+    and a kink's or a jump's must be the slope on one side of it (:func:`_one_sided`) --
+    which a staircase (``round``, a quantised forward: the same slope on both sides, or
+    none) never gives. Narrowing stops for an entry
+    once a narrower step no longer improves its error (rounding has taken over), and
+    altogether once no entry is left to improve."""
+    sides: dict[str, np.ndarray] = {}
+    col = stencil(f, x, direction, h, f0, noise, sides)
     flagged = col[2] | col[3] | col[4]
+    size = np.max(np.abs(np.where(np.isfinite(col[0]), col[0], 0.0)), initial=0.0)
     with np.errstate(invalid="ignore"):
-        poor = ~flagged & np.isfinite(col[0]) & (col[1] > REFINE * np.abs(col[0]))
+        poor = ~flagged & np.isfinite(col[0]) & (col[1] > REFINE * np.maximum(np.abs(col[0]), 1e-3 * size))
     if not (flagged.any() or poor.any()):
         return col
     values, errors, kinks, rough, undefined = (np.array(a, copy=True) for a in col)
@@ -155,7 +165,9 @@ def narrowed(stencil: Callable[..., Column], f: Function, x: np.ndarray, directi
     for level in range(1, LEVELS + 1):
         c = stencil(f, x, direction, h / NARROWING**level, f0, noise)
         clean = pending & ~(c[2] | c[3] | c[4]) & np.isfinite(c[0])
-        better = clean & (c[1] < best)
+        with np.errstate(invalid="ignore"):
+            consistent = np.where(poor, np.abs(c[0] - col[0]) <= col[1] + c[1], col[4] | _one_sided(c[0], sides))
+        better = clean & consistent & (c[1] < best)
         values[better], errors[better] = c[0][better], c[1][better]
         kinks[better] = rough[better] = undefined[better] = False
         done = np.isfinite(best) & ~better  # resolved at a wider step, and this one is no better
@@ -164,6 +176,19 @@ def narrowed(stencil: Callable[..., Column], f: Function, x: np.ndarray, directi
         if not pending.any():
             break
     return values, errors, kinks, rough, undefined
+
+
+def _one_sided(value: np.ndarray, sides: dict[str, np.ndarray]) -> np.ndarray:
+    """Whether a narrowed `value` is the slope on one side of a kink the wider stencil saw:
+    within a tenth (plus ten times the smooth-function error) of its left or its right
+    slope. A staircase (a forward only float32-accurate inside) looks like a kink at the
+    ordinary step but has the same slope on both sides, and a narrow stencil on one of
+    its stairs reads 0: neither side's slope, so it is not taken."""
+    right, left, error = sides["right"], sides["left"], sides["error"]
+    with np.errstate(invalid="ignore"):
+        near_right = np.abs(value - right) <= 0.1 * np.abs(right) + 10 * error
+        near_left = np.abs(value - left) <= 0.1 * np.abs(left) + 10 * error
+    return near_right | near_left
 
 
 def default_step(x: np.ndarray) -> np.ndarray:
@@ -190,12 +215,16 @@ def stencil_points(x: np.ndarray, steps: np.ndarray, columns: list[int]) -> np.n
     return np.stack(points) if points else np.zeros((0, x.size))
 
 
-def _tabled(flat: Function, batch: BatchFunction, x: np.ndarray, steps: np.ndarray, columns: list[int]) -> Function:
+def _tabled(flat: Function, batch: BatchFunction, x: np.ndarray, steps: np.ndarray, columns: list[int], outputs: int) -> Function:
     """`flat`, answering the ordinary stencil points of `columns` from batched calls of
-    `batch` (narrower steps, and any other point, fall through to `flat`)."""
+    `batch` (narrower steps, and any other point, fall through to `flat`); a call holds at
+    most :data:`BATCHED_ENTRIES` inputs or outputs (a few parameters of a field over
+    millions of points run one point at a time)."""
+    chunk_size = BATCHED_ENTRIES // max(x.size, outputs, 1)
+    if chunk_size < 2:
+        return flat
     points = stencil_points(x, steps, columns)
     table: dict[bytes, np.ndarray] = {}
-    chunk_size = max(1, BATCHED_ENTRIES // max(x.size, 1))
     for start in range(0, len(points), chunk_size):
         chunk = points[start : start + chunk_size]
         try:
@@ -220,7 +249,7 @@ def jacobian(f: Function, x: np.ndarray, noise: np.ndarray | float = 0.0, f0: np
     f0 = flat(x) if f0 is None else f0
     steps = default_step(x)
     if batch is not None:
-        flat = _tabled(flat, batch, x, steps, [j for j in range(x.size) if np.isfinite(x[j])])
+        flat = _tabled(flat, batch, x, steps, [j for j in range(x.size) if np.isfinite(x[j])], f0.size)
     values = np.empty((f0.size, x.size))
     errors = np.empty_like(values)
     kinks = np.zeros(values.shape, dtype=bool)
@@ -244,15 +273,15 @@ def directional_step(x: np.ndarray, v: np.ndarray, size: float | None = None) ->
     return EPS ** (1 / 5) * max(1.0, size) / max(float(np.sqrt(np.dot(v, v))), 1e-300)
 
 
-def along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0) -> Column:
+def along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float = 0.0, sides: dict[str, np.ndarray] | None = None) -> Column:
     """The lean stencil of ``fast=True``: four evaluations (``x ± h v``, ``x ± h/2 v``),
     one Richardson step, the error estimate ``|D(h) - D(h/2)|`` plus rounding, kink and
     undefined flags (no quartic misfit: four points cannot show a staircase)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _along_central(f, x, direction, h, f0, noise)
+        return _along_central(f, x, direction, h, f0, noise, sides)
 
 
-def _along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float) -> Column:
+def _along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, f0: np.ndarray, noise: np.ndarray | float, sides: dict[str, np.ndarray] | None = None) -> Column:
     values = []
     for m in (1.0, 0.5):
         step = (m * h) * direction
@@ -269,6 +298,8 @@ def _along_central(f: Function, x: np.ndarray, direction: np.ndarray, h: float, 
     left = 2 * (f0 - m2) / (h / 2) - (f0 - m1) / h
     scale = np.abs(right) + np.abs(left) + np.max(np.abs(value), initial=0.0)
     kink = (np.abs(right - left) > KINK_RELATIVE * scale + 1e3 * error) & ~undefined
+    if sides is not None:
+        sides.update(right=right, left=left, error=error)
     return value, error, kink, np.zeros_like(kink), undefined
 
 

@@ -466,7 +466,8 @@ def _repeated_backward(pullback: Callable[[np.ndarray], np.ndarray], m: int, dty
     if nondet == 0:
         return None
     scale = float(np.max(np.abs(results[0][np.isfinite(results[0])]), initial=0.0))
-    allowed = REDUCTION_ORDER * float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps) * scale
+    eps = float(np.finfo(np.float32 if dtype == "float32" else np.float64).eps)
+    allowed = max(REDUCTION_ORDER * eps, np.sqrt(eps)) * scale
     if nondet <= allowed:
         return Finding("nondeterminism", "nondeterministic", True, f"repeated backward calls differ by up to {nondet:.3g}, as summing in another order can", measured=nondet, bound=allowed)
     relative = nondet / scale if scale > 0 else float("inf")

@@ -28,6 +28,7 @@ import random
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -107,48 +108,103 @@ def _visit_function(fn: types.FunctionType, depth: int, visit: Any) -> None:
                 visit(value, depth + 1)
 
 
+LARGE_PARAMETERS = 1 << 22
+"""Parameter entries (over all reachable modules) up to which parameters are copied before a
+check; above, only their version counters are recorded (a forward that changes its own
+weights in place is rare, and doubling a large model's memory is not)."""
+
+
+class _Saved:
+    """A tensor, a copy of its values (or ``None``: version only) and its version counter."""
+
+    def __init__(self, tensor: Any, copy: bool = True):
+        self.tensor = tensor
+        try:
+            self.version = tensor._version
+        except RuntimeError:  # an inference tensor: no version counter, and it cannot be
+            copy = False  # changed in place outside inference mode, which a check never enters
+            self.version = 0
+        self.value = tensor.detach().clone() if copy else None
+
+    def put_back(self) -> None:
+        """Copy the saved values back in place if the tensor changed since: its version
+        moved, or its values differ (a native kernel -- BatchNorm's running statistics --
+        writes without moving the version). An unchanged tensor is not written, so graphs
+        the user built through it stay usable; NaN equals NaN here."""
+        tensor = self.tensor
+        if self.value is None or tensor.shape != self.value.shape or _overlaps(tensor):
+            return
+        if tensor._version == self.version and _same(tensor.detach(), self.value):
+            return
+        tensor.detach().copy_(self.value)
+        self.version = tensor._version
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit-for-bit equal values, NaN equal to NaN."""
+    torch = _torch()
+    if a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not (a.is_floating_point() or a.is_complex()):
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def _overlaps(t: Any) -> bool:
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
+
+
+def _snapshot_able(tensor: Any) -> bool:
+    """A tensor whose values can be copied: not an uninitialized lazy parameter, not meta."""
+    torch = _torch()
+    from torch.nn.parameter import is_lazy
+
+    return isinstance(tensor, torch.Tensor) and not is_lazy(tensor) and tensor.device.type != "meta" and tensor.layout == torch.strided
+
+
 class _ModuleState:
     """One module's attributes (shallow), its parameter, buffer and submodule tables, and
-    copies of its tensors' values."""
+    its tensors' values (see :class:`_Saved`)."""
 
-    def __init__(self, module: Any):
-        torch = _torch()
+    def __init__(self, module: Any, copy_parameters: bool):
         self.module = module
         self.attributes = dict(module.__dict__)
         self.tables = {key: dict(module.__dict__[key]) for key in ("_parameters", "_buffers", "_modules") if key in module.__dict__}
-        self.values: list[tuple[Any, Any]] = []
-        for table in ("_parameters", "_buffers"):
-            for tensor in self.tables.get(table, {}).values():
-                if isinstance(tensor, torch.Tensor):
-                    self.values.append((tensor, tensor.detach().clone()))
-        for key, value in self.attributes.items():
-            if isinstance(value, torch.Tensor) and key not in ("_parameters", "_buffers"):
-                self.values.append((value, value.detach().clone()))
+        self.parameters = [_Saved(t, copy_parameters) for t in self.tables.get("_parameters", {}).values() if _snapshot_able(t)]
+        self.named_buffers = {name: _Saved(t) for name, t in self.tables.get("_buffers", {}).items() if _snapshot_able(t)}
+        self.buffers = list(self.named_buffers.values())
+        self.buffers += [_Saved(v) for k, v in self.attributes.items() if k not in ("_parameters", "_buffers") and _snapshot_able(v)]
+
+    def reset_buffers(self) -> None:
+        """Fresh copies of the buffers' first values (running statistics, a power
+        iteration's vector) in the module's buffer table: the next call starts from the
+        state the check found, and updates it in a tensor of its own, not in one an
+        earlier call's graph saved for its backward."""
+        buffers = self.module.__dict__.get("_buffers")
+        if buffers is None:
+            return
+        for name, saved in self.named_buffers.items():
+            if saved.value is not None and name in buffers:
+                buffers[name] = saved.value.clone().requires_grad_(saved.tensor.requires_grad)
 
     def restore(self) -> None:
         torch = _torch()
         module = self.module
-        module.__dict__.clear()
+        for key, value in list(module.__dict__.items()):  # attributes the forward added or replaced
+            if key not in self.attributes:
+                del module.__dict__[key]
         module.__dict__.update(self.attributes)
         for key, table in self.tables.items():
             current = module.__dict__[key]
-            current.clear()
-            current.update(table)
+            for name in [n for n in current if n not in table]:
+                del current[name]
+            for name, value in table.items():
+                current[name] = value
         with torch.no_grad():
-            for tensor, saved in self.values:
-                _put_back(tensor, saved)
-
-
-def _put_back(tensor: Any, saved: Any) -> None:
-    """Copy `saved` into `tensor` in place, only where it changed (an unchanged tensor
-    keeps its version counter, so graphs the user built through it stay usable)."""
-    torch = _torch()
-    try:
-        same = tensor.shape == saved.shape and tensor.dtype == saved.dtype and bool(torch.equal(tensor.detach(), saved))
-    except Exception:  # noqa: BLE001 - a tensor that cannot be compared (a subclass, meta): leave it
-        return
-    if not same and tensor.shape == saved.shape:
-        tensor.detach().copy_(saved)
+            for saved in self.parameters + self.buffers:
+                saved.put_back()
 
 
 class Snapshot:
@@ -156,8 +212,10 @@ class Snapshot:
 
     def __init__(self, fn: Any, inputs: tuple[Any, ...]):
         torch = _torch()
-        self.modules = [_ModuleState(sub) for root in reachable_modules(fn, inputs) for sub in root.modules()]
-        self.inputs: list[tuple[Any, Any]] = []
+        modules = {id(sub): sub for root in reachable_modules(fn, inputs) for sub in _submodules(root)}
+        size = sum(int(p.numel()) for m in modules.values() for p in m._parameters.values() if _snapshot_able(p))
+        self.modules = [_ModuleState(m, copy_parameters=size <= LARGE_PARAMETERS) for m in modules.values()]
+        self.inputs: list[Any] = []
         self._collect_inputs(inputs)
         self.torch_rng = torch.random.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -169,8 +227,8 @@ class Snapshot:
     def _collect_inputs(self, value: Any) -> None:
         torch = _torch()
         if isinstance(value, torch.Tensor):
-            if value.layout == torch.strided and value.device.type != "meta":
-                self.inputs.append((value, value.detach().clone()))
+            if _snapshot_able(value):
+                self.inputs.append(_Saved(value))
         elif isinstance(value, (list, tuple)):
             for item in value:
                 self._collect_inputs(item)
@@ -180,18 +238,28 @@ class Snapshot:
         elif isinstance(value, np.ndarray) and value.flags.writeable:
             self.inputs.append((value, value.copy()))
 
-    def restore(self) -> None:
-        torch = _torch()
+    def reset_buffers(self) -> None:
+        """Every reachable module's buffers back to their values: run before each call of
+        the function, so that a forward that updates state (BatchNorm's statistics, a
+        spectral norm's power iteration) is the same function on every call."""
         for state in self.modules:
-            state.restore()
-        with torch.no_grad():
-            for value, saved in self.inputs:
-                if isinstance(value, np.ndarray):
-                    if not np.array_equal(value, saved, equal_nan=value.dtype.kind in "fc"):
-                        value[...] = saved
-                else:
-                    _put_back(value, saved)
-        torch.random.set_rng_state(self.torch_rng)
+            state.reset_buffers()
+
+    def restore(self) -> None:
+        """Put everything back; a step that fails (an object that refuses) does not stop the
+        others."""
+        torch = _torch()
+        steps: list[Callable[[], Any]] = [state.restore for state in self.modules]
+        steps += [functools.partial(_restore_input, saved) for saved in self.inputs]
+        steps += [functools.partial(torch.random.set_rng_state, self.torch_rng), self._restore_globals]
+        for step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - leave that object as it is, restore the rest
+                continue
+
+    def _restore_globals(self) -> None:
+        torch = _torch()
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
         np.random.set_state(self.numpy_rng)
@@ -200,15 +268,58 @@ class Snapshot:
         torch.set_grad_enabled(self.grad_enabled)
 
 
+def _restore_input(saved: Any) -> None:
+    torch = _torch()
+    if isinstance(saved, tuple):  # a numpy array and its copy
+        value, copy = saved
+        if not np.array_equal(value, copy, equal_nan=value.dtype.kind in "fc"):
+            value[...] = copy
+        return
+    with torch.no_grad():
+        saved.put_back()
+
+
+def _submodules(root: Any) -> list[Any]:
+    """`root` and its submodules, except TorchScript modules (their tables are C++ views
+    that cannot be rebuilt from Python; their state is left to them)."""
+    torch = _torch()
+    return [m for m in root.modules() if not isinstance(m, torch.jit.ScriptModule)]
+
+
+def buffer_resetter(module: Any) -> Callable[[], None]:
+    """A function that puts `module`'s (and its submodules') buffers back to their values
+    now -- for a copy derivcheck made of the user's module (the float64 twin)."""
+    states = [_ModuleState(m, copy_parameters=False) for m in _submodules(module)]
+
+    def reset() -> None:
+        for state in states:
+            state.reset_buffers()
+
+    return reset
+
+
+_ACTIVE: ContextVar[Snapshot | None] = ContextVar("derivcheck_snapshot", default=None)
+
+
+def reset_state() -> None:
+    """Reset the buffers of the modules the running check reaches (see
+    :meth:`Snapshot.reset_buffers`); nothing outside a check."""
+    snapshot = _ACTIVE.get()
+    if snapshot is not None:
+        snapshot.reset_buffers()
+
+
 @contextmanager
 def preserved(fn: Any, inputs: tuple[Any, ...] = ()) -> Iterator[Snapshot]:
     """Run a check of ``fn(*inputs)`` inside: afterwards the modules it reaches, its input
     tensors and the global RNG and dtype state are as they were before (see the module
     docstring), also when the check raises."""
     snapshot = Snapshot(fn, inputs)
+    token = _ACTIVE.set(snapshot)
     try:
         yield snapshot
     finally:
+        _ACTIVE.reset(token)
         snapshot.restore()
 
 

@@ -102,21 +102,20 @@ def jvp(call: TorchCall, spec: OutputSpec, tangent: np.ndarray, missing: list[in
 
 def forward_jacobian(call: TorchCall, spec: OutputSpec) -> np.ndarray:
     """The full Jacobian ``(m, n)`` by one forward-mode pass per real input coordinate --
-    all at once under ``vmap(torch.func.jvp)`` where that gives what the first pass gives
-    one at a time (:func:`_batched_forward_jacobian`), else one by one."""
-    first = np.zeros(call.size)
-    first[0] = 1.0
-    column = jvp(call, spec, first)
+    all at once under ``vmap(torch.func.jvp)`` where its ``J v`` for a random ``v`` is what
+    one pass along ``v`` gives (:func:`_batched_forward_jacobian`), else one by one."""
     batched = _batched_forward_jacobian(call, spec)
     if batched is not None and batched.shape == (spec.size, call.size):
-        scale = float(np.max(np.abs(column[np.isfinite(column)]), initial=0.0))
-        with np.errstate(invalid="ignore"):
-            same = (batched[:, 0] == column) | (np.isnan(batched[:, 0]) & np.isnan(column)) | (np.abs(batched[:, 0] - column) <= 1e-12 * scale + 1e-300)
+        # every column at once: J v for a random v, one pass at a time, against the columns
+        v = np.random.default_rng(0).standard_normal(call.size)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want, got = jvp(call, spec, v), batched @ v
+            scale = float(np.max(np.abs(batched[np.isfinite(batched)]), initial=0.0)) * float(np.abs(v).sum())
+            same = (got == want) | (np.isnan(got) & np.isnan(want)) | (np.abs(got - want) <= 1e-12 * scale + 1e-300)
         if bool(np.all(same)):
             return batched
     cols = np.zeros((spec.size, call.size))
-    cols[:, 0] = column
-    for j in range(1, call.size):
+    for j in range(call.size):
         e = np.zeros(call.size)
         e[j] = 1.0
         cols[:, j] = jvp(call, spec, e)

@@ -298,6 +298,7 @@ class TorchCall:
         self.seed = seed
         self.inputs = tuple(inputs)
         self.module = fn if isinstance(fn, torch.nn.Module) else None
+        self.resets: list[Callable[[], None]] = []  # state of copies derivcheck made (the float64 twin)
         self.notes: list[str] = []
         self.passthrough: list[str] = []
         self.constants: list[Path] = []  # floating tensors passed through (widened with the rest for finite differences)
@@ -383,6 +384,11 @@ class TorchCall:
         untouched) before every call: a forward that draws random numbers -- dropout,
         ``torch.rand`` -- is then one fixed function, as finite differences need."""
         torch = _torch()
+        from derivcheck.check.preserve import reset_state
+
+        reset_state()  # the same state on every call (BatchNorm statistics, power iterations)
+        for reset in self.resets:
+            reset()
         target = self.fn if fn is None else fn
         replace = {s.path: t for s, t in zip(self.slots, tensors) if s.path is not None}
         if widen:  # the float64 twin: constants in float64 (complex128) too
@@ -444,7 +450,7 @@ class TorchCall:
         user's own forward computes, up to that forward's rounding. Otherwise the twin is
         the user-dtype forward, with the reason."""
         torch = _torch()
-        from derivcheck.check.noise import EPS_BY_NAME, observed
+        from derivcheck.check.noise import noisy_runs
         from derivcheck.check.promote import Promotion, low_precision_outputs
 
         target: Any = self.fn
@@ -456,6 +462,9 @@ class TorchCall:
         if self.module is not None and not wide_already:
             try:
                 target = copy.deepcopy(self.module).to(torch.float64)
+                from derivcheck.check.preserve import buffer_resetter
+
+                self.resets.append(buffer_resetter(target))
             except Exception:  # noqa: BLE001 - a module that cannot be copied is used as is
                 target = self.module
         wide = [torch.complex128 if s.is_complex else torch.float64 for s in self.slots]
@@ -475,6 +484,15 @@ class TorchCall:
 
         base = self.base()
         failures = []
+        widened = any(w != o for w, o in zip(wide, own))
+        measured: list[Any] = []
+
+        def own_output() -> tuple[Any, Any]:
+            """The user's own forward at the base point, and its Monte-Carlo runs."""
+            if not measured:
+                measured.append((forward_own(base), noisy_runs(lambda: OutputSpec.of(forward_own(base)).real(forward_own(base)), 2, 0)))
+            return measured[0]
+
         try:
             spec = OutputSpec.of(promoted(base))
             low = low_precision_outputs(spec.tensors(spec.raw))
@@ -483,12 +501,13 @@ class TorchCall:
                     f"{', '.join(spec.names[k] for k in low)} came out {spec.tensors(spec.raw)[low[0]].dtype} even with every torch tensor widened "
                     "(a part outside torch -- numpy in a custom Function -- a hard-coded float32, or torch.autocast inside)"
                 )
-            if not mode.promoted:
+            if not mode.promoted and not widened:
                 return Twin(forward64, wide, None, call=self, target=target)
-            (own_raw, magnitude) = observed(lambda: forward_own(base))
-            difference = _promotion_difference(spec, own_raw, magnitude, EPS_BY_NAME, mode.coarsest)
+            difference = _promotion_difference(spec, own_output())
             if difference is not None:
                 raise _NotPromoted(difference)
+            if not mode.promoted:  # the slots' widening alone made it float64
+                return Twin(forward64, wide, None, call=self, target=target)
             return Twin(promoted, wide, None, promoted=mode.promoted, call=self, target=target, mode=mode)
         except _NotPromoted as exc:
             failures.append(str(exc))
@@ -496,9 +515,12 @@ class TorchCall:
             failures.append(f"{type(exc).__name__}: {exc}")
         try:
             spec = OutputSpec.of(forward64(base))
-            if not low_precision_outputs(spec.tensors(spec.raw)):
+            if low_precision_outputs(spec.tensors(spec.raw)):
+                failures.append("its outputs stay in low precision")
+            elif widened and (difference := _promotion_difference(spec, own_output())) is not None:
+                failures.append(difference)
+            else:
                 return Twin(forward64, wide, None, call=self, target=target)
-            failures.append("its outputs stay in low precision")
         except Exception as exc:  # noqa: BLE001 - fall back to the user's dtype
             failures.append(f"{type(exc).__name__}: {exc}")
         return Twin(forward_own, own, failures[0])
@@ -508,27 +530,38 @@ class _NotPromoted(Exception):
     """The promoted forward is not a float64 copy of the user's (message: why)."""
 
 
-def _promotion_difference(spec: OutputSpec, own_raw: Any, magnitude: float, eps_by_name: dict[str, float], coarsest: float) -> str | None:
-    """Why the promoted outputs of `spec` are not the user's own outputs `own_raw` computed
-    more precisely (a dtype-dependent branch, a constant chosen by dtype), or ``None``:
-    they may differ by the own forward's rounding, which is ``eps`` of the least precise
-    dtype it computes in (its outputs', or `coarsest`, what the promotion widened) times
-    the size of its operands (`magnitude`, the largest cancelling one) and of the outputs,
-    with a factor of 1000 to spare -- this guards against a different function, not
-    against rounding."""
+SAME_FUNCTION = 30.0
+"""The float64 twin computes the user's function when its outputs differ from the user's own
+by at most this many times the own forward's measured rounding spread (Monte-Carlo runs),
+plus 16 ``eps`` of each output: a branch on the dtype (``eps = 1e-2 if h.dtype ==
+torch.float16``), a constant chosen from ``torch.finfo(x.dtype)``, moves them further."""
+
+
+def _promotion_difference(spec: OutputSpec, own: tuple[Any, Any]) -> str | None:
+    """Why the float64 outputs of `spec` are not the user's own outputs (`own`: the raw
+    output and its Monte-Carlo runs) computed more precisely, or ``None`` (see
+    :data:`SAME_FUNCTION`) -- this guards against a different function, not rounding."""
+    from derivcheck.check.noise import EPS_BY_NAME, spread
+
+    own_raw, runs = own
     wide = spec.real(spec.raw)
-    own = OutputSpec.of(own_raw).real(own_raw) if own_raw is not None else None
-    if own is None or own.shape != wide.shape:
-        return "its promoted outputs have another structure than its own"
-    dtypes = [str(t.dtype).replace("torch.", "").replace("complex64", "float32").replace("complex32", "float16") for t in spec.tensors(own_raw)]
-    eps = max([eps_by_name.get(d, eps_by_name["float32"]) for d in dtypes] + [coarsest])
-    finite = np.isfinite(own) & np.isfinite(wide)
-    if np.any(np.isfinite(own) & ~np.isfinite(wide)):
-        return "its promoted outputs are non-finite where its own are finite"
-    scale = max(float(np.max(np.abs(own[finite]), initial=0.0)), magnitude)
-    worst = float(np.max(np.abs(own[finite] - wide[finite]), initial=0.0))
-    if worst > 1e3 * eps * scale:
-        return f"its float64 copy computes something else: the outputs differ by up to {worst:.3g}, beyond the {1e3 * eps * scale:.3g} its own rounding explains (a branch on the dtype?)"
+    own_spec = OutputSpec.of(own_raw)
+    values = own_spec.real(own_raw)
+    if values.shape != wide.shape:
+        return "its float64 outputs have another structure than its own"
+    if np.any(np.isfinite(values) & ~np.isfinite(wide)):
+        return "its float64 outputs are non-finite where its own are finite"
+    names = [str(t.dtype).replace("torch.", "").replace("complex64", "float32").replace("complex32", "float16").replace("complex128", "float64") for t in own_spec.tensors(own_raw)]
+    eps = max(EPS_BY_NAME.get(n, EPS_BY_NAME["float32"]) for n in names)
+    finite = np.isfinite(values) & np.isfinite(wide)
+    allowed = SAME_FUNCTION * spread(runs, values) + 16 * eps * np.abs(values) + 1e-300
+    excess = np.where(finite, np.abs(values - wide) - allowed, -np.inf)
+    if np.any(excess > 0):
+        i = int(np.argmax(excess))
+        return (
+            f"its float64 copy computes something else: {spec.label(i)} is {wide[i]:.6g} there and {values[i]:.6g} in your dtype, "
+            f"beyond the {allowed[i]:.3g} its own rounding explains (a branch on the dtype, a constant chosen by it?)"
+        )
     return None
 
 
