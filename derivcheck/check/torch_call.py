@@ -450,7 +450,7 @@ class TorchCall:
         user's own forward computes, up to that forward's rounding. Otherwise the twin is
         the user-dtype forward, with the reason."""
         torch = _torch()
-        from derivcheck.check.noise import noisy_runs
+        from derivcheck.check.noise import noisy_runs, observed_sizes
         from derivcheck.check.promote import Promotion, low_precision_outputs
 
         target: Any = self.fn
@@ -487,10 +487,12 @@ class TorchCall:
         widened = any(w != o for w, o in zip(wide, own))
         measured: list[Any] = []
 
-        def own_output() -> tuple[Any, Any]:
-            """The user's own forward at the base point, and its Monte-Carlo runs."""
+        def own_output() -> tuple[Any, Any, float]:
+            """The user's own forward at the base point, its Monte-Carlo runs and the
+            largest operand of its rounding operators."""
             if not measured:
-                measured.append((forward_own(base), noisy_runs(lambda: OutputSpec.of(forward_own(base)).real(forward_own(base)), 2, 0)))
+                raw, _, size = observed_sizes(lambda: forward_own(base))
+                measured.append((raw, noisy_runs(lambda: OutputSpec.of(raw).real(forward_own(base)), 2, 0), size))
             return measured[0]
 
         try:
@@ -533,17 +535,21 @@ class _NotPromoted(Exception):
 SAME_FUNCTION = 30.0
 """The float64 twin computes the user's function when its outputs differ from the user's own
 by at most this many times the own forward's measured rounding spread (Monte-Carlo runs),
-plus 16 ``eps`` of each output: a branch on the dtype (``eps = 1e-2 if h.dtype ==
-torch.float16``), a constant chosen from ``torch.finfo(x.dtype)``, moves them further."""
+plus 16 ``eps`` of each output and of the forward's largest operand (a result that cancels
+to 1e-12 from terms of size 1 carries their rounding, a fused ``log_softmax`` of logits of
+size 10 rounds at their scale): a branch on the dtype
+(``eps = 1e-2 if h.dtype == torch.float16``), a constant chosen from
+``torch.finfo(x.dtype)``, moves them further."""
 
 
-def _promotion_difference(spec: OutputSpec, own: tuple[Any, Any]) -> str | None:
+def _promotion_difference(spec: OutputSpec, own: tuple[Any, Any, float]) -> str | None:
     """Why the float64 outputs of `spec` are not the user's own outputs (`own`: the raw
-    output and its Monte-Carlo runs) computed more precisely, or ``None`` (see
-    :data:`SAME_FUNCTION`) -- this guards against a different function, not rounding."""
+    output, its Monte-Carlo runs and its largest operand) computed more
+    precisely, or ``None`` (see :data:`SAME_FUNCTION`) -- this guards against a different
+    function, not rounding."""
     from derivcheck.check.noise import EPS_BY_NAME, spread
 
-    own_raw, runs = own
+    own_raw, runs, magnitude = own
     wide = spec.real(spec.raw)
     own_spec = OutputSpec.of(own_raw)
     values = own_spec.real(own_raw)
@@ -554,7 +560,7 @@ def _promotion_difference(spec: OutputSpec, own: tuple[Any, Any]) -> str | None:
     names = [str(t.dtype).replace("torch.", "").replace("complex64", "float32").replace("complex32", "float16").replace("complex128", "float64") for t in own_spec.tensors(own_raw)]
     eps = max(EPS_BY_NAME.get(n, EPS_BY_NAME["float32"]) for n in names)
     finite = np.isfinite(values) & np.isfinite(wide)
-    allowed = SAME_FUNCTION * spread(runs, values) + 16 * eps * np.abs(values) + 1e-300
+    allowed = SAME_FUNCTION * spread(runs, values) + 16 * eps * (np.abs(values) + magnitude) + 1e-300
     excess = np.where(finite, np.abs(values - wide) - allowed, -np.inf)
     if np.any(excess > 0):
         i = int(np.argmax(excess))
