@@ -361,16 +361,20 @@ def check_torch(
     with np.errstate(invalid="ignore"):
         finite_out = np.isfinite(spec.real(graph.raw))
     w = _directions(rng, 1, spec.size)[0] * finite_out
-    raw_w = _first_backward(graph, what, w) if rev else [None] * len(call.slots)
-    g_w = flat_grads(raw_w, call)
-    # the backward's operand sizes, observed on a fresh graph (a second backward through the
-    # first one is the reentrancy question, asked later); whether the observing mode
-    # changed the result is settled once the backward is known to be deterministic
-    watched, w_magnitude = _observed_backward(call, spec, w) if rev else (g_w, 0.0)
-    observer_differs = rev and not _same_results(watched, g_w)
+    if fast and rev:  # one pass, observed: fast mode asks no reentrancy or determinism question
+        raw_w, w_magnitude = observed(lambda: _first_backward(graph, what, w))
+        g_w, observer_differs = flat_grads(raw_w, call), False
+    else:
+        raw_w = _first_backward(graph, what, w) if rev else [None] * len(call.slots)
+        g_w = flat_grads(raw_w, call)
+        # the backward's operand sizes, observed on a fresh graph (a second backward through
+        # the first one is the reentrancy question, asked later); whether the observing mode
+        # changed the result is settled once the backward is known to be deterministic
+        watched, w_magnitude = _observed_backward(call, spec, w) if rev else (g_w, 0.0)
+        observer_differs = rev and not _same_results(watched, g_w)
 
     try:
-        refs = _references(call, spec, what, user_dtype, rounding_samples, seed, result)
+        refs = _references(call, spec, what, user_dtype, rounding_samples, seed, result, batched=not fast)
     except _Nondeterministic as exc:
         result.findings.append(Finding("deterministic forward", "nondeterministic", False, str(exc)))
         return result
@@ -468,7 +472,7 @@ class _References:
     batch: Callable[[np.ndarray], np.ndarray] | None = None
 
 
-def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, samples: int, seed: int, result: CheckResult) -> _References:
+def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, samples: int, seed: int, result: CheckResult, batched: bool = True) -> _References:
     """A float64 (complex128) forward in real coordinates, checked to be deterministic,
     with its rounding noise: measured, and at least ``eps`` times the operands of its
     cancelling operators (a fused kernel that cancels inside -- ``1 + erf(x)`` in GELU far
@@ -530,7 +534,7 @@ def _references(call: TorchCall, spec: OutputSpec, what: str, user_dtype: str, s
     # a forward that differs between calls at rounding level only (atomic adds on a GPU)
     # is a deterministic function with noise: that noise joins the measured one
     noise = np.maximum(np.maximum(ROUNDING_WEIGHT * spread(runs, f0), floor), np.where(np.isfinite(difference), difference, 0.0))
-    batch = _checked_batch(twin.batched(spec), f, x0, f0, size)
+    batch = _checked_batch(twin.batched(spec), f, x0, f0, size) if batched else None
     return _References(f, x0, f0, noise, runs, floor, dtype, magnitude=max(size, scale), dispatch_ok=dispatch_ok, batch=batch)
 
 
