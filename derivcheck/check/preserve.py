@@ -132,12 +132,17 @@ class _Saved:
         writes without moving the version). An unchanged tensor is not written, so graphs
         the user built through it stay usable; NaN equals NaN here."""
         tensor = self.tensor
-        if self.value is None or tensor.shape != self.value.shape or _overlaps(tensor):
+        if self.value is None or tensor.shape != self.value.shape or overlaps(tensor):
             return
         if tensor._version == self.version and _same(tensor.detach(), self.value):
             return
         tensor.detach().copy_(self.value)
         self.version = tensor._version
+
+
+def overlaps(t: Any) -> bool:
+    """Whether a tensor has overlapping memory (a stride-0 dimension, from ``expand()``)."""
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -150,10 +155,6 @@ def _same(a: Any, b: Any) -> bool:
     if not (a.is_floating_point() or a.is_complex()):
         return False
     return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
-
-
-def _overlaps(t: Any) -> bool:
-    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
 def _snapshot_able(tensor: Any) -> bool:

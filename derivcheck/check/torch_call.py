@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from derivcheck.errors import InvalidArgument, InvalidType
+from derivcheck.check.preserve import buffer_resetter, overlaps, reset_state
 from derivcheck.check.tree import Path, flatten, path_name, unflatten
 
 
@@ -330,7 +331,7 @@ class TorchCall:
                 raise InvalidArgument(f"{name} is on the meta device: it has no values to differentiate; pass a tensor on the CPU or a GPU")
             if tensor.layout != torch.strided:
                 raise InvalidArgument(f"{name} is a {tensor.layout} tensor: check_torch checks dense (strided) tensors; pass {name}.to_dense()")
-            if _overlaps(tensor):
+            if overlaps(tensor):
                 self.notes.append(
                     f"{name} has overlapping memory (a stride-0 dimension, e.g. from expand()): it is checked as a materialized copy "
                     f"(.contiguous()), so each of its {tensor.numel()} entries is differentiated separately"
@@ -384,8 +385,6 @@ class TorchCall:
         untouched) before every call: a forward that draws random numbers -- dropout,
         ``torch.rand`` -- is then one fixed function, as finite differences need."""
         torch = _torch()
-        from derivcheck.check.preserve import reset_state
-
         reset_state()  # the same state on every call (BatchNorm statistics, power iterations)
         for reset in self.resets:
             reset()
@@ -462,8 +461,6 @@ class TorchCall:
         if self.module is not None and not wide_already:
             try:
                 target = copy.deepcopy(self.module).to(torch.float64)
-                from derivcheck.check.preserve import buffer_resetter
-
                 self.resets.append(buffer_resetter(target))
             except Exception:  # noqa: BLE001 - a module that cannot be copied is used as is
                 target = self.module
@@ -611,10 +608,6 @@ class Twin:
             return torch.cat(parts, dim=1).to(torch.float64).numpy(force=True)
 
         return batch
-
-
-def _overlaps(t: Any) -> bool:
-    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
 _MESSAGE_DTYPES = {"Double": "float64", "Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "double": "float64", "float": "float32", "half": "float16"}
