@@ -229,26 +229,29 @@ def test_an_imprecise_reference_is_inconclusive():
 # -- 4. nondeterminism ----------------------------------------------------------------------
 
 
-class Flaky(torch.autograd.Function):
-    """A backward right on some calls only (as a result read from a set or dict can be)."""
+def sin_times(factor):
+    """``sin`` whose backward is multiplied by ``factor()``, drawn anew on every call."""
 
-    calls = 0
+    class Sin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin()
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.sin()
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.cos() * factor()
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        Flaky.calls += 1
-        return g * x.cos() * (1.0 if Flaky.calls % 3 else 0.06)
+    return Sin.apply
 
 
 def test_a_backward_that_varies_beyond_rounding_fails():
+    """A backward right on some calls only (as a result read from a set or dict can be)."""
+    calls = iter(range(10**6))
+    flaky = sin_times(lambda: 0.06 if next(calls) % 3 == 2 else 1.0)
     x = torch.randn(4, generator=gen(10), dtype=torch.float64)
-    r = dc.check_torch(Flaky.apply, x)
+    r = dc.check_torch(flaky, x)
     found = r.finding("nondeterminism")
     assert not r.ok and not found.ok and "different answers on repeated calls" in found.message
     # it does not buy itself a wide bound: the comparisons stay at rounding size
@@ -330,18 +333,8 @@ def test_a_micrograd_backward_that_depends_on_set_order_fails():
 
 
 def test_rounding_level_nondeterminism_is_reported_not_failed():
-    class Atomic(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x.sin()
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * x.cos() * (1 + 1e-15 * torch.randn(()).item())  # like atomic adds
-
-    r = dc.check_torch(Atomic.apply, torch.randn(4, generator=gen(11), dtype=torch.float64))
+    atomic = sin_times(lambda: 1 + 1e-15 * torch.randn(()).item())  # like atomic adds
+    r = dc.check_torch(atomic, torch.randn(4, generator=gen(11), dtype=torch.float64))
     assert r.ok and r.finding("nondeterminism").verdict == "nondeterministic"
 
 
